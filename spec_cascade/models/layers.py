@@ -1,0 +1,192 @@
+"""T5 building blocks in Flax with T5X's parameter names and shapes.
+
+Parameters are float32 and cast to the activation dtype at use; kernels of
+projections are stored 2-D ([in, out]) as T5X stores `DenseGeneral` kernels.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+_NEG_INF = -1e10  # large finite: keeps fully masked rows NaN-free
+
+
+def _act(name: str) -> Callable[[Array], Array]:
+  return {
+      "gelu": lambda x: nn.gelu(x, approximate=True),
+      "gelu_new": lambda x: nn.gelu(x, approximate=True),
+      "relu": nn.relu,
+      "silu": nn.silu,
+      "linear": lambda x: x,
+  }[name]
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: no mean subtraction, no bias, computed in float32."""
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (x32 * jax.lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
+
+
+class Dense(nn.Module):
+  """x @ kernel with a 2-D float32 kernel [in, out] (T5X DenseGeneral layout)."""
+  features: int
+  kernel_init: Initializer
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                        jnp.float32)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding [V, d], also usable as a tied output layer (`attend`)."""
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param("embedding", nn.initializers.normal(stddev=1.0),
+                                (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    return jnp.dot(x.astype(self.dtype), self.embedding.T.astype(self.dtype))
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+  """T5's bucketing of (memory position - query position) into int32 buckets.
+
+  Small distances get their own bucket; larger ones share log-spaced buckets up
+  to `max_distance`. Bidirectional splits the buckets between the two signs.
+  """
+  n = -relative_position.astype(jnp.int32)
+  ret = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    ret = ret + (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # log of n >= 1 only; small n take the exact branch, so clamping is harmless.
+  n_f = jnp.maximum(n, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(n_f / max_exact) / np.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """One table [heads, buckets] per stack, shared by its layers."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_pos: Array, memory_pos: Array) -> Array:
+    """query_pos [B, Q] or [Q], memory_pos [K] → bias [B or 1, H, Q, K]."""
+    table = self.param("rel_embedding",
+                       nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                       (self.num_heads, self.num_buckets), jnp.float32)
+    if query_pos.ndim == 1:
+      query_pos = query_pos[None]
+    rel = memory_pos[None, None, :] - query_pos[:, :, None]  # [B, Q, K]
+    buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets,
+                                       self.max_distance)
+    bias = jnp.take(table, buckets, axis=1)  # [H, B, Q, K]
+    return jnp.transpose(bias, (1, 0, 2, 3)).astype(self.dtype)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, bias: Array,
+                          dtype: jnp.dtype) -> Array:
+  """q [B, Q, H, D], k/v [B, K, H, D], bias [B|1, H|1, Q, K] → [B, Q, H, D].
+
+  No 1/sqrt(D) scaling: T5 folds it into the query initializer. Softmax in
+  float32 so bfloat16 activations do not lose the mask.
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1).astype(dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class MultiHeadAttention(nn.Module):
+  """Projections `query`, `key`, `value` [d, H*D] and `out` [H*D, d]."""
+  num_heads: int
+  head_dim: int
+  out_features: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    inner = self.num_heads * self.head_dim
+    kinit = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    depth_scaling = float(np.sqrt(self.head_dim))
+
+    def query_init(*args):
+      return kinit(*args) / depth_scaling
+
+    self.query = Dense(inner, query_init, self.dtype)
+    self.key = Dense(inner, kinit, self.dtype)
+    self.value = Dense(inner, kinit, self.dtype)
+    self.out = Dense(self.out_features, kinit, self.dtype)
+
+  def _split(self, x: Array) -> Array:
+    return x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
+
+  def project_q(self, x: Array) -> Array:
+    """x [B, Q, d] → [B, Q, H, D]."""
+    return self._split(self.query(x))
+
+  def project_kv(self, x: Array) -> tuple[Array, Array]:
+    """x [B, K, d] → keys, values [B, K, H, D]."""
+    return self._split(self.key(x)), self._split(self.value(x))
+
+  def attend(self, q: Array, k: Array, v: Array, bias: Array) -> Array:
+    """Attention of q over (k, v) plus the output projection → [B, Q, d]."""
+    out = dot_product_attention(q, k, v, bias, self.dtype)
+    return self.out(out.reshape(out.shape[:-2] + (-1,)))
+
+  def __call__(self, x: Array, memory: Array, bias: Array) -> Array:
+    k, v = self.project_kv(memory)
+    return self.attend(self.project_q(x), k, v, bias)
+
+
+class MlpBlock(nn.Module):
+  """T5 MLP: `wi` (one activation) or `wi_0`, `wi_1`, ... (gated), then `wo`."""
+  mlp_dim: int
+  activations: Sequence[str]
+  out_features: int
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    kinit = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    h = None
+    for i, name in enumerate(self.activations):
+      dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      y = _act(name)(Dense(self.mlp_dim, kinit, self.dtype, name=dense_name)(x))
+      h = y if h is None else h * y
+    h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    return Dense(self.out_features, kinit, self.dtype, name="wo")(h)
