@@ -406,7 +406,7 @@ def write_report(run_dir: str, mode: str = "pareto") -> str:
         f"{', '.join(tasks)}).\n",
         "Columns: (a) latency reduction 1 − rel. latency at which the method first matches the "
         "verifier's quality; (b) the best quality reachable within the verifier's latency. Curves "
-        f"are read on their {mode} frontier over α with linear interpolation between adjacent "
+        f"are read on their {'Pareto' if mode == 'pareto' else 'convex-hull'} frontier over α with linear interpolation between adjacent "
         "points (see `spec_cascade/report.py`). '—' means never reached / no point within budget.\n",
         "## Wall-clock latency (relative to the verifier alone)\n",
         paper_table(rows, "wallclock", mode),
