@@ -78,11 +78,12 @@ has_stage() { [[ ",$STAGES," == *",$1,"* ]]; }
 if ! ((DRY_RUN)); then
   for t in "${TASK_LIST[@]}"; do
     files=()
-    has_stage finetune && files+=("configs/paper/finetune_$t.gin" "configs/models/t5_1_1/$DRAFTER_SIZE.gin"
-                                  "configs/models/t5_1_1/$VERIFIER_SIZE.gin")
+    has_stage finetune && files+=("configs/paper/finetune_$t.gin"
+      "configs/models/t5_1_1/$DRAFTER_SIZE.gin" "configs/models/t5_1_1/$VERIFIER_SIZE.gin")
     has_stage sweep && files+=("configs/paper/$t.gin")
     for f in "${files[@]}"; do
-      [[ -f "$ROOT/$f" ]] || die "$f not found in $ROOT; is '$t' one of the paper tasks (wmt_ende, cnn_dailymail, xsum)?"
+      [[ -f "$ROOT/$f" ]] ||
+        die "$f not found in $ROOT; is '$t' a paper task (wmt_ende, cnn_dailymail, xsum)?"
     done
   done
 fi
@@ -92,7 +93,8 @@ if ((USE_TPU)); then
   require ZONE --zone
   export TPU_NAME ZONE PROJECT ACCELERATOR_TYPE TPU_VERSION REMOTE_DIR DRY_RUN
   [[ "$OUTPUT_DIR" == gs://* ]] ||
-    echo "note: --output_dir=$OUTPUT_DIR is on each host's disk; multi-host slices need a gs:// folder." >&2
+    echo "note: --output_dir=$OUTPUT_DIR is on each host's disk;" \
+      "multi-host slices need a gs:// folder." >&2
 elif ! ((DRY_RUN)); then
   source "$ROOT/scripts/env.sh"
 fi

@@ -201,10 +201,15 @@ def _latency(r: ResultRow, kind: str) -> float:
     return r.rel_latency if kind == "wallclock" else r.modelled_rel_latency
 
 
+def _by_alpha(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """Rows ordered by α, rows without α (NaN) last."""
+    return sorted(rows, key=lambda r: (math.isnan(r.alpha), 0.0 if math.isnan(r.alpha) else r.alpha))
+
+
 def curve_of(rows: Sequence[ResultRow], latency: str = "wallclock") -> np.ndarray:
     """[N, 2] (latency, quality) of a method's rows, ordered by α (NaN α last)."""
-    rows = sorted(rows, key=lambda r: (math.isnan(r.alpha), r.alpha if not math.isnan(r.alpha) else 0))
-    return np.asarray([(_latency(r, latency), r.quality) for r in rows], dtype=np.float64).reshape(-1, 2)
+    pts = [(_latency(r, latency), r.quality) for r in _by_alpha(rows)]
+    return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
 
 
 def _panel_title(key: tuple) -> str:
@@ -290,7 +295,7 @@ def points_table(rows: Sequence[ResultRow]) -> str:
         out.append("| Method | α | quality | rel. latency | modelled | accept | defer | tok/call |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for m, rs in methods.items():
-            for r in sorted(rs, key=lambda r: (math.isnan(r.alpha), r.alpha if not math.isnan(r.alpha) else 0)):
+            for r in _by_alpha(rs):
                 out.append(f"| {display_name(m)} | {_fmt(r.alpha, '.3g')} | {_fmt(r.quality)} | "
                            f"{_fmt(r.rel_latency, '.3f')} | {_fmt(r.modelled_rel_latency, '.3f')} | "
                            f"{_fmt(r.acceptance_rate, '.3f')} | {_fmt(r.deferral_rate, '.3f')} | "
@@ -336,8 +341,8 @@ def _plot_panels(rows: Sequence[ResultRow], out_prefix: str, x_of, x_label: str,
         ax = fig.add_subplot(nrows, ncols, i + 1)
         metric = _metric_name(next((r.metric for rs in methods.values() for r in rs if r.metric), ""))
         for m, rs in methods.items():
-            rs = sorted(rs, key=lambda r: (math.isnan(r.alpha), r.alpha if not math.isnan(r.alpha) else 0))
-            pts = np.asarray([(x_of(r), r.quality) for r in rs], dtype=np.float64).reshape(-1, 2)
+            pts = [(x_of(r), r.quality) for r in _by_alpha(rs)]
+            pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
             pts = pts[np.all(np.isfinite(pts), axis=1)]
             if len(pts) == 0:
                 continue
@@ -400,14 +405,16 @@ def write_report(run_dir: str, mode: str = "pareto") -> str:
             rows, os.path.join(run_dir, "quality_vs_deferral")),
     }
     tasks = sorted({r.task for r in rows})
+    frontier_name = "Pareto" if mode == "pareto" else "convex-hull"
     md = [
         "# Speculative cascades: results\n",
         f"Source: `{results_lib.RESULTS_FILENAME}` ({len(rows)} operating points; tasks: "
         f"{', '.join(tasks)}).\n",
         "Columns: (a) latency reduction 1 − rel. latency at which the method first matches the "
         "verifier's quality; (b) the best quality reachable within the verifier's latency. Curves "
-        f"are read on their {'Pareto' if mode == 'pareto' else 'convex-hull'} frontier over α with linear interpolation between adjacent "
-        "points (see `spec_cascade/report.py`). '—' means never reached / no point within budget.\n",
+        f"are read on their {frontier_name} frontier over α with linear interpolation between "
+        "adjacent points (see `spec_cascade/report.py`). '—' means never reached / no point "
+        "within budget.\n",
         "## Wall-clock latency (relative to the verifier alone)\n",
         paper_table(rows, "wallclock", mode),
         "## Modelled latency ((drafter steps · c + verifier calls) / verifier-alone steps)\n",

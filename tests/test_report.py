@@ -287,3 +287,14 @@ def test_write_report_and_cli(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("report.md")
     assert report.main([str(tmp_path / "missing")]) == 2
     assert "run the sweep" in capsys.readouterr().err
+
+
+def test_import_is_light():
+    # The report must load on machines without TensorFlow/JAX, and plotting libraries only on use.
+    import subprocess
+    import sys
+    code = ("import sys, spec_cascade.report, spec_cascade.results; "
+            "heavy = [m for m in ('matplotlib', 'tensorflow', 'jax', 'seqio') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__))), timeout=60)

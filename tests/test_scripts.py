@@ -117,6 +117,15 @@ def test_install_copies_checkout_and_installs_jax_tpu():
     assert "tar -xzf" in remote and "bash scripts/env.sh" in remote
     assert '"jax[tpu]==$JAX_VERSION"' in remote and "python3.11" in remote
     subprocess.run(["bash", "-n", "-c", remote[len("--command="):]], check=True)
+    # The inline Python programs must survive both rounds of quoting.
+    tokens = shlex.split(remote)
+    programs = [tokens[i + 1] for i, t in enumerate(tokens[1:], 1)
+                if t == "-c" and tokens[i - 1].endswith("bin/python")]
+    assert len(programs) == 2
+    for code in programs:
+        while code.count(")") > code.count("("):  # the closing ")" of a $(...) around the call
+            code = code[:-1]
+        compile(code, "<remote>", "exec")
 
 
 def test_install_from_repo_url():

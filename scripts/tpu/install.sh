@@ -48,16 +48,19 @@ if [[ -n "$REPO_URL" ]]; then
 else
   [[ -z "$REF" ]] || die "--ref needs --repo_url (without it this checkout is copied as it is)."
   TARBALL="$(mktemp -u /tmp/spec_cascade_src.XXXXXX).tgz"
-  run_sh "git -C $(printf '%q' "$REPO_ROOT") ls-files -z -co --exclude-standard | tar -czf $TARBALL -C $(printf '%q' "$REPO_ROOT") --null -T -"
+  QROOT="$(printf '%q' "$REPO_ROOT")"
+  run_sh "git -C $QROOT ls-files -z -co --exclude-standard | tar -czf $TARBALL -C $QROOT --null -T -"
   tpu_vm scp "$TARBALL" "$TPU_NAME:$TARBALL_REMOTE" --worker=all
   run rm -f "$TARBALL"
   FETCH="mkdir -p $DIR && tar -xzf $TARBALL_REMOTE -C $DIR && rm -f $TARBALL_REMOTE"
 fi
 
 REMOTE="set -euo pipefail; $FETCH; cd $DIR"
-REMOTE+="; if ! command -v $PY >/dev/null; then sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PY $PY-venv; fi"
+APT="sudo DEBIAN_FRONTEND=noninteractive apt-get"
+REMOTE+="; if ! command -v $PY >/dev/null; then $APT update -q && $APT install -y -q $PY $PY-venv; fi"
 REMOTE+="; PYTHON=$PY bash scripts/env.sh"
 REMOTE+="; JAX_VERSION=\$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
 REMOTE+="; .venv/bin/python -m pip install -q \"jax[tpu]==\$JAX_VERSION\""
-REMOTE+="; .venv/bin/python -c 'import jax; print(\"host\", jax.process_index(), \"local devices:\", jax.local_devices())'"
+SHOW='import jax; print("host", jax.process_index(), "local devices:", jax.local_devices())'
+REMOTE+="; .venv/bin/python -c '$SHOW'"
 tpu_vm ssh "$TPU_NAME" --worker=all --command="$REMOTE"
