@@ -23,9 +23,20 @@ def _word(rng: random.Random, vowels: str) -> str:
                  for _ in range(rng.randint(1, 3)))
 
 
-def _sentence(rng: random.Random, vowels: str, n_words: int, end: str = ".") -> str:
-  words = [_word(rng, vowels) for _ in range(n_words)]
-  return " ".join(words).capitalize() + end
+class _Lexicon:
+  """A fixed pseudo-word vocabulary drawn with Zipf-like frequencies.
+
+  Repeated words (as in real text) keep SentencePiece training fast.
+  """
+
+  def __init__(self, rng: random.Random, vowels: str, size: int = 120):
+    self.rng = rng
+    self.words = sorted({_word(rng, vowels) for _ in range(size)})
+    self.weights = [1.0 / (rank + 1) for rank in range(len(self.words))]
+
+  def sentence(self, n_words: int, end: str = ".") -> str:
+    words = self.rng.choices(self.words, self.weights, k=n_words)
+    return " ".join(words).capitalize() + end
 
 
 def _wrap(text: str, width: int = 60) -> list[str]:
@@ -68,14 +79,15 @@ def write_raw_fixture(directory: os.PathLike, n_sentences: int = 400,
     the directory.
   """
   rng = random.Random(seed)
+  en_lex, de_lex = _Lexicon(rng, _VOWELS_EN), _Lexicon(rng, _VOWELS_DE)
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
 
   ding = ["# Version :: fixture", "# License :: synthetic test data"]
   for i in range(n_sentences):
     n = rng.randint(4, 12)
-    de = _sentence(rng, _VOWELS_DE, n, rng.choice(".?!"))
-    en = _sentence(rng, _VOWELS_EN, n, de[-1])
+    de = de_lex.sentence(n, rng.choice(".?!"))
+    en = en_lex.sentence(n, de[-1])
     ding.append(f"{_word(rng, _VOWELS_DE)} {{m}} | {de} :: {_word(rng, _VOWELS_EN)} | {en}")
   ding.append("kurz {adj} :: short")  # a phrase, not a sentence: rejected
   ding.append("eins | zwei drei vier fünf. :: one two three four five.")  # 2 vs 1 parts
@@ -83,17 +95,17 @@ def write_raw_fixture(directory: os.PathLike, n_sentences: int = 400,
 
   english, german = [], []
   for i in range(n_descriptions):
-    paragraphs = [" ".join(_sentence(rng, _VOWELS_EN, rng.randint(6, 14))
+    paragraphs = [" ".join(en_lex.sentence(rng.randint(6, 14))
                            for _ in range(rng.randint(1, 3)))
                   for _ in range(rng.randint(1, 3))]
     body = "\n".join(paragraphs)
     md5 = hashlib.md5(body.encode("utf-8")).hexdigest()
-    synopsis = _sentence(rng, _VOWELS_EN, rng.randint(3, 7), "").lower()
+    synopsis = en_lex.sentence(rng.randint(3, 7), "").lower()
     english.append(_block(f"pkg{i}", md5, "en", synopsis, paragraphs))
     if i % 3:
       german.append(_block(
-          f"pkg{i}", md5, "de", _sentence(rng, _VOWELS_DE, 4, ""),
-          [_sentence(rng, _VOWELS_DE, len(p.split())) for p in paragraphs]))
+          f"pkg{i}", md5, "de", de_lex.sentence(4, ""),
+          [de_lex.sentence(len(p.split())) for p in paragraphs]))
   (directory / "Translation-en").write_text("\n".join(english), encoding="utf-8")
   (directory / "Translation-de").write_text("\n".join(german), encoding="utf-8")
   return directory

@@ -68,6 +68,11 @@ class LazySentencePieceVocabulary(seqio.SentencePieceVocabulary):
     self._path_fn = path_fn
     super().__init__(sentencepiece_model_file="", extra_ids=extra_ids)
 
+  def reset(self) -> None:
+    """Forgets the resolved path, e.g. after the cache dir or gin changed."""
+    self._sentencepiece_model_file = ""
+    self._model = None
+
   def _resolve(self) -> None:
     if not self._sentencepiece_model_file:
       self._sentencepiece_model_file = str(self._path_fn())
