@@ -345,6 +345,14 @@ def load_manifest(cache_dir: os.PathLike | str | None = None) -> dict[str, Any]:
   return _verified_manifest(str(directory), _manifest_stamp(directory))
 
 
+def _is_valid(directory: pathlib.Path) -> bool:
+  try:
+    verify(directory)
+    return True
+  except (CorruptCacheError, OSError):
+    return False
+
+
 def _discard(directory: pathlib.Path) -> None:
   # Rename first so a half-deleted tree is never mistaken for a corpus.
   trash = directory.with_name(f".trash-{directory.name}-{os.getpid()}-{time.time_ns()}")
@@ -383,11 +391,15 @@ def build_corpora(cache_dir: os.PathLike | str | None = None,
     manifest["build_seconds"] = round(time.time() - started, 1)
     write_manifest(staging, manifest)
     if final.exists():
+      if not force and _is_valid(final):
+        # Another process finished first with a valid corpus: keep theirs.
+        shutil.rmtree(staging, ignore_errors=True)
+        return final
       _discard(final)
     try:
       os.rename(staging, final)
     except OSError:
-      # Another process finished first; use its corpus if it verifies.
+      # Another process renamed its corpus into place in the meantime.
       verify(final)
       shutil.rmtree(staging, ignore_errors=True)
   except BaseException:

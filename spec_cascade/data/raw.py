@@ -29,6 +29,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 from absl import logging
@@ -240,7 +241,7 @@ def obtain(raw_cache: os.PathLike, apt_dir: os.PathLike,
   if not refresh and _verified(raw_cache, manual_dir):
     return raw_cache
   if raw_cache.exists():
-    shutil.rmtree(raw_cache)
+    _discard(raw_cache)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".raw-", dir=raw_cache.parent))
   try:
     if manual_dir is not None:
@@ -250,11 +251,20 @@ def obtain(raw_cache: os.PathLike, apt_dir: os.PathLike,
       logging.info("Fetching trans-de-en and the DDTP Translation-en/-de lists via apt")
       provenance = from_apt(staging, apt_dir)
     (staging / _PROVENANCE).write_text(json.dumps(provenance, indent=1, sort_keys=True))
-    os.replace(staging, raw_cache)
+    if raw_cache.exists():  # a concurrent fetch finished first
+      _discard(raw_cache)
+    os.rename(staging, raw_cache)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
   return raw_cache
+
+
+def _discard(directory: pathlib.Path) -> None:
+  # Renamed first so that a half-deleted tree is never read as raw files.
+  trash = directory.with_name(f".trash-{directory.name}-{os.getpid()}-{time.time_ns()}")
+  os.rename(directory, trash)
+  shutil.rmtree(trash, ignore_errors=True)
 
 
 def provenance(raw_cache: os.PathLike) -> dict[str, Any]:
