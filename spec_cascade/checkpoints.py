@@ -38,7 +38,8 @@ from spec_cascade.models import T5Config, T5Model
 
 Params = Any
 # A sharding spec for loading: None (first device), one Sharding for every array,
-# a nested dict of Shardings shaped like the parameter tree, or a callable
+# a nested dict shaped like the parameter tree of Shardings (or of
+# jax.ShapeDtypeStruct with .sharding set), or a callable
 # (path 'a/b/kernel', shape) -> Sharding.
 ShardingSpec = Any
 
@@ -180,7 +181,9 @@ def _sharding_for(sharding: ShardingSpec, path: str, shape: tuple[int, ...]):
   flat = sharding if "/" in next(iter(sharding), "") else flatten(sharding)
   if path not in flat:
     raise ValueError(f"The sharding tree has no entry for parameter {path}.")
-  return flat[path]
+  entry = flat[path]
+  # A target tree of jax.ShapeDtypeStruct(..., sharding=...) works too.
+  return entry.sharding if isinstance(entry, jax.ShapeDtypeStruct) else entry
 
 
 def _place(lazy: LazyArray, path: str, dtype: np.dtype, sharding: ShardingSpec) -> jax.Array:
@@ -301,7 +304,8 @@ def _is_ts_spec(leaf) -> bool:
   return isinstance(leaf, dict) and "driver" in leaf and ("kvstore" in leaf or "path" in leaf)
 
 
-def _t5x_lazy_zarr(spec: dict, ckpt_dir: str, version: int, name: str) -> LazyArray:
+def _t5x_open_zarr(spec: dict, ckpt_dir: str, name: str):
+  """Starts opening one parameter's zarr array → (TensorStore future, absolute path)."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
   if "kvstore" in spec and isinstance(spec["kvstore"], dict) and "path" in spec["kvstore"]:
     rel = spec["kvstore"]["path"]
@@ -311,12 +315,17 @@ def _t5x_lazy_zarr(spec: dict, ckpt_dir: str, version: int, name: str) -> LazyAr
     raise ValueError(f"T5X parameter {name}: TensorStore spec without a path: {spec}.")
   # Rebuild the kvstore for where the checkpoint lives now: T5X writes relative
   # paths (and a dummy GCS bucket) so checkpoints can move.
-  open_spec = {"driver": spec.get("driver", "zarr"), "kvstore": _kvstore_spec(_join(ckpt_dir, rel))}
+  where = _join(ckpt_dir, rel)
+  open_spec = {"driver": spec.get("driver", "zarr"), "kvstore": _kvstore_spec(where)}
+  return ts.open(open_spec, open=True, read=True), where
+
+
+def _t5x_lazy_zarr(spec: dict, opening, where: str, version: int, name: str) -> LazyArray:
   try:
-    store = ts.open(open_spec, open=True, read=True).result()
+    store = opening.result()
   except Exception as e:  # pylint: disable=broad-except
     raise FileNotFoundError(f"T5X parameter {name}: cannot open its array at "
-                            f"{_join(ckpt_dir, rel)!r} ({e}).") from e
+                            f"{where!r} ({e}).") from e
   shape = tuple(int(s) for s in store.shape)
   meta_shape = spec.get("metadata", {}).get("shape")
   if meta_shape is not None and tuple(int(s) for s in meta_shape) != shape:
@@ -332,8 +341,7 @@ def _t5x_lazy_zarr(spec: dict, ckpt_dir: str, version: int, name: str) -> LazyAr
     x = store[index].read().result() if index else store.read().result()
     return x.view(ml_dtypes.bfloat16) if as_bf16 else x
 
-  return LazyArray(shape, np.dtype(ml_dtypes.bfloat16) if as_bf16 else stored, read,
-                   _join(ckpt_dir, rel))
+  return LazyArray(shape, np.dtype(ml_dtypes.bfloat16) if as_bf16 else stored, read, where)
 
 
 def _t5x_lazy_inline(x, version: int, name: str) -> LazyArray:
@@ -361,10 +369,13 @@ def read_t5x_lazy(path: str) -> dict[str, LazyArray]:
     raise ValueError(f"{ckpt_file}: no 'optimizer/target' in the msgpack (keys "
                      f"{sorted(contents)}); unknown layout.") from None
   flat = flax.traverse_util.flatten_dict(target, sep="/", is_leaf=lambda _, v: _is_ts_spec(v))
+  # Open every array's metadata concurrently (one round trip each on GCS).
+  opening = {name: _t5x_open_zarr(leaf, ckpt_dir, name)
+             for name, leaf in flat.items() if _is_ts_spec(leaf)}
   lazy = {}
   for name, leaf in flat.items():
     if _is_ts_spec(leaf):
-      lazy[name] = _t5x_lazy_zarr(leaf, ckpt_dir, version, name)
+      lazy[name] = _t5x_lazy_zarr(leaf, *opening[name], version, name)
     elif isinstance(leaf, (np.ndarray, np.generic)):
       lazy[name] = _t5x_lazy_inline(leaf, version, name)
     else:

@@ -41,6 +41,16 @@ def _assert_same(a, b, dtype=np.float32):
     np.testing.assert_array_equal(fa[p].astype(dtype), fb[p].astype(dtype), err_msg=p)
 
 
+_FORWARD = {}
+
+
+def _jitted_forward(config):
+  """One compiled forward per config across tests."""
+  if config not in _FORWARD:
+    _FORWARD[config] = jax.jit(T5Model(config).forward)
+  return _FORWARD[config]
+
+
 def _tokens(config, seed=1):
   rng = np.random.default_rng(seed)
   enc = rng.integers(2, config.vocab_size, (2, 7)).astype(np.int32)
@@ -112,7 +122,7 @@ def test_t5x_checkpoint_loads_identical_arrays_and_logits(tmp_path, version, sto
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(loaded))
   model = T5Model(config)
   enc, dec = _tokens(config)
-  forward = jax.jit(model.forward)
+  forward = _jitted_forward(config)
   np.testing.assert_array_equal(forward(loaded, enc, dec), forward(want, enc, dec))
   # Restoring as bfloat16 gives the bfloat16 rounding of the stored values.
   bf, _ = C.load_params(str(tmp_path / "model" / "checkpoint_100"), dtype="bfloat16")
@@ -317,6 +327,13 @@ _MESH_SCRIPT = textwrap.dedent("""
             np.asarray(C.flatten(params)[p].astype(dtype), np.float32), err_msg=p)
         if p == "token_embedder/embedding":
           assert x.addressable_shards[0].data.shape == (V11.vocab_size // 4, V11.emb_dim)
+    # The target form: a tree of ShapeDtypeStructs carrying NamedShardings.
+    target = jax.tree_util.tree_map_with_path(
+        lambda kp, s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spec(
+            "/".join(k.key for k in kp), s.shape)), T5Model(V11).abstract_params())
+    restored, _ = C.load_params({dst!r}, sharding=target)
+    for p, x in C.flatten(restored).items():
+      assert x.sharding.is_equivalent_to(spec(p, x.shape), x.ndim), p
     print("MESH_OK")
 """)
 
