@@ -1,0 +1,610 @@
+"""Decode loops for every method of docs/paper.md §5, each one compiled `lax.while_loop`.
+
+Methods (`METHODS`):
+  drafter, verifier      autoregressive decoding with one model (greedy / temperature / top-k / top-p)
+  token_cascade          sequential token-level cascade [Chow]: the verifier runs only when a
+                         row defers (plus cache catch-up when a row lags by a whole window)
+  oracle                 both models every token, any rule (analysis only)
+  seq_cascade            sequence-level Chow: drafter output kept unless its length-normalised
+                         confidence is below 1 − α; then the row is re-decoded by the verifier
+  spec_decode            speculative decoding toward p̃ (rule `verifier`)
+  spec_decode_lossy      speculative decoding toward the `lossy` target
+  spec_cascade           speculative decoding toward any rule's target
+  bild                   BiLD: greedy drafts while max q ≥ fallback threshold (≤ max window),
+                         one verifier call, roll back at the first draft with
+                         −log p(draft) > rollback threshold, emit the verifier's argmax there
+
+Shared conventions. Output token t of a row sits at decoder position t + 1 (position 0 is
+BOS = 0), so the decoder input at position n is the last committed token out[n − 1]. A row's
+committed length n never exceeds `max_decode_length`; both caches hold valid keys/values for
+positions < n (plus the drafter's extra positions, which are overwritten before being read).
+A row finishes at its first EOS (kept in the output) or at max_decode_length; later positions
+are 0. Every random draw of a row comes from fold_in(key(seed), example_id), then the loop
+step, so a row's output does not depend on the batch it sits in or on the device count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spec_cascade import deferral, sampling
+from spec_cascade.models.configs import T5Config
+from spec_cascade.models.t5 import DecoderCache, T5Model
+
+Array = jax.Array
+EOS_ID = 1
+PAD_ID = 0
+
+METHODS = ("drafter", "verifier", "token_cascade", "oracle", "seq_cascade", "spec_decode",
+           "spec_decode_lossy", "spec_cascade", "bild")
+_DEFAULT_RULE = {"spec_decode": "verifier", "spec_decode_lossy": "lossy",
+                 "token_cascade": "chow", "oracle": "diff", "seq_cascade": "chow"}
+_USES_DRAFTER = {"drafter", "token_cascade", "oracle", "seq_cascade", "spec_decode",
+                 "spec_decode_lossy", "spec_cascade", "bild"}
+_USES_VERIFIER = set(METHODS) - {"drafter"}
+
+
+class Bundle(NamedTuple):
+  """A model and its parameters."""
+  model: T5Model
+  params: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+  """Everything that fixes the compiled program (changing any of it recompiles)."""
+  method: str
+  rule: str | None
+  num_draft_tokens: int
+  max_decode_length: int
+  top_k: int = 0
+  solve_beta: bool = True
+  token_cascade_window: int = 8
+  bild_max_window: int = 10
+
+
+@flax.struct.dataclass
+class Knobs:
+  """Traced scalars: changing them never recompiles (an α sweep compiles once)."""
+  alpha: Array
+  beta: Array
+  temperature: Array
+  top_p: Array
+  fallback_threshold: Array
+  rollback_threshold: Array
+
+
+COUNTER_FIELDS = ("output_tokens", "drafter_steps", "verifier_calls", "verifier_sequential_calls",
+                  "drafted", "accepted", "rejected", "deferred", "blocks", "bonus_tokens",
+                  "residual_fallbacks")
+
+
+@flax.struct.dataclass
+class Counters:
+  """Exact per-row counters, int32 [B] (deferred: float32, see docs/deferral_rules.md).
+
+  output_tokens: committed tokens (EOS included). drafter_steps: drafter decode calls the
+  row took part in. verifier_calls: verifier decode calls (block calls count once).
+  verifier_sequential_calls: token_cascade deferrals (each a sequential verifier call).
+  drafted / accepted / rejected: speculative drafts proposed, accepted, and blocks that ended
+  in a rejection. deferred: Σ over emitted tokens of the rule's deferral weight (an integer
+  count for indicator rules). blocks: draft blocks (or loop steps for autoregressive
+  methods). bonus_tokens: blocks whose every draft was accepted. residual_fallbacks: rejections
+  where the residual had ~0 mass and π was sampled instead.
+  """
+  output_tokens: Array
+  drafter_steps: Array
+  verifier_calls: Array
+  verifier_sequential_calls: Array
+  drafted: Array
+  accepted: Array
+  rejected: Array
+  deferred: Array
+  blocks: Array
+  bonus_tokens: Array
+  residual_fallbacks: Array
+
+  @classmethod
+  def zeros(cls, batch: int) -> "Counters":
+    z = jnp.zeros((batch,), jnp.int32)
+    return cls(**{f: (jnp.zeros((batch,), jnp.float32) if f == "deferred" else z)
+                  for f in COUNTER_FIELDS})
+
+  def add(self, active: Array, **incs) -> "Counters":
+    """Adds increments ([B] or scalar) on active rows only."""
+    new = {}
+    for name, inc in incs.items():
+      cur = getattr(self, name)
+      new[name] = cur + jnp.where(active, jnp.asarray(inc).astype(cur.dtype), 0)
+    return self.replace(**new)
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """The loop state shared by all methods.
+
+  out: int32 [B, L + W] output buffer (W = widest block); length: int32 [B] committed tokens;
+  done: bool [B]; caches: the two models' DecoderCache (None if unused); verified: int32 [B]
+  verifier-valid positions (token_cascade only); step: int32 loop iteration.
+  """
+  out: Array
+  length: Array
+  done: Array
+  d_cache: DecoderCache | None
+  v_cache: DecoderCache | None
+  verified: Array
+  counters: Counters
+  step: Array
+  aux: Array  # float32 [B]: per-method accumulator (seq_cascade: Σ log q of emitted tokens)
+
+
+@flax.struct.dataclass
+class DecodeResult:
+  tokens: Array     # int32 [B, max_decode_length], 0 after EOS
+  lengths: Array    # int32 [B]
+  counters: Counters
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure helpers
+
+def _row_keys(seed: Array, example_ids: Array) -> Array:
+  """[B] typed keys: fold_in(key(seed), example_id)."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(example_ids)
+
+
+def _step_keys(row_keys: Array, step: Array, num: int) -> Array:
+  """[num, B] keys for this loop step."""
+  keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), num))(row_keys)
+  return jnp.swapaxes(keys, 0, 1)
+
+
+def _last_input(out: Array, length: Array) -> Array:
+  """Decoder input at position `length`: out[length − 1], or BOS (0) when length = 0."""
+  prev = jnp.take_along_axis(out, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
+  return jnp.where(length > 0, prev, PAD_ID)
+
+
+def _commit(state: DecodeState, tokens: Array, num_new: Array, max_len: int):
+  """Appends tokens[:, :num_new] to active rows, cutting at the first EOS and at max_len.
+
+  tokens: int32 [B, K]; num_new: int32 [B] in 1..K. Returns (out, length, done, committed).
+  """
+  k = tokens.shape[1]
+  active = ~state.done
+  pos = jnp.arange(k)[None, :]
+  is_eos = (tokens == EOS_ID) & (pos < num_new[:, None])
+  first_eos = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1) + 1, k + 1)
+  n = jnp.minimum(jnp.minimum(num_new, first_eos), max_len - state.length)
+  n = jnp.where(active, n, 0)
+  masked = jnp.where(pos < n[:, None], tokens, PAD_ID).astype(jnp.int32)
+  # Slots at and after `length` are still zero (nothing is written past the committed
+  # length), so writing the zero-padded block keeps the buffer's tail zero.
+  write = jax.vmap(lambda o, t, s: jax.lax.dynamic_update_slice(o, t, (s,)))
+  out = jnp.where(active[:, None], write(state.out, masked, state.length), state.out)
+  length = state.length + n
+  done = state.done | (active & ((first_eos <= n) | (length >= max_len)))
+  return out, length, done, n
+
+
+def _vsample(keys: Array, logits: Array, knobs: Knobs, top_k: int) -> Array:
+  """Per-row draws: keys [B], logits [B, V] → int32 [B]."""
+  return jax.vmap(lambda kk, l: sampling.sample(kk, l, knobs.temperature, top_k, knobs.top_p))(
+      keys, logits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loop bodies. Each maps DecodeState → DecodeState for one step of its method.
+
+def _autoregressive_body(model: T5Model, params, which: str, spec: DecodeSpec, knobs: Knobs,
+                         row_keys: Array, track_logq: bool = False):
+  def body(state: DecodeState) -> DecodeState:
+    active = ~state.done
+    n = state.length
+    x = _last_input(state.out, n)
+    cache = state.d_cache if which == "drafter" else state.v_cache
+    logits, cache = model.decode_block(params, cache, x[:, None], n)
+    keys = _step_keys(row_keys, state.step, 1)[0]
+    tok = _vsample(keys, logits[:, 0], knobs, spec.top_k)
+    out, length, done, _ = _commit(state, tok[:, None], jnp.ones_like(n), spec.max_decode_length)
+    counters = state.counters.add(active, blocks=1, **{
+        ("drafter_steps" if which == "drafter" else "verifier_calls"): 1})
+    aux = state.aux
+    if track_logq:
+      logq = jax.nn.log_softmax(logits[:, 0])
+      aux = aux + jnp.where(active, jnp.take_along_axis(logq, tok[:, None], 1)[:, 0], 0.0)
+    new = state.replace(out=out, length=length, done=done, counters=counters, aux=aux,
+                        step=state.step + 1)
+    return new.replace(d_cache=cache) if which == "drafter" else new.replace(v_cache=cache)
+  return body
+
+
+def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs,
+                      row_keys: Array):
+  gamma = spec.num_draft_tokens
+  rule = deferral.get_rule(spec.rule)
+
+  def body(state: DecodeState) -> DecodeState:
+    active = ~state.done
+    n = state.length
+    x0 = _last_input(state.out, n)
+    keys = _step_keys(row_keys, state.step, gamma + 2)
+
+    # γ drafts plus one more drafter step on the last draft: π_γ needs q_γ.
+    def draft_step(carry, j):
+      cache, tok = carry
+      logits, cache = drafter.model.decode_block(drafter.params, cache, tok[:, None], n + j)
+      nxt = _vsample(keys[j], logits[:, 0], knobs, spec.top_k)
+      return (cache, nxt), (logits[:, 0], nxt)
+
+    (d_cache, _), (d_logits, drafts) = jax.lax.scan(
+        draft_step, (state.d_cache, x0), jnp.arange(gamma + 1))
+    d_logits = jnp.swapaxes(d_logits, 0, 1)  # [B, γ+1, V]
+    drafts = jnp.swapaxes(drafts, 0, 1)[:, :gamma]  # [B, γ]
+    v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
+    v_logits, v_cache = verifier.model.decode_block(verifier.params, state.v_cache, v_tokens, n)
+
+    probs = deferral.rule_inputs(d_logits, v_logits, knobs.temperature, spec.top_k, knobs.top_p)
+    beta = None if spec.solve_beta else knobs.beta
+    pi, defer = rule.fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
+    res = sampling.verify_with_target(keys[gamma + 1], drafts, probs.q_scaled, pi, defer)
+
+    out, length, done, n_new = _commit(state, res.tokens, res.num_emitted, spec.max_decode_length)
+    emitted = jnp.arange(gamma + 1)[None, :] < n_new[:, None]
+    counters = state.counters.add(
+        active, drafter_steps=gamma + 1, verifier_calls=1, drafted=gamma,
+        accepted=res.num_accepted, rejected=res.rejected, blocks=1, bonus_tokens=res.is_bonus,
+        residual_fallbacks=res.residual_fallback,
+        deferred=jnp.sum(jnp.where(emitted, res.defer_weight, 0.0), axis=1))
+    return state.replace(out=out, length=length, done=done, d_cache=d_cache, v_cache=v_cache,
+                         counters=counters, step=state.step + 1)
+  return body
+
+
+def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs,
+                        row_keys: Array, oracle: bool):
+  """One token per step from π = rule(q, p). The oracle calls the verifier every step; the
+  sequential cascade only when some row defers (Chow decides from q alone) or when a row's
+  verifier cache lags a whole window behind (then one call catches it up)."""
+  window = 1 if oracle else spec.token_cascade_window
+  rule = deferral.get_rule(spec.rule)
+  vocab = verifier.model.config.vocab_size
+
+  def body(state: DecodeState) -> DecodeState:
+    active = ~state.done
+    n, m = state.length, state.verified
+    x = _last_input(state.out, n)
+    keys = _step_keys(row_keys, state.step, 1)[0]
+    d_logits, d_cache = drafter.model.decode_block(drafter.params, state.d_cache, x[:, None], n)
+    d_logits = d_logits[:, 0]
+    if oracle:
+      need = jnp.ones_like(active)
+      call = jnp.array(True)
+    else:
+      # Chow: defer iff max q < 1 − α (the decision reads unscaled q only).
+      need = jnp.max(jax.nn.softmax(d_logits), axis=-1) < 1.0 - knobs.alpha
+      call = jnp.any(active & (need | (n - m >= window - 1)))
+
+    def verify(v_cache):
+      # Window of `window` inputs starting at each row's first unverified position m.
+      pos = m[:, None] + jnp.arange(window)[None, :]
+      prev = jnp.take_along_axis(state.out, jnp.clip(pos - 1, 0, state.out.shape[1] - 1), axis=1)
+      toks = jnp.where(pos > 0, prev, PAD_ID)
+      logits, v_cache = verifier.model.decode_block(verifier.params, v_cache, toks, m)
+      at_n = jnp.take_along_axis(logits, (n - m)[:, None, None], axis=1)[:, 0]
+      return at_n, v_cache
+
+    def skip(v_cache):
+      return jnp.zeros((n.shape[0], vocab), jnp.float32), v_cache
+
+    v_logits, v_cache = jax.lax.cond(call, verify, skip, state.v_cache)
+    probs = deferral.rule_inputs(d_logits, v_logits, knobs.temperature, spec.top_k, knobs.top_p)
+    beta = None if spec.solve_beta else knobs.beta
+    pi, defer = rule.fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
+    tok = jax.vmap(sampling.categorical)(keys, pi)
+    out, length, done, n_new = _commit(state, tok[:, None], jnp.ones_like(n),
+                                       spec.max_decode_length)
+    counters = state.counters.add(
+        active, drafter_steps=1, verifier_calls=call.astype(jnp.int32),
+        verifier_sequential_calls=(need & call).astype(jnp.int32), blocks=1,
+        deferred=jnp.where(n_new > 0, defer, 0.0))
+    verified = jnp.where(call, n + 1, m)
+    return state.replace(out=out, length=length, done=done, d_cache=d_cache, v_cache=v_cache,
+                         verified=verified, counters=counters, step=state.step + 1)
+  return body
+
+
+def _bild_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs):
+  wmax = spec.bild_max_window
+
+  def body(state: DecodeState) -> DecodeState:
+    active = ~state.done
+    n = state.length
+    batch = n.shape[0]
+    x0 = _last_input(state.out, n)
+
+    # Greedy drafts while the drafter is confident (max q ≥ fallback) and the window has room.
+    def cond(c):
+      j, _, _, drafting, _, _ = c
+      return (j < wmax) & jnp.any(drafting)
+
+    def draft(c):
+      j, cache, tok, drafting, drafts, steps = c
+      logits, cache = drafter.model.decode_block(drafter.params, cache, tok[:, None], n + j)
+      probs = jax.nn.softmax(logits[:, 0])
+      nxt = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+      keep = drafting & (jnp.max(probs, axis=-1) >= knobs.fallback_threshold)
+      drafts = drafts.at[:, j].set(jnp.where(keep, nxt, 0))
+      return j + 1, cache, nxt, keep, drafts, steps + drafting.astype(jnp.int32)
+
+    init = (jnp.int32(0), state.d_cache, x0, active, jnp.zeros((batch, wmax), jnp.int32),
+            jnp.zeros((batch,), jnp.int32))
+    _, d_cache, _, _, drafts, steps = jax.lax.while_loop(cond, draft, init)
+    width = jnp.sum(drafts != 0, axis=1)  # kept drafts are contiguous from 0
+    v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
+    v_logits, v_cache = verifier.model.decode_block(verifier.params, state.v_cache, v_tokens, n)
+    logp = jax.nn.log_softmax(v_logits[:, :wmax])
+    nll = -jnp.take_along_axis(logp, drafts[..., None], axis=-1)[..., 0]
+    pos = jnp.arange(wmax)[None, :]
+    bad = (pos < width[:, None]) & (nll > knobs.rollback_threshold)
+    accepted = jnp.where(bad.any(axis=1), jnp.argmax(bad, axis=1), width).astype(jnp.int32)
+    nxt = jnp.argmax(jnp.take_along_axis(v_logits, accepted[:, None, None], axis=1)[:, 0],
+                     axis=-1).astype(jnp.int32)
+    full = jnp.arange(wmax + 1)[None, :]
+    padded = jnp.pad(drafts, ((0, 0), (0, 1)))
+    tokens = jnp.where(full < accepted[:, None], padded,
+                       jnp.where(full == accepted[:, None], nxt[:, None], 0))
+    out, length, done, n_new = _commit(state, tokens, accepted + 1, spec.max_decode_length)
+    rolled_back = accepted < width
+    counters = state.counters.add(
+        active, drafter_steps=steps, verifier_calls=1, drafted=width, accepted=accepted,
+        rejected=rolled_back, blocks=1, bonus_tokens=(~rolled_back) & (width == wmax),
+        deferred=(n_new > accepted).astype(jnp.float32))
+    return state.replace(out=out, length=length, done=done, d_cache=d_cache, v_cache=v_cache,
+                         counters=counters, step=state.step + 1)
+  return body
+
+
+# ----------------------------------------------------------------------------------------------
+# The compiled program
+
+def _init_state(batch: int, buf_len: int, d_cache, v_cache, done=None) -> DecodeState:
+  return DecodeState(
+      out=jnp.zeros((batch, buf_len), jnp.int32), length=jnp.zeros((batch,), jnp.int32),
+      done=jnp.zeros((batch,), bool) if done is None else done, d_cache=d_cache,
+      v_cache=v_cache, verified=jnp.zeros((batch,), jnp.int32), counters=Counters.zeros(batch),
+      step=jnp.int32(0), aux=jnp.zeros((batch,), jnp.float32))
+
+
+def _run(body, state: DecodeState) -> DecodeState:
+  return jax.lax.while_loop(lambda s: jnp.any(~s.done), body, state)
+
+
+def _block_width(spec: DecodeSpec) -> int:
+  if spec.method == "bild":
+    return spec.bild_max_window + 1
+  if spec.method == "token_cascade":
+    return spec.token_cascade_window
+  if spec.method in ("spec_decode", "spec_decode_lossy", "spec_cascade"):
+    return spec.num_draft_tokens + 1
+  return 1
+
+
+def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d_params,
+           v_params, inputs: Array, example_ids: Array, seed: Array, knobs: Knobs
+           ) -> DecodeResult:
+  """Decodes a batch with `spec.method`. Pure; jit it with `spec` and the models static.
+
+  inputs: int32 [B, S] encoder tokens (0 = padding); example_ids: int32 [B]; seed: int32 [].
+  Returns DecodeResult with tokens [B, max_decode_length].
+  """
+  batch = inputs.shape[0]
+  max_len = spec.max_decode_length
+  width = _block_width(spec)
+  cache_len = max_len + width + 1
+  buf_len = max_len + width
+  row_keys = _row_keys(seed, example_ids)
+  drafter = Bundle(d_model, d_params) if d_model is not None else None
+  verifier = Bundle(v_model, v_params) if v_model is not None else None
+
+  def fresh_cache(b: Bundle | None):
+    if b is None:
+      return None
+    encoded, mask = b.model.encode(b.params, inputs)
+    return b.model.init_cache(b.params, encoded, mask, cache_len)
+
+  method = spec.method
+  if method in ("drafter", "verifier"):
+    b = drafter if method == "drafter" else verifier
+    state = _init_state(batch, buf_len, fresh_cache(drafter) if method == "drafter" else None,
+                        fresh_cache(verifier) if method == "verifier" else None)
+    state = _run(_autoregressive_body(b.model, b.params, method, spec, knobs, row_keys), state)
+  elif method in ("token_cascade", "oracle"):
+    state = _init_state(batch, buf_len, fresh_cache(drafter), fresh_cache(verifier))
+    state = _run(_token_cascade_body(drafter, verifier, spec, knobs, row_keys,
+                                     oracle=method == "oracle"), state)
+  elif method in ("spec_decode", "spec_decode_lossy", "spec_cascade"):
+    state = _init_state(batch, buf_len, fresh_cache(drafter), fresh_cache(verifier))
+    state = _run(_speculative_body(drafter, verifier, spec, knobs, row_keys), state)
+  elif method == "bild":
+    state = _init_state(batch, buf_len, fresh_cache(drafter), fresh_cache(verifier))
+    state = _run(_bild_body(drafter, verifier, spec, knobs), state)
+  elif method == "seq_cascade":
+    first = _init_state(batch, buf_len, fresh_cache(drafter), None)
+    first = _run(_autoregressive_body(drafter.model, drafter.params, "drafter", spec, knobs,
+                                      row_keys, track_logq=True), first)
+    confidence = jnp.exp(first.aux / jnp.maximum(first.length, 1))
+    defer = confidence < 1.0 - knobs.alpha
+    second = _init_state(batch, buf_len, None, fresh_cache(verifier), done=~defer)
+    v_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(row_keys)
+    second = _run(_autoregressive_body(verifier.model, verifier.params, "verifier", spec, knobs,
+                                       v_keys), second)
+    c1, c2 = first.counters, second.counters
+    counters = c1.replace(
+        verifier_calls=c2.verifier_calls, blocks=c1.blocks + c2.blocks,
+        deferred=jnp.where(defer, second.length, 0).astype(jnp.float32))
+    state = first.replace(out=jnp.where(defer[:, None], second.out, first.out),
+                          length=jnp.where(defer, second.length, first.length),
+                          counters=counters)
+  else:
+    raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}.")
+  counters = state.counters.replace(output_tokens=state.length)
+  return DecodeResult(tokens=state.out[:, :max_len], lengths=state.length, counters=counters)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_decode(d_config: T5Config | None, v_config: T5Config | None, spec: DecodeSpec):
+  """The jitted `decode` for one (models, spec); cached so repeated calls reuse it."""
+  d_model = T5Model(d_config) if d_config is not None else None
+  v_model = T5Model(v_config) if v_config is not None else None
+  return jax.jit(functools.partial(decode, d_model, v_model, spec))
+
+
+# ----------------------------------------------------------------------------------------------
+# The plain Python API
+
+@dataclasses.dataclass
+class GenerateOutput:
+  """tokens: int32 [B, max_decode_length] (0 after EOS); lengths: [B]; counters: name → [B];
+  wall_s: wall-clock of the decode call (compilation excluded when warm)."""
+  tokens: np.ndarray
+  lengths: np.ndarray
+  counters: dict[str, np.ndarray]
+  wall_s: float
+
+
+def resolve_rule(method: str, rule: str | None) -> str | None:
+  """The rule a method runs with; ValueError when the pair makes no sense."""
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}.")
+  if method in ("drafter", "verifier", "bild"):
+    if rule is not None:
+      raise ValueError(f"method {method!r} takes no deferral rule (got rule={rule!r}).")
+    return None
+  if method in ("spec_decode", "spec_decode_lossy"):
+    want = _DEFAULT_RULE[method]
+    if rule not in (None, want):
+      raise ValueError(f"method {method!r} always uses rule {want!r}; for other rules use "
+                       f"method='spec_cascade', rule={rule!r}.")
+    return want
+  if method in ("token_cascade", "seq_cascade"):
+    if rule not in (None, "chow"):
+      raise ValueError(f"method {method!r} implements Chow's rule only (got {rule!r}); use "
+                       "method='oracle' or 'spec_cascade' for other rules.")
+    return "chow"
+  if method == "oracle":
+    rule = rule or _DEFAULT_RULE["oracle"]
+  elif rule is None:
+    raise ValueError("method 'spec_cascade' needs a rule: one of "
+                     f"{', '.join(sorted(deferral.RULES))}.")
+  deferral.get_rule(rule)
+  return rule
+
+
+def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int = 5,
+              max_decode_length: int = 64, top_k: int = 0, beta: float | None = None,
+              token_cascade_window: int = 8, bild_max_window: int = 10) -> DecodeSpec:
+  """Validated DecodeSpec (the static part of a decode)."""
+  rule = resolve_rule(method, rule)
+  for name, v, lo in (("num_draft_tokens", num_draft_tokens, 1),
+                      ("max_decode_length", max_decode_length, 1),
+                      ("token_cascade_window", token_cascade_window, 1),
+                      ("bild_max_window", bild_max_window, 1)):
+    if not isinstance(v, (int, np.integer)) or v < lo:
+      raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}.")
+  return DecodeSpec(method=method, rule=rule, num_draft_tokens=int(num_draft_tokens),
+                    max_decode_length=int(max_decode_length),
+                    top_k=sampling.validate_top_k(top_k), solve_beta=beta is None,
+                    token_cascade_window=int(token_cascade_window),
+                    bild_max_window=int(bild_max_window))
+
+
+def make_knobs(spec: DecodeSpec, *, alpha: float = 0.0, beta: float | None = None,
+               temperature: float = 1.0, top_p: float = 1.0, fallback_threshold: float = 0.6,
+               rollback_threshold: float = 3.0) -> Knobs:
+  """Validated traced knobs."""
+  sampling.validate_sampling_params(temperature, spec.top_k, top_p)
+  if spec.rule is not None and spec.method not in ("spec_decode",):
+    deferral.validate_alpha(spec.rule, alpha)
+    deferral.validate_beta(spec.rule, alpha, beta)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return Knobs(alpha=f32(alpha), beta=f32(1.0 if beta is None else beta),
+               temperature=f32(temperature), top_p=f32(top_p),
+               fallback_threshold=f32(fallback_threshold),
+               rollback_threshold=f32(rollback_threshold))
+
+
+def _check_inputs(inputs) -> np.ndarray:
+  arr = np.asarray(inputs)
+  if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f"inputs must be integer token ids [batch, length], got dtype {arr.dtype} "
+                     f"shape {arr.shape}.")
+  return arr.astype(np.int32)
+
+
+def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method: str,
+             rule: str | None = None, alpha: float = 0.0, beta: float | None = None,
+             num_draft_tokens: int = 5, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, example_ids=None, max_decode_length: int = 64,
+             fallback_threshold: float = 0.6, rollback_threshold: float = 3.0,
+             bild_max_window: int = 10, token_cascade_window: int = 8,
+             mesh=None) -> GenerateOutput:
+  """Decodes `inputs` [B, S] with `method`; see the module docstring for the methods.
+
+  drafter / verifier: `Bundle(T5Model, params)` (either may be None when the method does not
+  use it). alpha, beta, temperature, top_p and the BiLD thresholds are traced: changing them
+  reuses the compiled program. example_ids [B] (default 0..B-1) seed each row's randomness.
+  mesh: optional `jax.sharding.Mesh` with a 'data' axis; the batch is split over it (padded to
+  a multiple of its size) and the parameters follow `spec_cascade.parallel` rules.
+  """
+  spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
+                   max_decode_length=max_decode_length, top_k=top_k, beta=beta,
+                   token_cascade_window=token_cascade_window, bild_max_window=bild_max_window)
+  knobs = make_knobs(spec, alpha=alpha, beta=beta, temperature=temperature, top_p=top_p,
+                     fallback_threshold=fallback_threshold, rollback_threshold=rollback_threshold)
+  inputs = _check_inputs(inputs)
+  batch = inputs.shape[0]
+  ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)
+  if ids.shape != (batch,):
+    raise ValueError(f"example_ids must have shape ({batch},), got {ids.shape}.")
+  if method in _USES_DRAFTER and drafter is None:
+    raise ValueError(f"method {method!r} needs a drafter Bundle(model, params).")
+  if method in _USES_VERIFIER and verifier is None:
+    raise ValueError(f"method {method!r} needs a verifier Bundle(model, params).")
+  if drafter is not None and verifier is not None:
+    dv, vv = drafter.model.config.vocab_size, verifier.model.config.vocab_size
+    if dv != vv:
+      raise ValueError(f"drafter vocab_size {dv} != verifier vocab_size {vv}: speculative and "
+                       "cascade methods need one shared vocabulary.")
+  use_d = drafter if method in _USES_DRAFTER else None
+  use_v = verifier if method in _USES_VERIFIER else None
+  d_params = use_d.params if use_d else None
+  v_params = use_v.params if use_v else None
+  ids = ids.astype(np.int32)
+  if mesh is not None:
+    from spec_cascade import parallel
+    inputs, ids, pad = parallel.pad_batch(mesh, inputs, ids)
+    inputs, ids = parallel.shard_batch(mesh, inputs), parallel.shard_batch(mesh, ids)
+    d_params = parallel.shard_params(mesh, d_params) if d_params is not None else None
+    v_params = parallel.shard_params(mesh, v_params) if v_params is not None else None
+  else:
+    pad = 0
+  fn = compiled_decode(use_d.model.config if use_d else None,
+                       use_v.model.config if use_v else None, spec)
+  t0 = time.perf_counter()
+  res = jax.block_until_ready(fn(d_params, v_params, jnp.asarray(inputs), jnp.asarray(ids),
+                                 jnp.int32(seed), knobs))
+  wall = time.perf_counter() - t0
+  keep = slice(0, batch)
+  counters = {f: np.asarray(getattr(res.counters, f))[keep] for f in COUNTER_FIELDS}
+  del pad
+  return GenerateOutput(tokens=np.asarray(res.tokens)[keep],
+                        lengths=np.asarray(res.lengths)[keep], counters=counters, wall_s=wall)

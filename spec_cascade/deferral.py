@@ -1,0 +1,355 @@
+"""Deferral rules: the target maps π = T(q, p) of docs/paper.md §3 and BiLD* (§5).
+
+Every rule is a pure function with one signature,
+
+    fn(q_scaled, p_scaled, q, p, alpha, beta) -> (pi, defer)
+
+    q_scaled, p_scaled: float32 [..., V]  q̃, p̃: temperature-scaled (and top-k / top-p
+                                          truncated) drafter / verifier distributions
+    q, p:               float32 [..., V]  the same models at temperature 1, untruncated
+    alpha:              float32 scalar or broadcastable to [...]; the lenience (traced)
+    beta:               None or float32 like alpha; only `lossy` reads it
+    pi:                 float32 [..., V]  the target distribution
+    defer:              float32 [...]     the rule's deferral at each position (see RULES / docs)
+
+Deferral *decisions* read the unscaled q, p; the *target* is built from q̃, p̃. Ties pick the
+drafter (comparisons are ≥). No Python branching on array values, so α, β and the temperature
+can change between calls without recompiling. Range checks on α need concrete values; they live
+in `validate_alpha`, which the Python entry points call whenever α is concrete
+(docs/deferral_rules.md lists the ranges and edge values).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spec_cascade import sampling
+
+RuleFn = Callable[..., tuple[jax.Array, jax.Array]]
+
+# Bisection for lossy β: log β is searched on [log(1 − α), log(1 − α) + span]. At β = e^span·(1−α)
+# the p̃/β term is below 1e-17, so the bracket always contains the root or its β → ∞ limit.
+_BETA_ITERS = 48
+_BETA_LOG_SPAN = 40.0
+
+
+def _alpha(alpha: Any) -> jax.Array:
+  """α as a float32 array (scalar or broadcastable to the batch dims [...])."""
+  return jnp.asarray(alpha, jnp.float32)
+
+
+def _max(x: jax.Array) -> jax.Array:
+  """Peak probability, clipped to [0, 1] so float round-off cannot move the edge cases."""
+  return jnp.clip(jnp.max(x, axis=-1), 0.0, 1.0)
+
+
+def _choose(keep_drafter: jax.Array, q_scaled: jax.Array,
+            p_scaled: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """π = q̃ where keep_drafter else p̃; defer r = 1 − keep_drafter ∈ {0, 1}. keep: bool [...]."""
+  pi = jnp.where(keep_drafter[..., None], q_scaled, p_scaled)
+  return pi, jnp.logical_not(keep_drafter).astype(jnp.float32)
+
+
+def _token_target(in_accept_set: jax.Array, q_scaled: jax.Array,
+                  p_scaled: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """π = q̃·1[A] + η·p̃ with η = q̃-mass outside A; returns (π, η). in_accept_set: bool [..., V].
+
+  η is normalised by Σ q̃ so π sums to 1 even when q̃ carries float round-off, and it is pinned
+  to exactly 0 / 1 when A is everything / empty so the edge α values reproduce q̃ / p̃ bit for bit.
+  """
+  total = jnp.sum(q_scaled, axis=-1)
+  outside = jnp.sum(jnp.where(in_accept_set, 0.0, q_scaled), axis=-1)
+  eta = outside / jnp.maximum(total, sampling.PROB_FLOOR)
+  eta = jnp.where(jnp.all(in_accept_set, axis=-1), 0.0,
+                  jnp.where(jnp.any(in_accept_set, axis=-1), eta, 1.0))
+  pi = jnp.where(in_accept_set, q_scaled, 0.0) + eta[..., None] * p_scaled
+  return pi, eta
+
+
+# ----------------------------------------------------------------------------------------------
+# The target maps
+# ----------------------------------------------------------------------------------------------
+
+def drafter(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = q̃ (drafter alone); defer = 0."""
+  del p_scaled, q, p, alpha, beta
+  return q_scaled, jnp.zeros(q_scaled.shape[:-1], jnp.float32)
+
+
+def verifier(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = p̃ (SpecDecode, lossless); defer = 1."""
+  del q_scaled, q, p, alpha, beta
+  return p_scaled, jnp.ones(p_scaled.shape[:-1], jnp.float32)
+
+
+def chow(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = q̃ if max q ≥ 1 − α else p̃ (Chow's rule); defer ∈ {0, 1}."""
+  del p, beta
+  return _choose(_max(q) >= 1.0 - _alpha(alpha), q_scaled, p_scaled)
+
+
+def diff(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = q̃ if max q ≥ max p − α else p̃; defer ∈ {0, 1}."""
+  del beta
+  return _choose(_max(q) >= _max(p) - _alpha(alpha), q_scaled, p_scaled)
+
+
+def opt(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = q̃ if max q ≥ max p − α·TV(q̃, p̃) else p̃ (plug-in optimal rule); defer ∈ {0, 1}."""
+  del beta
+  tv = sampling.tv_distance(q_scaled, p_scaled)
+  # α·TV is taken as 0 when TV = 0 so that α = ±inf (the documented edges) never yields NaN.
+  shift = jnp.where(tv > 0, _alpha(alpha) * tv, 0.0)
+  return _choose(_max(q) >= _max(p) - shift, q_scaled, p_scaled)
+
+
+def token_v1(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = q̃·1[A] + η·p̃, A = {v : q(v) ≥ max p − α}; defer = η."""
+  del beta
+  threshold = (_max(p) - _alpha(alpha))[..., None]
+  return _token_target(q >= threshold, q_scaled, p_scaled)
+
+
+def token_v2(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = q̃·1[A] + η·p̃, A = {v : p(v) ≥ max p − α}; defer = η."""
+  del q, beta
+  threshold = (_max(p) - _alpha(alpha))[..., None]
+  return _token_target(p >= threshold, q_scaled, p_scaled)
+
+
+def token_v3(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """π = q̃·1[A] + η·p̃, A = {v : p(v) ≥ (1 − α)·max p}; defer = η. The paper's main rule."""
+  del q, beta
+  threshold = ((1.0 - _alpha(alpha)) * _max(p))[..., None]
+  return _token_target(p >= threshold, q_scaled, p_scaled)
+
+
+def solve_lossy_beta(q_scaled: jax.Array, p_scaled: jax.Array, alpha: Any) -> jax.Array:
+  """β ≥ 1 − α with Σ_v max(min(q̃, p̃/(1−α)), p̃/β) = 1. [..., V] -> float32 [...].
+
+  The sum decreases in β from 1/(1−α) at β = 1 − α; fixed-iteration bisection on log β keeps it
+  jittable. At α = 0 the root is exactly β = 1 and is returned as such (π = p̃ bit for bit).
+  Where no finite root exists (q̃ ≤ p̃/(1−α) everywhere) β ends at the bracket top, where π is
+  q̃ up to 1e-17.
+  """
+  alpha = jnp.broadcast_to(_alpha(alpha), q_scaled.shape[:-1])
+  one_minus = 1.0 - alpha
+  cap = jnp.minimum(q_scaled, p_scaled / one_minus[..., None])
+
+  def mass(log_beta):
+    return jnp.sum(jnp.maximum(cap, p_scaled * jnp.exp(-log_beta)[..., None]), axis=-1)
+
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    too_big = mass(mid) > 1.0
+    return jnp.where(too_big, mid, lo), jnp.where(too_big, hi, mid)
+
+  lo0 = jnp.log(one_minus)
+  lo, hi = jax.lax.fori_loop(0, _BETA_ITERS, step, (lo0, lo0 + _BETA_LOG_SPAN))
+  beta = jnp.exp(0.5 * (lo + hi))
+  return jnp.where(alpha == 0.0, 1.0, beta)
+
+
+def lossy(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """Lossy SpecDecode: π = max(min(q̃, p̃/(1−α)), p̃/β); β solved (None) or given (≥ 1 − α).
+
+  defer = TV(q̃, π) / TV(q̃, p̃) ∈ [0, 1]: the share of SpecDecode's rejection mass kept
+  (exactly r for a mixture (1−r)q̃ + r p̃); 1 where q̃ = p̃.
+  """
+  del q, p
+  a = _alpha(alpha)
+  if beta is None:
+    beta = solve_lossy_beta(q_scaled, p_scaled, a)
+  beta = jnp.broadcast_to(jnp.asarray(beta, jnp.float32), q_scaled.shape[:-1])
+  one_minus = jnp.broadcast_to(1.0 - a, q_scaled.shape[:-1])
+  pi = jnp.maximum(jnp.minimum(q_scaled, p_scaled / one_minus[..., None]),
+                   p_scaled / beta[..., None])
+  full = sampling.tv_distance(q_scaled, p_scaled)
+  kept = sampling.tv_distance(q_scaled, pi)
+  defer = jnp.where(full > 0, jnp.clip(kept / jnp.maximum(full, sampling.PROB_FLOOR), 0.0, 1.0),
+                    1.0)
+  return pi, defer
+
+
+def bild_star(q_scaled, p_scaled, q, p, alpha, beta=None):
+  """BiLD*: π = q̃ if −log p(argmax q) ≤ α else p̃; defer ∈ {0, 1}."""
+  del beta
+  top = jnp.argmax(q, axis=-1)
+  p_top = jnp.take_along_axis(p, top[..., None], axis=-1)[..., 0]
+  distance = -jnp.log(jnp.clip(p_top, 0.0, 1.0))  # +inf where p(argmax q) = 0
+  return _choose(distance <= _alpha(alpha), q_scaled, p_scaled)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RuleSpec:
+  """One deferral rule.
+
+  Attributes:
+    name: registry key.
+    fn: the target map (module docstring signature).
+    alpha_range: (lo, hi) of valid α, or None when α is ignored.
+    alpha_upper_open: True when hi itself is excluded (lossy: α < 1).
+    specdecode_alpha: α at which π = p̃ exactly (None: no such α).
+    drafter_alpha: α at which π = q̃ exactly (None: no such α).
+    sweep_range: a finite α interval that covers the rule's useful trade-offs, for sweeps.
+    defer_kind: 'constant' | 'indicator' (r ∈ {0,1}) | 'eta' (q̃-mass outside the accept set)
+      | 'rejection_share' (TV(q̃, π) / TV(q̃, p̃)).
+    uses_beta: whether `beta` is read.
+    doc: one-line formula.
+  """
+  name: str
+  fn: RuleFn
+  alpha_range: tuple[float, float] | None
+  specdecode_alpha: float | None
+  drafter_alpha: float | None
+  sweep_range: tuple[float, float] | None
+  defer_kind: str
+  doc: str
+  alpha_upper_open: bool = False
+  uses_beta: bool = False
+
+  def range_str(self) -> str:
+    if self.alpha_range is None:
+      return "(α is ignored)"
+    lo, hi = self.alpha_range
+    fmt = lambda x: ("-inf" if x < 0 else "+inf") if math.isinf(x) else f"{x:g}"
+    return f"[{fmt(lo)}, {fmt(hi)}{')' if self.alpha_upper_open else ']'}"
+
+
+_INF = math.inf
+
+RULES: dict[str, RuleSpec] = {
+    spec.name: spec for spec in (
+        RuleSpec("drafter", drafter, None, None, 0.0, None, "constant", "π = q̃"),
+        RuleSpec("verifier", verifier, None, 0.0, None, None, "constant", "π = p̃ (SpecDecode)"),
+        RuleSpec("chow", chow, (0.0, 1.0), 0.0, 1.0, (0.0, 1.0), "indicator",
+                 "π = q̃ if max q ≥ 1 − α else p̃"),
+        RuleSpec("diff", diff, (-1.0, 1.0), -1.0, 1.0, (-1.0, 1.0), "indicator",
+                 "π = q̃ if max q ≥ max p − α else p̃"),
+        RuleSpec("opt", opt, (-_INF, _INF), -_INF, _INF, (-10.0, 10.0), "indicator",
+                 "π = q̃ if max q ≥ max p − α·TV(q̃, p̃) else p̃"),
+        RuleSpec("token_v1", token_v1, (-1.0, 1.0), -1.0, 1.0, (-1.0, 1.0), "eta",
+                 "π = q̃·1[A] + η·p̃, A = {v : q(v) ≥ max p − α}"),
+        RuleSpec("token_v2", token_v2, (-1.0, 1.0), -1.0, 1.0, (-1.0, 1.0), "eta",
+                 "π = q̃·1[A] + η·p̃, A = {v : p(v) ≥ max p − α}"),
+        RuleSpec("token_v3", token_v3, (-1.0, 1.0), -1.0, 1.0, (0.0, 1.0), "eta",
+                 "π = q̃·1[A] + η·p̃, A = {v : p(v) ≥ (1 − α)·max p}"),
+        RuleSpec("lossy", lossy, (0.0, 1.0), 0.0, None, (0.0, 0.99), "rejection_share",
+                 "π = max(min(q̃, p̃/(1−α)), p̃/β), Σπ = 1", alpha_upper_open=True,
+                 uses_beta=True),
+        RuleSpec("bild_star", bild_star, (-1.0, _INF), -1.0, _INF, (0.0, 10.0), "indicator",
+                 "π = q̃ if −log p(argmax q) ≤ α else p̃"),
+    )
+}
+
+
+def get_rule(name: str) -> RuleSpec:
+  """The RuleSpec for `name`; ValueError listing the valid names otherwise."""
+  try:
+    return RULES[name]
+  except (KeyError, TypeError):
+    raise ValueError(f"unknown deferral rule {name!r}; valid rules: "
+                     f"{', '.join(sorted(RULES))}.") from None
+
+
+def validate_alpha(name: str, alpha: Any) -> None:
+  """Raises ValueError unless every element of concrete `alpha` lies in the rule's range.
+
+  Needs a concrete α (Python number or concrete array): call it before entering jit. A traced α
+  raises TypeError, since its range cannot be checked.
+  """
+  spec = get_rule(name)
+  if sampling.is_traced(alpha):
+    raise TypeError(f"validate_alpha needs a concrete alpha for rule {name!r}; it got a traced "
+                    "value. Validate the Python value before calling the jitted function.")
+  a = np.asarray(alpha, dtype=np.float64)
+  if np.any(np.isnan(a)):
+    raise ValueError(f"alpha for rule {name!r} is NaN; valid range {spec.range_str()}.")
+  if spec.alpha_range is None:
+    return
+  lo, hi = spec.alpha_range
+  ok = (a >= lo) & ((a < hi) if spec.alpha_upper_open else (a <= hi))
+  if not np.all(ok):
+    bad = a[~ok] if a.ndim else a
+    raise ValueError(f"alpha={np.asarray(bad).ravel()[:5].tolist()} is outside the range "
+                     f"{spec.range_str()} of rule {name!r}. SpecDecode is at α = "
+                     f"{spec.specdecode_alpha}, drafter-only at α = {spec.drafter_alpha}.")
+
+
+def validate_beta(name: str, alpha: Any, beta: Any) -> None:
+  """Raises ValueError unless concrete β ≥ 1 − α (only `lossy` reads β); None = solve."""
+  spec = get_rule(name)
+  if beta is None:
+    return
+  if not spec.uses_beta:
+    raise ValueError(f"rule {name!r} takes no beta; only 'lossy' does. Pass beta=None.")
+  if sampling.is_traced(beta) or sampling.is_traced(alpha):
+    raise TypeError("validate_beta needs concrete alpha and beta.")
+  b = np.asarray(beta, np.float64)
+  a = np.asarray(alpha, np.float64)
+  if np.any(~np.isfinite(b)) or np.any(b < 1.0 - a):
+    raise ValueError(f"lossy needs a finite beta >= 1 - alpha = {(1.0 - a).tolist()}, got "
+                     f"{b.tolist()}; or pass beta=None to solve for the β that normalises π.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Convenience: from logits to a target
+# ----------------------------------------------------------------------------------------------
+
+class RuleInputs(NamedTuple):
+  """The four distributions a rule reads, all float32 [..., V]."""
+  q_scaled: jax.Array
+  p_scaled: jax.Array
+  q: jax.Array
+  p: jax.Array
+
+
+def rule_inputs(q_logits: jax.Array, p_logits: jax.Array, temperature: Any, top_k: int = 0,
+                top_p: Any = 1.0) -> RuleInputs:
+  """q̃, p̃ (scaled / truncated) and q, p (T = 1, untruncated) from logits [..., V]."""
+  q_logits = jnp.asarray(q_logits, jnp.float32)
+  p_logits = jnp.asarray(p_logits, jnp.float32)
+  return RuleInputs(
+      q_scaled=sampling.scaled_probs(q_logits, temperature, top_k, top_p),
+      p_scaled=sampling.scaled_probs(p_logits, temperature, top_k, top_p),
+      q=jax.nn.softmax(q_logits, axis=-1),
+      p=jax.nn.softmax(p_logits, axis=-1),
+  )
+
+
+def apply_rule(rule: str | RuleSpec, inputs: RuleInputs, alpha: Any,
+               beta: Any = None) -> tuple[jax.Array, jax.Array]:
+  """Runs a rule on prepared inputs, validating α / β first wherever they are concrete."""
+  spec = rule if isinstance(rule, RuleSpec) else get_rule(rule)
+  if not sampling.is_traced(alpha):
+    validate_alpha(spec.name, alpha)
+    if not sampling.is_traced(beta):
+      validate_beta(spec.name, alpha, beta)
+  elif beta is not None and not spec.uses_beta:
+    raise ValueError(f"rule {spec.name!r} takes no beta; only 'lossy' does.")
+  return spec.fn(inputs.q_scaled, inputs.p_scaled, inputs.q, inputs.p, alpha, beta)
+
+
+def target(rule: str, q_logits: jax.Array, p_logits: jax.Array, alpha: Any, beta: Any = None,
+           temperature: Any = 1.0, top_k: int = 0,
+           top_p: Any = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Target π [..., V] and deferral [...] of `rule` from drafter / verifier logits [..., V]."""
+  inputs = rule_inputs(q_logits, p_logits, temperature, top_k, top_p)
+  return apply_rule(rule, inputs, alpha, beta)
+
+
+__all__ = [
+    "RULES", "RuleInputs", "RuleSpec", "apply_rule", "bild_star", "chow", "diff", "drafter",
+    "get_rule", "lossy", "opt", "rule_inputs", "solve_lossy_beta", "target", "token_v1",
+    "token_v2", "token_v3", "validate_alpha", "validate_beta", "verifier",
+]

@@ -1,0 +1,107 @@
+"""Devices: a ('data', 'model') mesh, T5X-style logical-axis rules, shardings, multi-host.
+
+The batch is split over 'data'; parameters are replicated over 'data' and, for models too big
+for one chip, split over 'model' following T5X's standard rules (vocab, mlp, heads and
+joined_kv → model; embed replicated). jit with NamedSharding is the current form of pmap.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# T5X's standard logical → mesh axis rules.
+LOGICAL_AXIS_RULES = (("batch", "data"), ("vocab", "model"), ("mlp", "model"),
+                      ("heads", "model"), ("joined_kv", "model"), ("embed", None),
+                      ("relpos_buckets", None))
+
+# Logical axes of each T5 parameter, by the last components of its path.
+_PARAM_AXES = (
+    (r"token_embedder/embedding$", ("vocab", "embed")),
+    (r"(query|key|value)/kernel$", ("embed", "joined_kv")),
+    (r"out/kernel$", ("joined_kv", "embed")),
+    (r"mlp/wi(_\d+)?/kernel$", ("embed", "mlp")),
+    (r"mlp/wo/kernel$", ("mlp", "embed")),
+    (r"logits_dense/kernel$", ("embed", "vocab")),
+    (r"relpos_bias/rel_embedding$", ("heads", "relpos_buckets")),
+    (r"scale$", ("embed",)),
+)
+
+
+def initialize_distributed() -> None:
+  """Multi-host start-up: `jax.distributed.initialize()` when JAX sees several processes.
+
+  On Cloud TPU VMs JAX discovers the slice itself; elsewhere set the usual
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables.
+  """
+  if os.environ.get("SPEC_CASCADE_MULTIHOST", "0") == "1" or os.environ.get(
+      "JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
+  """A ('data', 'model') mesh over all devices (data defaults to devices // model)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if model < 1 or len(devices) % model:
+    raise ValueError(f"model={model} must divide the {len(devices)} devices.")
+  data = len(devices) // model if data is None else data
+  if data * model != len(devices):
+    raise ValueError(f"mesh data×model = {data}×{model} != {len(devices)} devices.")
+  return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
+
+
+def logical_axes(path: str) -> tuple[str | None, ...] | None:
+  for pattern, axes in _PARAM_AXES:
+    if re.search(pattern, path):
+      return axes
+  return None
+
+
+def param_spec(mesh: Mesh, path: str, shape: tuple[int, ...]) -> P:
+  """PartitionSpec for one parameter; dims not divisible by the axis size stay replicated."""
+  axes = logical_axes(path)
+  if axes is None or len(axes) != len(shape):
+    return P()
+  rules = dict(LOGICAL_AXIS_RULES)
+  out = []
+  for dim, name in zip(shape, axes):
+    mesh_axis = rules.get(name)
+    if mesh_axis is not None and dim % mesh.shape[mesh_axis] == 0:
+      out.append(mesh_axis)
+    else:
+      out.append(None)
+  return P(*out)
+
+
+def param_shardings(mesh: Mesh, params: Any) -> Any:
+  """NamedSharding per leaf of a parameter tree (works on arrays or ShapeDtypeStructs)."""
+  def one(path, leaf):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    return NamedSharding(mesh, param_spec(mesh, name, tuple(leaf.shape)))
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def shard_params(mesh: Mesh, params: Any) -> Any:
+  return jax.device_put(params, param_shardings(mesh, params))
+
+
+def shard_batch(mesh: Mesh, x) -> jax.Array:
+  """Splits axis 0 over 'data'."""
+  spec = P("data", *([None] * (np.ndim(x) - 1)))
+  return jax.device_put(x, NamedSharding(mesh, spec))
+
+
+def pad_batch(mesh: Mesh, inputs: np.ndarray, ids: np.ndarray):
+  """Pads the batch to a multiple of the 'data' axis with empty rows (ids −1)."""
+  size = mesh.shape["data"]
+  pad = (-inputs.shape[0]) % size
+  if pad:
+    inputs = np.concatenate([inputs, np.zeros((pad, inputs.shape[1]), inputs.dtype)])
+    ids = np.concatenate([ids, -np.ones((pad,), ids.dtype)])
+  return inputs, ids, pad

@@ -1,0 +1,294 @@
+"""Decoding engine: exactness of every method against its definition, counters, invariance."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from pairs import make_pair, random_inputs
+from spec_cascade import decoding, deferral
+from spec_cascade.decoding import generate
+
+MAXLEN = 16
+
+
+@pytest.fixture(scope="module")
+def pair():
+  return make_pair()
+
+
+@pytest.fixture(scope="module")
+def greedy_refs(pair):
+  drafter, verifier = pair
+  x = random_inputs(8)
+  v = generate(drafter, verifier, x, method="verifier", temperature=0.0,
+               max_decode_length=MAXLEN)
+  d = generate(drafter, verifier, x, method="drafter", temperature=0.0,
+               max_decode_length=MAXLEN)
+  return x, d, v
+
+
+def test_rows_end_at_different_lengths_and_pad_after_eos(greedy_refs):
+  _, d, v = greedy_refs
+  for out in (d, v):
+    assert len(set(out.lengths.tolist())) > 1, out.lengths
+    for row, n in enumerate(out.lengths):
+      if n < MAXLEN:
+        assert out.tokens[row, n - 1] == decoding.EOS_ID
+      assert (out.tokens[row, n:] == 0).all()
+      assert (out.tokens[row, :n - 1] != decoding.EOS_ID).all()
+
+
+# Every batch size and every γ appear (each pair is one compilation).
+@pytest.mark.parametrize("batch,gamma", [(1, 1), (3, 3), (8, 5), (8, 7), (1, 7), (3, 1)])
+def test_greedy_spec_decode_equals_greedy_verifier(pair, greedy_refs, batch, gamma):
+  drafter, verifier = pair
+  x, _, v = greedy_refs
+  out = generate(drafter, verifier, x[:batch], method="spec_decode", temperature=0.0,
+                 num_draft_tokens=gamma, max_decode_length=MAXLEN)
+  np.testing.assert_array_equal(out.tokens, v.tokens[:batch])
+  np.testing.assert_array_equal(out.lengths, v.lengths[:batch])
+  assert out.counters["accepted"].sum() > 0  # the pair agrees often enough to test blocks
+
+
+@pytest.mark.parametrize("rule", ["chow", "diff", "opt", "token_v1", "token_v2", "token_v3"])
+def test_spec_cascade_edge_alphas_recover_drafter_and_verifier(pair, greedy_refs, rule):
+  drafter, verifier = pair
+  x, d, v = greedy_refs
+  spec = deferral.get_rule(rule)
+  to_drafter = np.clip(spec.drafter_alpha, -1e6, 1e6)
+  to_verifier = np.clip(spec.specdecode_alpha, -1e6, 1e6)
+  out_d = generate(drafter, verifier, x, method="spec_cascade", rule=rule, alpha=to_drafter,
+                   temperature=0.0, num_draft_tokens=3, max_decode_length=MAXLEN)
+  np.testing.assert_array_equal(out_d.tokens, d.tokens)
+  assert (out_d.counters["rejected"] == 0).all()
+  # (chow at α = 0 would keep q̃ only where max q = 1 exactly: never for these models.)
+  out_v = generate(drafter, verifier, x, method="spec_cascade", rule=rule, alpha=to_verifier,
+                   temperature=0.0, num_draft_tokens=3, max_decode_length=MAXLEN)
+  np.testing.assert_array_equal(out_v.tokens, v.tokens)
+
+
+def test_lossy_at_zero_is_spec_decode(pair, greedy_refs):
+  drafter, verifier = pair
+  x, _, v = greedy_refs
+  out = generate(drafter, verifier, x, method="spec_decode_lossy", alpha=0.0, temperature=0.0,
+                 max_decode_length=MAXLEN)
+  np.testing.assert_array_equal(out.tokens, v.tokens)
+
+
+def test_bild_with_strict_rollback_equals_greedy_verifier(pair, greedy_refs):
+  drafter, verifier = pair
+  x, _, v = greedy_refs
+  # rollback threshold 0 rejects every draft unless p(draft) = 1: the verifier decides.
+  out = generate(drafter, verifier, x, method="bild", fallback_threshold=0.0,
+                 rollback_threshold=0.0, bild_max_window=4, max_decode_length=MAXLEN)
+  np.testing.assert_array_equal(out.tokens, v.tokens)
+
+
+def test_bild_lenient_rollback_equals_greedy_drafter_when_never_falling_back(pair, greedy_refs):
+  drafter, verifier = pair
+  x, d, _ = greedy_refs
+  out = generate(drafter, verifier, x, method="bild", fallback_threshold=0.0,
+                 rollback_threshold=1e9, bild_max_window=4, max_decode_length=MAXLEN)
+  # Every draft kept; the token after a full window is the verifier's, so compare the drafts.
+  c = out.counters
+  assert (c["rejected"] == 0).all() and (c["drafted"] > 0).all()
+
+
+@pytest.mark.parametrize("method,rule", [("spec_decode", None), ("spec_cascade", "token_v3"),
+                                         ("spec_decode_lossy", None)])
+def test_counters_add_up(pair, method, rule):
+  drafter, verifier = pair
+  gamma = 4
+  x = random_inputs(6, seed=3)
+  out = generate(drafter, verifier, x, method=method, rule=rule, alpha=0.3, temperature=1.0,
+                 num_draft_tokens=gamma, max_decode_length=MAXLEN, seed=5)
+  c = out.counters
+  np.testing.assert_array_equal(c["verifier_calls"], c["blocks"])
+  np.testing.assert_array_equal(c["drafted"], gamma * c["blocks"])
+  np.testing.assert_array_equal(c["drafter_steps"], (gamma + 1) * c["blocks"])
+  np.testing.assert_array_equal(c["rejected"] + c["bonus_tokens"], c["blocks"])
+  np.testing.assert_array_equal(c["output_tokens"], out.lengths)
+  # Emitted = accepted + one per block, except where EOS / max length cut the last block.
+  assert (c["output_tokens"] <= c["accepted"] + c["blocks"]).all()
+  assert (c["output_tokens"] > c["accepted"] + c["blocks"] - 1 - gamma - 1).all()
+  assert (c["accepted"] <= c["drafted"]).all()
+
+
+def test_token_cascade_counts_sequential_calls(pair):
+  drafter, verifier = pair
+  x = random_inputs(5, seed=2)
+  out = generate(drafter, verifier, x, method="token_cascade", alpha=0.5, temperature=1.0,
+                 max_decode_length=MAXLEN)
+  c = out.counters
+  np.testing.assert_array_equal(c["drafter_steps"], out.lengths)
+  # Chow's deferrals are exactly the sequential verifier calls and the verifier-side tokens.
+  np.testing.assert_array_equal(c["verifier_sequential_calls"], c["deferred"].astype(int))
+  assert (c["verifier_calls"] >= c["verifier_sequential_calls"]).all()
+
+
+# --- distributions ---------------------------------------------------------------------------
+
+def _exact_sequence_distribution(pair, x, rule, alpha, temperature, max_len):
+  """P(output) under token-by-token sampling from π = rule(q, p), by enumeration."""
+  drafter, verifier = pair
+  vocab = drafter.model.config.vocab_size
+  probs = {}
+  frontier = [((), 1.0)]
+  while frontier:
+    prefixes = [p for p, _ in frontier]
+    dec = np.zeros((len(prefixes), max_len), np.int32)
+    for i, p in enumerate(prefixes):
+      dec[i, 1:len(p) + 1] = p
+    enc = np.repeat(x, len(prefixes), axis=0)
+    q = drafter.model.forward(drafter.params, jnp.asarray(enc), jnp.asarray(dec))
+    pp = verifier.model.forward(verifier.params, jnp.asarray(enc), jnp.asarray(dec))
+    nxt = []
+    for i, (p, w) in enumerate(frontier):
+      t = len(p)
+      pi, _ = deferral.target(rule, q[i, t], pp[i, t], alpha, None, temperature)
+      pi = np.asarray(pi, np.float64)
+      for tok in range(vocab):
+        seq, pr = p + (tok,), w * pi[tok]
+        if tok == decoding.EOS_ID or len(seq) == max_len:
+          probs[seq] = probs.get(seq, 0.0) + pr
+        else:
+          nxt.append((seq, pr))
+    frontier = nxt
+  return probs
+
+
+def _chi2_pvalue(samples, exact, n):
+  keys = sorted(exact, key=lambda k: -exact[k])
+  expected = np.array([exact[k] * n for k in keys])
+  counts = {}
+  for s in samples:
+    counts[s] = counts.get(s, 0) + 1
+  assert set(counts) <= set(exact), "sampled an impossible sequence"
+  observed = np.array([counts.get(k, 0) for k in keys], float)
+  # Pool cells with expected count < 5 into one.
+  big = expected >= 5
+  obs = np.append(observed[big], observed[~big].sum())
+  exp = np.append(expected[big], expected[~big].sum())
+  keep = exp > 0
+  chi2 = (((obs - exp) ** 2) / exp)[keep].sum()
+  return stats.chi2.sf(chi2, keep.sum() - 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_vocab_pair():
+  return make_pair(vocab=5, emb=16, seed=7, perturb=2.0, eos_gain=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,rule,alpha", [
+    ("token_cascade", "chow", 0.4), ("spec_cascade", "chow", 0.4), ("oracle", "chow", 0.4),
+    ("spec_cascade", "token_v3", 0.3), ("spec_decode", None, 0.0),
+    ("spec_decode_lossy", None, 0.3)])
+def test_output_distribution_matches_token_level_target(tiny_vocab_pair, method, rule, alpha):
+  """Every method emits sequences distributed as token-by-token sampling from π."""
+  n, max_len = 30000, 3
+  x = np.array([[2, 3, 4, 2]], np.int32)
+  target_rule = {"spec_decode": "verifier", "spec_decode_lossy": "lossy"}.get(method, rule)
+  exact = _exact_sequence_distribution(tiny_vocab_pair, x, target_rule, alpha, 1.0, max_len)
+  assert abs(sum(exact.values()) - 1) < 1e-5
+  drafter, verifier = tiny_vocab_pair
+  out = generate(drafter, verifier, np.repeat(x, n, axis=0), method=method, rule=rule,
+                 alpha=alpha, temperature=1.0, num_draft_tokens=2, max_decode_length=max_len,
+                 seed=11)
+  samples = [tuple(row[:l]) for row, l in zip(out.tokens.tolist(), out.lengths.tolist())]
+  assert _chi2_pvalue(samples, exact, n) > 1e-4
+
+
+# --- invariance and compilation ----------------------------------------------------------------
+
+def test_sampled_output_independent_of_batch_composition(pair):
+  drafter, verifier = pair
+  x = random_inputs(8, seed=4)
+  kw = dict(method="spec_cascade", rule="token_v3", alpha=0.2, temperature=1.0,
+            num_draft_tokens=3, max_decode_length=MAXLEN, seed=3)
+  full = generate(drafter, verifier, x, example_ids=np.arange(100, 108), **kw)
+  for lo, hi in [(0, 1), (2, 5), (5, 8)]:
+    part = generate(drafter, verifier, x[lo:hi], example_ids=np.arange(100 + lo, 100 + hi), **kw)
+    np.testing.assert_array_equal(part.tokens, full.tokens[lo:hi])
+    for name in decoding.COUNTER_FIELDS:
+      # `deferred` sums float weights: equal up to float summation order.
+      np.testing.assert_allclose(part.counters[name], full.counters[name][lo:hi], rtol=1e-6)
+
+
+def test_alpha_temperature_sweep_compiles_once(pair):
+  drafter, verifier = pair
+  x = random_inputs(2)
+  kw = dict(method="spec_cascade", rule="opt", num_draft_tokens=2, max_decode_length=6)
+  generate(drafter, verifier, x, alpha=0.0, temperature=1.0, **kw)
+  spec = decoding.make_spec("spec_cascade", "opt", num_draft_tokens=2, max_decode_length=6)
+  fn = decoding.compiled_decode(drafter.model.config, verifier.model.config, spec)
+  before = fn._cache_size()
+  for alpha, temp in [(0.5, 1.0), (-2.0, 0.5), (3.0, 0.0)]:
+    generate(drafter, verifier, x, alpha=alpha, temperature=temp, seed=int(alpha * 10), **kw)
+  assert fn._cache_size() == before == 1
+
+
+_MULTI_DEVICE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from pairs import make_pair, random_inputs
+    from spec_cascade import parallel
+    from spec_cascade.decoding import generate
+    import jax
+    assert len(jax.devices()) == {n}, jax.devices()
+    d, v = make_pair()
+    x = random_inputs(6, seed=9)
+    mesh = parallel.make_mesh() if {n} > 1 else None
+    out = generate(d, v, x, method="spec_cascade", rule="token_v3", alpha=0.2, temperature=1.0,
+                   num_draft_tokens=3, max_decode_length=12, seed=1, mesh=mesh)
+    print(json.dumps({{"tokens": out.tokens.tolist(), "accepted": out.counters["accepted"].tolist()}}))
+""")
+
+
+def _run_on_devices(n):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+             JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = _MULTI_DEVICE.format(tests=os.path.join(root, "tests"), n=n)
+  res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                       text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  import json
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_identical_outputs_on_one_and_four_devices():
+  one, four = _run_on_devices(1), _run_on_devices(4)
+  assert one == four
+
+
+class TestErrors:
+
+  def test_unknown_method(self, pair):
+    with pytest.raises(ValueError, match="unknown method 'fast'.*valid methods: drafter"):
+      generate(*pair, np.ones((1, 3), np.int32), method="fast")
+
+  def test_spec_cascade_needs_rule(self, pair):
+    with pytest.raises(ValueError, match="needs a rule"):
+      generate(*pair, np.ones((1, 3), np.int32), method="spec_cascade")
+
+  def test_alpha_out_of_range(self, pair):
+    with pytest.raises(ValueError, match=r"outside the range \[0, 1\] of rule 'chow'"):
+      generate(*pair, np.ones((1, 3), np.int32), method="spec_cascade", rule="chow", alpha=2.0)
+
+  def test_float_inputs(self, pair):
+    with pytest.raises(ValueError, match="inputs must be integer token ids"):
+      generate(*pair, np.ones((1, 3), np.float32), method="verifier")
+
+  def test_vocab_mismatch(self, pair):
+    other, _ = make_pair(vocab=32)
+    with pytest.raises(ValueError, match="one shared vocabulary"):
+      generate(other, pair[1], np.ones((1, 3), np.int32), method="spec_decode")
