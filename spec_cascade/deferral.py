@@ -97,8 +97,10 @@ def opt(q_scaled, p_scaled, q, p, alpha, beta=None):
   """π = q̃ if max q ≥ max p − α·TV(q̃, p̃) else p̃ (plug-in optimal rule); defer ∈ {0, 1}."""
   del beta
   tv = sampling.tv_distance(q_scaled, p_scaled)
-  # α·TV is taken as 0 when TV = 0 so that α = ±inf (the documented edges) never yields NaN.
-  shift = jnp.where(tv > 0, _alpha(alpha) * tv, 0.0)
+  a = _alpha(alpha)
+  # Where TV = 0, α·TV is 0 for finite α and ±inf for α = ±inf (the documented edges: always /
+  # never defer), never NaN.
+  shift = jnp.where(tv > 0, a * tv, jnp.where(jnp.isinf(a), a, 0.0))
   return _choose(_max(q) >= _max(p) - shift, q_scaled, p_scaled)
 
 
