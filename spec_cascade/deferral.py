@@ -32,12 +32,6 @@ from spec_cascade import sampling
 
 RuleFn = Callable[..., tuple[jax.Array, jax.Array]]
 
-# Bisection for lossy β: log β is searched on [log(1 − α), log(1 − α) + span]. At β = e^span·(1−α)
-# the p̃/β term is below 1e-17, so the bracket always contains the root or its β → ∞ limit.
-_BETA_ITERS = 48
-_BETA_LOG_SPAN = 40.0
-
-
 def _alpha(alpha: Any) -> jax.Array:
   """α as a float32 array (scalar or broadcastable to the batch dims [...])."""
   return jnp.asarray(alpha, jnp.float32)
@@ -103,8 +97,10 @@ def opt(q_scaled, p_scaled, q, p, alpha, beta=None):
   """π = q̃ if max q ≥ max p − α·TV(q̃, p̃) else p̃ (plug-in optimal rule); defer ∈ {0, 1}."""
   del beta
   tv = sampling.tv_distance(q_scaled, p_scaled)
-  # α·TV is taken as 0 when TV = 0 so that α = ±inf (the documented edges) never yields NaN.
-  shift = jnp.where(tv > 0, _alpha(alpha) * tv, 0.0)
+  a = _alpha(alpha)
+  # Where TV = 0, α·TV is 0 for finite α and ±inf for α = ±inf (the documented edges: always /
+  # never defer), never NaN.
+  shift = jnp.where(tv > 0, a * tv, jnp.where(jnp.isinf(a), a, 0.0))
   return _choose(_max(q) >= _max(p) - shift, q_scaled, p_scaled)
 
 
@@ -132,28 +128,37 @@ def token_v3(q_scaled, p_scaled, q, p, alpha, beta=None):
 def solve_lossy_beta(q_scaled: jax.Array, p_scaled: jax.Array, alpha: Any) -> jax.Array:
   """β ≥ 1 − α with Σ_v max(min(q̃, p̃/(1−α)), p̃/β) = 1. [..., V] -> float32 [...].
 
-  The sum decreases in β from 1/(1−α) at β = 1 − α; fixed-iteration bisection on log β keeps it
-  jittable. At α = 0 the root is exactly β = 1 and is returned as such (π = p̃ bit for bit).
-  Where no finite root exists (q̃ ≤ p̃/(1−α) everywhere) β ends at the bracket top, where π is
-  q̃ up to 1e-17.
+  Exact (up to float rounding), jittable, one sort per row: with c = min(q̃, p̃/(1−α)), token v
+  contributes p̃_v/β for β below its breakpoint t_v = p̃_v/c_v and c_v above it. Between two
+  consecutive sorted breakpoints the sum is C + P/β (C: caps of the tokens already past their
+  breakpoint, P: p̃-mass of the rest), so the root is P/(1 − C) on the bracket where the sum
+  crosses 1; the sum is decreasing in β, so that bracket is found by counting breakpoints at
+  which the sum still exceeds 1. At α = 0 the root is β = 1, returned exactly (π = p̃ bit for
+  bit). If Σ c = 1 there is no finite root (π → q̃ as β → ∞); the largest breakpoint is returned,
+  where π already equals c = q̃.
   """
   alpha = jnp.broadcast_to(_alpha(alpha), q_scaled.shape[:-1])
   one_minus = 1.0 - alpha
   cap = jnp.minimum(q_scaled, p_scaled / one_minus[..., None])
-
-  def mass(log_beta):
-    return jnp.sum(jnp.maximum(cap, p_scaled * jnp.exp(-log_beta)[..., None]), axis=-1)
-
-  def step(_, bounds):
-    lo, hi = bounds
-    mid = 0.5 * (lo + hi)
-    too_big = mass(mid) > 1.0
-    return jnp.where(too_big, mid, lo), jnp.where(too_big, hi, mid)
-
-  lo0 = jnp.log(one_minus)
-  lo, hi = jax.lax.fori_loop(0, _BETA_ITERS, step, (lo0, lo0 + _BETA_LOG_SPAN))
-  beta = jnp.exp(0.5 * (lo + hi))
-  return jnp.where(alpha == 0.0, 1.0, beta)
+  # cap = 0 means the p̃/β term wins for every finite β.
+  breakpoint = jnp.where(cap > 0, p_scaled / jnp.maximum(cap, jnp.finfo(jnp.float32).tiny),
+                         jnp.inf)
+  t_sorted, c_sorted, p_sorted = jax.lax.sort((breakpoint, cap, p_scaled), dimension=-1,
+                                              num_keys=1)
+  zero = jnp.zeros_like(c_sorted[..., :1])
+  caps_before = jnp.concatenate([zero, jnp.cumsum(c_sorted, axis=-1)], axis=-1)  # C_k, k=0..V
+  mass_from = jnp.concatenate(
+      [jnp.flip(jnp.cumsum(jnp.flip(p_sorted, -1), axis=-1), -1), zero], axis=-1)  # P_k
+  # Sum at breakpoint i (tokens 0..i past it); P/inf = 0 for infinite breakpoints.
+  sum_at_break = caps_before[..., 1:] + mass_from[..., 1:] / t_sorted
+  k = jnp.sum(sum_at_break > 1.0, axis=-1, keepdims=True)  # the root lies past k breakpoints
+  bounds = jnp.concatenate([one_minus[..., None], t_sorted, jnp.full_like(zero, jnp.inf)], -1)
+  lower = jnp.maximum(jnp.take_along_axis(bounds, k, axis=-1), one_minus[..., None])
+  upper = jnp.take_along_axis(bounds, k + 1, axis=-1)
+  c_k = jnp.take_along_axis(caps_before, k, axis=-1)
+  p_k = jnp.take_along_axis(mass_from, k, axis=-1)
+  beta = jnp.clip(p_k / jnp.maximum(1.0 - c_k, jnp.finfo(jnp.float32).tiny), lower, upper)
+  return jnp.where(alpha == 0.0, 1.0, beta[..., 0])
 
 
 def lossy(q_scaled, p_scaled, q, p, alpha, beta=None):

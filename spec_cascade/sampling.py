@@ -307,14 +307,18 @@ def verify_with_target(keys: jax.Array, drafts: jax.Array, drafter_probs: jax.Ar
   if defer_weight is None:
     defer_weight = jnp.zeros(qt.shape[:2], jnp.float32)
 
-  # Independent streams per row: results never depend on the batch a row sits in.
-  split = jax.vmap(lambda k: jax.random.split(k, 2))(keys)
-  uniforms = jax.vmap(lambda k: jax.random.uniform(k, (gamma,)))(split[:, 0])  # [B, γ]
+  vocab = qt.shape[-1]
+  # One draw per row feeds both the γ acceptance tests and the Gumbel noise of the final
+  # categorical: rows never depend on the batch they sit in, and a single random-bit generator
+  # keeps compilation cheap. u ∈ [tiny, 1), so P(u < a) = a up to 1e-38 and log u is finite.
+  u = jax.vmap(lambda k: jax.random.uniform(
+      k, (gamma + vocab,), minval=jnp.finfo(jnp.float32).tiny))(keys)
+  uniforms, gumbel = u[:, :gamma], -jnp.log(-jnp.log(u[:, gamma:]))
 
   q_draft = jnp.take_along_axis(qt[:, :gamma], drafts[..., None], axis=-1)[..., 0]
   pi_draft = jnp.take_along_axis(pi[:, :gamma], drafts[..., None], axis=-1)[..., 0]
   accept_prob = jnp.minimum(1.0, pi_draft / jnp.maximum(q_draft, PROB_FLOOR))
-  # u ∈ [0, 1): P(u < a) = a, and a = 1 always accepts.
+  # u < 1, so a = 1 always accepts; cumprod stops the block at the first rejection.
   accepted = jnp.cumprod((uniforms < accept_prob).astype(jnp.int32), axis=1).astype(bool)
   num_accepted = jnp.sum(accepted, axis=1, dtype=jnp.int32)
   rejected = num_accepted < gamma
@@ -325,7 +329,9 @@ def verify_with_target(keys: jax.Array, drafts: jax.Array, drafter_probs: jax.Ar
   residual = jnp.maximum(pi_n - qt_n, 0.0)
   use_residual = rejected & (jnp.sum(residual, axis=-1) >= RESIDUAL_MIN_MASS)
   weights = jnp.where(use_residual[:, None], residual, pi_n)
-  next_token = jax.vmap(categorical)(split[:, 1], weights)
+  # Gumbel-max: argmax(log w + G) ~ w / Σw exactly; zero weights are never drawn.
+  log_weights = jnp.where(weights > 0, jnp.log(jnp.maximum(weights, 0.0)), -jnp.inf)
+  next_token = jnp.argmax(log_weights + gumbel, axis=-1).astype(jnp.int32)
 
   positions = jnp.arange(gamma + 1)[None, :]
   padded_drafts = jnp.pad(drafts, ((0, 0), (0, 1)))
