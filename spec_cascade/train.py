@@ -18,8 +18,12 @@ MODEL_DIR layout:
     checkpoints/<step>/data/      JSON: the data position (== step) and its source
     metrics.jsonl                 one JSON line per log / eval event
     export/params/                Orbax: the final float32 params tree (T5X names)
-    export/config.json            {"model_config": T5Config fields, "step", task, lengths}
-`load_exported(MODEL_DIR)` returns (T5Config, params) from the export.
+    export/spec_cascade_checkpoint.json
+                                  {"format": "spec_cascade.orbax", "t5_config": {...},
+                                   "vocabulary_path", "step", task, feature lengths}
+The export is the checkpoint layout of spec_cascade.checkpoints, so
+`checkpoints.load_params(MODEL_DIR + "/export")` reads it; `load_exported(MODEL_DIR)`
+here returns (T5Config, params) without that module.
 
 A killed run restarted with the same command resumes from the latest
 checkpoint: step, parameters, optimizer state and data position are restored,
@@ -236,15 +240,25 @@ def greedy_decode(model: T5Model, params: Params, inputs: jax.Array,
 # ---------------------------------------------------------------------------
 # Parameters: initial checkpoints and the export
 
+# The export uses the self-describing layout of spec_cascade.checkpoints
+# ("spec_cascade.orbax" v1: params/ + spec_cascade_checkpoint.json), so
+# checkpoints.load_params / load_model read it directly; it is written here
+# without importing that module so that training does not depend on it.
+EXPORT_INFO_FILE = "spec_cascade_checkpoint.json"
+_EXPORT_FORMAT = {"format": "spec_cascade.orbax", "format_version": 1}
+
+
 def _is_export_dir(path) -> bool:
   from etils import epath  # pylint: disable=import-outside-toplevel
   p = epath.Path(path)
-  return (p / "config.json").exists() and (p / "params").exists()
+  return (p / EXPORT_INFO_FILE).exists() and (p / "params").exists()
 
 
 def export_params(export_dir, params: Params, config: T5Config,
+                  vocabulary_path: str | None = None,
                   extra: Mapping[str, Any] | None = None) -> None:
-  """Writes params (Orbax, float32) and config.json into export_dir, replacing it."""
+  """Writes float32 params (Orbax, export_dir/params) and the config JSON
+  (export_dir/spec_cascade_checkpoint.json), replacing an earlier export."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from etils import epath  # pylint: disable=import-outside-toplevel
   export_dir = epath.Path(export_dir)
@@ -252,32 +266,43 @@ def export_params(export_dir, params: Params, config: T5Config,
   if tmp.exists():
     tmp.rmtree()
   tmp.mkdir(parents=True)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(tmp / "params", jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params))
-  ckptr.wait_until_finished()
-  info = {"model_config": dataclasses.asdict(config), **(extra or {})}
-  (tmp / "config.json").write_text(json.dumps(info, indent=2, default=list))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp / "params", jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params))
+    ckptr.wait_until_finished()
+  model_config = dataclasses.asdict(config)
+  model_config["mlp_activations"] = list(config.mlp_activations)
+  info = {**_EXPORT_FORMAT, "t5_config": model_config, "param_dtypes": ["float32"],
+          "vocabulary_path": vocabulary_path, **dict(extra or {})}
   if jax.process_index() == 0:
+    (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    # Swap in the complete export; a kill here leaves either the old or the .tmp one.
     if export_dir.exists():
       export_dir.rmtree()
     tmp.rename(export_dir)
 
 
-def load_exported(path) -> tuple[T5Config, Params]:
-  """(T5Config, params) from an export dir written by this trainer (or its MODEL_DIR)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+def read_export_info(path) -> dict:
+  """The JSON of an export (path: the export dir or its MODEL_DIR), with the
+  resolved directory under "path" and the T5Config under "config"."""
   from etils import epath  # pylint: disable=import-outside-toplevel
   p = epath.Path(path)
   if not _is_export_dir(p) and _is_export_dir(p / "export"):
     p = p / "export"
   if not _is_export_dir(p):
-    raise FileNotFoundError(f"{path} holds no exported model (expected config.json and "
-                            "params/ there or under export/).")
-  info = json.loads((p / "config.json").read_text())
-  config = T5Config(**info["model_config"])
-  target = T5Model(config).abstract_params()
-  params = ocp.StandardCheckpointer().restore(p / "params", target)
-  return config, params
+    raise FileNotFoundError(f"{path} holds no exported model (expected {EXPORT_INFO_FILE} "
+                            "and params/ there or under export/).")
+  info = json.loads((p / EXPORT_INFO_FILE).read_text())
+  return dict(info, path=str(p), config=T5Config(**info["t5_config"]))
+
+
+def load_exported(path) -> tuple[T5Config, Params]:
+  """(T5Config, float32 params) from an export of this trainer (or its MODEL_DIR)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  info = read_export_info(path)
+  target = T5Model(info["config"]).abstract_params()
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(info["path"], "params"), target)
+  return info["config"], params
 
 
 def load_initial_params(path: str, model: T5Model) -> Params:
@@ -285,7 +310,7 @@ def load_initial_params(path: str, model: T5Model) -> Params:
   a T5X / Hugging Face checkpoint read by spec_cascade.checkpoints.load_params.
   Raises ValueError naming the first parameter that does not fit the model."""
   from etils import epath  # pylint: disable=import-outside-toplevel
-  if not epath.Path(path).exists():
+  if "://" not in str(path) and not epath.Path(path).exists():
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a T5X "
                             "checkpoint_<step> dir, an export dir, or None to train from scratch.")
   if _is_export_dir(path) or _is_export_dir(epath.Path(path) / "export"):
@@ -298,7 +323,12 @@ def load_initial_params(path: str, model: T5Model) -> Params:
           f"INITIAL_CHECKPOINT_PATH={path!r} is not an export of this trainer, and reading "
           f"T5X / Hugging Face checkpoints needs spec_cascade.checkpoints, which failed to "
           f"import ({e}). Install the full package or set INITIAL_CHECKPOINT_PATH=None.") from e
-    params = checkpoints.load_params(path, model.config)
+    try:
+      loaded = checkpoints.load_params(path, model.config)
+    except ValueError as e:  # e.g. the checkpoint's shapes disagree with the config
+      raise ValueError(f"INITIAL_CHECKPOINT_PATH {path!r} does not fit the model "
+                       f"({model.config}): {e}") from e
+    params = loaded[0] if isinstance(loaded, tuple) else loaded  # (params, config)
   try:
     model.check_params(params)
   except ValueError as e:
@@ -383,6 +413,7 @@ class _Data:
   tokenizer: Any = None
   decode_examples: Mapping[str, list] | None = None
   process_local: bool = False
+  vocab_path: str | None = None
 
 
 def _build_data(name: str, feature_lengths, batch_size: int, seed: int, *, vocab_path,
@@ -391,7 +422,8 @@ def _build_data(name: str, feature_lengths, batch_size: int, seed: int, *, vocab
   tasks = train_data.offline_task_names(name)
   if tasks is not None:
     tokenizer = train_data.load_offline_tokenizer(vocab_path, cache_dir)
-    train_ex = train_data.load_offline_examples(name, "train", cache_dir)
+    train_ex = train_data.load_offline_examples(name, "train", cache_dir, balance=True,
+                                                seed=seed)
     source = train_data.offline_source(train_ex, tokenizer, feature_lengths, batch_size,
                                        seed=seed, name=f"{name}/train", bucket=bucket,
                                        window_batches=shuffle_window_batches)
@@ -407,7 +439,8 @@ def _build_data(name: str, feature_lengths, batch_size: int, seed: int, *, vocab
       if infer_eval_examples:
         decode = {t: [ex for ex in val if ex["task"] == t][:infer_eval_examples]
                   for t in tasks}
-    return _Data(source, eval_source, tokenizer, decode)
+    path = getattr(tokenizer, "path", None) or vocab_path
+    return _Data(source, eval_source, tokenizer, decode, vocab_path=path and str(path))
   nproc, pidx = jax.process_count(), jax.process_index()
   source = train_data.SeqioBatches(name, "train", feature_lengths, batch_size, seed=seed,
                                    shard_index=pidx, num_shards=nproc)
@@ -538,7 +571,8 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                        bucket=bucket_by_length, shuffle_window_batches=shuffle_window_batches,
                        infer_eval_examples=infer_eval_examples, eval_steps=eval_steps)
   else:
-    data = _Data(train_source, eval_source, tokenizer, decode_examples)
+    data = _Data(train_source, eval_source, tokenizer, decode_examples,
+                 vocab_path=vocab_path and str(vocab_path))
   if data.train.batch_size != batch_size:
     raise ValueError(f"train_source.batch_size={data.train.batch_size} != BATCH_SIZE="
                      f"{batch_size}.")
@@ -675,9 +709,9 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     manager.close()
 
   export_params(os.path.join(str(model_dir), "export"), state["params"], config,
+                data.vocab_path,
                 {"step": step, "mixture_or_task_name": mixture_or_task_name,
-                 "task_feature_lengths": dict(task_feature_lengths or {}),
-                 "vocab_path": str(vocab_path) if vocab_path else None})
+                 "task_feature_lengths": dict(task_feature_lengths or {})})
   _write_operative_config(model_dir)
   log.info("Exported step %d to %s/export.", step, model_dir)
   return TrainResult(step, state["params"], state["opt_state"], train_metrics, eval_metrics)

@@ -297,10 +297,27 @@ def offline_task_names(name: str) -> tuple[str, ...] | None:
   return OFFLINE_MIXTURES.get(name)
 
 
+def equal_rate_mixture(parts: Sequence[Sequence[dict]], seed: int = 0) -> list[dict]:
+  """Concatenates the tasks' examples, upsampling the smaller ones to the size of
+  the largest (whole repeats plus a seeded subset), so that each task is sampled
+  at an equal rate, like the seqio mixture debian_mix (default_rate=1.0)."""
+  target = max(len(p) for p in parts)
+  out = []
+  for i, part in enumerate(parts):
+    if not part:
+      raise ValueError(f"Task {i} of the mixture has no examples.")
+    repeats, rest = divmod(target, len(part))
+    extra = np.random.default_rng([seed, i]).choice(len(part), rest, replace=False)
+    out.extend(list(part) * repeats + [part[j] for j in sorted(extra)])
+  return out
+
+
 def load_offline_examples(name: str, split: str, cache_dir: str | None = None,
-                          max_examples: int | None = None) -> list[dict]:
-  """Examples of an offline task or mixture (a mixture concatenates its tasks, so
-  each task contributes in proportion to its size; ids keep their task)."""
+                          max_examples: int | None = None, balance: bool = False,
+                          seed: int = 0) -> list[dict]:
+  """Examples of an offline task or mixture, each tagged with its "task".
+  max_examples caps each task; balance=True (training) mixes the tasks at equal
+  rates (equal_rate_mixture), otherwise they are concatenated."""
   tasks = offline_task_names(name)
   if tasks is None:
     raise ValueError(f"{name!r} is not an offline task; offline tasks: {list(OFFLINE_TASKS)}, "
@@ -310,13 +327,18 @@ def load_offline_examples(name: str, split: str, cache_dir: str | None = None,
   except ImportError as e:
     raise ImportError("The offline tasks need spec_cascade.data.offline, which failed to "
                       f"import: {e}") from e
-  examples = []
+  parts = []
   for task in tasks:
     part = list(offline.load_split(task, split, cache_dir=cache_dir))
     if max_examples is not None:
       part = part[:max_examples]
-    examples.extend(dict(ex, task=task) for ex in part)
-  return examples
+    parts.append([dict(ex, task=task) for ex in part])
+  if balance and len(parts) > 1:
+    mixed = equal_rate_mixture(parts, seed)
+    log.info("[%s/%s] equal-rate mixture: %s examples → %d.", name, split,
+             [len(p) for p in parts], len(mixed))
+    return mixed
+  return [ex for part in parts for ex in part]
 
 
 def load_offline_tokenizer(vocab_path: str | None = None, cache_dir: str | None = None):
