@@ -666,7 +666,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     train_metrics: dict = {}
     eval_metrics: dict = {}
     pending: list = []
-    t_last, step_last, t_start, step_start = time.time(), step, time.time(), step
+    t_last, step_last = time.time(), step
     batches: Iterator = data.train.iterate(position)
     while step < total_steps:
       batch = next(batches)
@@ -687,11 +687,15 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
             "z_loss": sum(float(m["z_loss"]) for m in sums) / w,
             "accuracy": sum(float(m["correct"]) for m in sums) / w,
             "grad_norm": float(sums[-1]["grad_norm"]),
-            "learning_rate": float(schedule(step - 1)) if optimizer is None else float("nan"),
+            # The schedule the optimizer uses, if known (gin passes both).
+            "learning_rate": (float(schedule(step - 1))
+                              if optimizer is None or learning_rate_schedule is not None
+                              else float("nan")),
             "examples_per_s": batch_size / sec_per_step,
             "target_tokens_per_s": w / len(sums) / sec_per_step,
         }
-        eta = (total_steps - step) * (now - t_start) / max(1, step - step_start)
+        # The latest interval's pace (the first one includes compilation).
+        eta = (total_steps - step) * sec_per_step
         log.info("step %d/%d loss %.4f acc %.3f lr %.2e | %.1f ex/s | ETA %s", step,
                  total_steps, train_metrics["loss"], train_metrics["accuracy"],
                  train_metrics["learning_rate"], train_metrics["examples_per_s"],
@@ -717,12 +721,17 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   return TrainResult(step, state["params"], state["opt_state"], train_metrics, eval_metrics)
 
 
+@functools.lru_cache(maxsize=4)
+def _jitted_greedy(config: T5Config) -> Callable:
+  return jax.jit(functools.partial(greedy_decode, T5Model(config)), static_argnums=2)
+
+
 def _decode_eval(model: T5Model, params: Params, data: _Data,
                  feature_lengths: Mapping[str, int] | None) -> dict:
   """Greedy-decodes the held-out examples of each task; exact match + BLEU/ROUGE."""
   lengths = train_data.check_feature_lengths(
       feature_lengths or {"inputs": 512, "targets": 128})
-  decode = jax.jit(functools.partial(greedy_decode, model), static_argnums=2)
+  decode = _jitted_greedy(model.config)
   out = {}
   for task, examples in data.decode_examples.items():
     if not examples:
@@ -826,7 +835,9 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
   for path in args.gin_search_paths + [os.getcwd(), _REPO_ROOT]:
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings)
+  # Not finalized: modules imported lazily during training (the offline data,
+  # checkpoints) register gin configurables of their own, which a locked config refuses.
+  gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
   return gin.get_configurable(train)()
 
 

@@ -352,7 +352,15 @@ def fake_offline_data(tmp_path, monkeypatch):
   offline.load_split = lambda task, split, cache_dir=None: [
       dict(ex, id=f"{task}-{ex['id']}") for ex in splits[split]]
   vocab = types.ModuleType("spec_cascade.data.vocab")
-  vocab.get_vocab_path = lambda cache_dir=None: tmp_path / "sp.model"
+
+  def get_vocab_path(cache_dir=None):
+    # The real data modules declare gin configurables when first imported, which
+    # happens lazily, after the CLI parsed the gin files: that must be allowed.
+    import gin
+    gin.configurable(f"settings_{tmp_path.name}", module="fake_data")(lambda: None)
+    return tmp_path / "sp.model"
+
+  vocab.get_vocab_path = get_vocab_path
   vocab.SentencePieceTokenizer = SentencePieceTokenizer
   try:
     import spec_cascade.data as data_pkg  # the real package, once merged
