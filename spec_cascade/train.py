@@ -827,6 +827,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
   import gin  # pylint: disable=import-outside-toplevel
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
   args = parse_flags(sys.argv[1:] if argv is None else argv)
   if args.multiprocess:
     jax.distributed.initialize()
