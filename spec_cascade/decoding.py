@@ -333,22 +333,24 @@ def _bild_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs
 
     # Greedy drafts while the drafter is confident (max q ≥ fallback) and the window has room.
     def cond(c):
-      j, _, _, drafting, _, _ = c
+      j, _, _, drafting, _, _, _ = c
       return (j < wmax) & jnp.any(drafting)
 
     def draft(c):
-      j, cache, tok, drafting, drafts, steps = c
+      j, cache, tok, drafting, drafts, steps, width = c
       logits, cache = drafter.model.decode_block(drafter.params, cache, tok[:, None], n + j)
       probs = jax.nn.softmax(logits[:, 0])
       nxt = jnp.argmax(probs, axis=-1).astype(jnp.int32)
       keep = drafting & (jnp.max(probs, axis=-1) >= knobs.fallback_threshold)
       drafts = drafts.at[:, j].set(jnp.where(keep, nxt, 0))
-      return j + 1, cache, nxt, keep, drafts, steps + drafting.astype(jnp.int32)
+      return (j + 1, cache, nxt, keep, drafts, steps + drafting.astype(jnp.int32),
+              width + keep.astype(jnp.int32))
 
+    zeros = jnp.zeros((batch,), jnp.int32)
     init = (jnp.int32(0), state.d_cache, x0, active, jnp.zeros((batch, wmax), jnp.int32),
-            jnp.zeros((batch,), jnp.int32))
-    _, d_cache, _, _, drafts, steps = jax.lax.while_loop(cond, draft, init)
-    width = jnp.sum(drafts != 0, axis=1)  # kept drafts are contiguous from 0
+            zeros, zeros)
+    # Kept drafts are contiguous from 0 (a row stops drafting at its first unsure step).
+    _, d_cache, _, _, drafts, steps, width = jax.lax.while_loop(cond, draft, init)
     v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
     v_logits, v_cache = verifier.model.decode_block(verifier.params, state.v_cache, v_tokens, n)
     logp = jax.nn.log_softmax(v_logits[:, :wmax])
