@@ -1,0 +1,803 @@
+"""Training and fine-tuning of T5 models, T5X-style (gin, optax, Orbax).
+
+    python -m spec_cascade.train --gin_file=configs/runs/finetune.gin \
+        --gin.MODEL="'tiny'" --gin.MODEL_DIR="'/tmp/x'" --gin.TRAIN_STEPS=100 \
+        --gin.MIXTURE_OR_TASK_NAME="'debian_mix'" \
+        --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 64}" \
+        --gin.INITIAL_CHECKPOINT_PATH=None
+
+Loss: teacher-forced cross-entropy plus T5X's z-loss (z · logsumexp², z = 1e-4)
+on non-padding targets, averaged over the batch's real target tokens.
+Optimizer: Adafactor (T5X's settings) or AdamW, with T5X's factor-string
+learning-rate schedules. Data parallel: jit over a 1-D mesh ('data',) of all
+devices; parameters and optimizer state are replicated, batches split by rows.
+
+MODEL_DIR layout:
+    config.gin                    the operative gin config of the run
+    checkpoints/<step>/state/     Orbax: {"step", "params", "opt_state"}
+    checkpoints/<step>/data/      JSON: the data position (== step) and its source
+    metrics.jsonl                 one JSON line per log / eval event
+    export/params/                Orbax: the final float32 params tree (T5X names)
+    export/config.json            {"model_config": T5Config fields, "step", task, lengths}
+`load_exported(MODEL_DIR)` returns (T5Config, params) from the export.
+
+A killed run restarted with the same command resumes from the latest
+checkpoint: step, parameters, optimizer state and data position are restored,
+so it continues bit for bit as an uninterrupted run would (at most one
+checkpoint period of work is lost).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from spec_cascade import train_data
+from spec_cascade.models import T5Config, T5Model, get_config
+
+log = logging.getLogger(__name__)
+
+Params = Any
+TrainState = dict  # {"step": int32 [], "params": Params, "opt_state": optax state}
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------
+# Learning-rate schedules and optimizers
+
+def _memoize_by_arguments(fn):
+  """Caches fn on its bound arguments (defaults applied): optimizers are pure
+  functions of their hyper-parameters, and returning the same object lets
+  repeated train() calls in one process (resume, tests) reuse compiled steps."""
+  signature = inspect.signature(fn)
+  cache: dict = {}
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    key = tuple(sorted(bound.arguments.items()))
+    try:
+      hash(key)
+    except TypeError:  # e.g. a list argument: no caching
+      return fn(*args, **kwargs)
+    if key not in cache:
+      cache[key] = fn(*args, **kwargs)
+    return cache[key]
+  return wrapper
+
+
+_SCHEDULE_FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay",
+                     "cosine_decay", "linear_decay")
+
+
+@_memoize_by_arguments
+def create_learning_rate_schedule(factors: str = "constant * linear_warmup * rsqrt_decay",
+                                  base_learning_rate: float = 0.5, warmup_steps: int = 1000,
+                                  decay_steps: int | None = None,
+                                  min_fraction: float = 0.0) -> optax.Schedule:
+  """T5X-style schedule: the product of the factors named in `factors` ('a * b').
+
+  constant: base_learning_rate. linear_warmup: min(1, step / warmup_steps).
+  rsqrt_decay: 1 / sqrt(max(step, warmup_steps)) (T5 pre-training).
+  rsqrt_normalized_decay: sqrt(warmup_steps / max(step, warmup_steps)).
+  cosine_decay / linear_decay: from 1 at warmup_steps to min_fraction at
+  decay_steps (required for these two), constant after.
+  """
+  names = [f.strip() for f in factors.split("*")]
+  unknown = [f for f in names if f not in _SCHEDULE_FACTORS]
+  if unknown or not names:
+    raise ValueError(f"Unknown learning-rate factors {unknown} in {factors!r}; known: "
+                     f"{list(_SCHEDULE_FACTORS)}.")
+  if warmup_steps < 0:
+    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+  needs_decay = {"cosine_decay", "linear_decay"} & set(names)
+  if needs_decay and (decay_steps is None or decay_steps <= warmup_steps):
+    raise ValueError(f"{sorted(needs_decay)} needs decay_steps > warmup_steps "
+                     f"({warmup_steps}); got decay_steps={decay_steps}.")
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    lr = jnp.float32(1.0)
+    for name in names:
+      if name == "constant":
+        lr = lr * base_learning_rate
+      elif name == "linear_warmup":
+        lr = lr * (jnp.minimum(1.0, step / warmup_steps) if warmup_steps else 1.0)
+      elif name == "rsqrt_decay":
+        lr = lr * jax.lax.rsqrt(jnp.maximum(step, max(warmup_steps, 1)))
+      elif name == "rsqrt_normalized_decay":
+        lr = lr * jnp.sqrt(max(warmup_steps, 1) / jnp.maximum(step, max(warmup_steps, 1)))
+      else:
+        frac = jnp.clip((step - warmup_steps) / (decay_steps - warmup_steps), 0.0, 1.0)
+        shape = 0.5 * (1 + jnp.cos(jnp.pi * frac)) if name == "cosine_decay" else 1 - frac
+        lr = lr * (min_fraction + (1 - min_fraction) * shape)
+    return lr
+
+  return schedule
+
+
+@_memoize_by_arguments
+def make_optimizer(name: str = "adafactor",
+                   learning_rate: optax.Schedule | float | None = None,
+                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+                   decay_rate: float = 0.8, momentum: float | None = None,
+                   clipping_threshold: float | None = 1.0,
+                   grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """Adafactor as T5X uses it (factored second moments, decay 0.8, update
+  clipping 1.0, relative step scaled by parameter RMS, no momentum), or AdamW.
+  learning_rate: a schedule or float (None: create_learning_rate_schedule())."""
+  lr = create_learning_rate_schedule() if learning_rate is None else learning_rate
+  if name == "adafactor":
+    tx = optax.adafactor(learning_rate=lr, decay_rate=decay_rate, momentum=momentum,
+                         clipping_threshold=clipping_threshold,
+                         multiply_by_parameter_scale=True,
+                         weight_decay_rate=weight_decay or None)
+  elif name == "adamw":
+    tx = optax.adamw(learning_rate=lr, b1=b1, b2=b2, weight_decay=weight_decay)
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; use 'adafactor' or 'adamw'.")
+  if grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  return tx
+
+
+# ---------------------------------------------------------------------------
+# Loss
+
+def loss_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+              z_loss: float) -> dict[str, jax.Array]:
+  """Summed (not averaged) loss terms over the weighted target tokens.
+
+  logits [B, T, V] float32, targets [B, T] int, weights [B, T] float.
+  Returns scalars: cross_entropy (−log p(target)), z_loss (z · logsumexp²,
+  T5X's auxiliary loss that keeps the softmax normaliser near 1), weight
+  (number of real tokens) and correct (argmax hits).
+  """
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return {
+      "cross_entropy": jnp.sum((log_z - target_logit) * weights),
+      "z_loss": jnp.sum(z_loss * jnp.square(log_z) * weights),
+      "weight": jnp.sum(weights),
+      "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * weights),
+  }
+
+
+def _batch_loss(model: T5Model, params: Params, batch: Mapping[str, jax.Array],
+                dropout_rng: jax.Array | None, z_loss: float):
+  logits = model.forward(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                         dropout_rng=dropout_rng)
+  sums = loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                   z_loss)
+  # Mean over real target tokens: invariant to padding and bucket shapes.
+  loss = (sums["cross_entropy"] + sums["z_loss"]) / jnp.maximum(sums["weight"], 1.0)
+  return loss, sums
+
+
+def make_train_step(model: T5Model, tx: optax.GradientTransformation, z_loss: float = 1e-4,
+                    use_dropout: bool = True) -> Callable:
+  """(state, batch, dropout_key) → (state, metrics); pure, for jit.
+
+  The dropout key of step s is fold_in(dropout_key, s), so a resumed run
+  draws the same masks as an uninterrupted one."""
+  def step_fn(state: TrainState, batch, dropout_key):
+    rng = jax.random.fold_in(dropout_key, state["step"]) if use_dropout else None
+    grad_fn = jax.value_and_grad(
+        lambda p: _batch_loss(model, p, batch, rng, z_loss), has_aux=True)
+    (loss, sums), grads = grad_fn(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+  return step_fn
+
+
+def make_eval_step(model: T5Model, z_loss: float = 1e-4) -> Callable:
+  """(params, batch) → loss_sums dict, teacher forced, no dropout."""
+  return lambda params, batch: _batch_loss(model, params, batch, None, z_loss)[1]
+
+
+def greedy_decode(model: T5Model, params: Params, inputs: jax.Array,
+                  max_length: int) -> jax.Array:
+  """inputs [B, S] → greedy target tokens [B, max_length] (0 after EOS).
+  One decode_block call of k=1 per position; for validation only."""
+  b = inputs.shape[0]
+  encoded, mask = model.encode(params, inputs)
+  cache = model.init_cache(params, encoded, mask, max_length)
+
+  def body(t, carry):
+    cache, prev, out, done = carry
+    logits, cache = model.decode_block(params, cache, prev[:, None],
+                                       jnp.full((b,), t, jnp.int32))
+    tok = jnp.where(done, 0, jnp.argmax(logits[:, 0], -1).astype(jnp.int32))
+    return cache, tok, out.at[:, t].set(tok), done | (tok == train_data.EOS_ID)
+
+  init = (cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b, max_length), jnp.int32),
+          jnp.zeros((b,), bool))
+  return jax.lax.fori_loop(0, max_length, body, init)[2]
+
+
+# ---------------------------------------------------------------------------
+# Parameters: initial checkpoints and the export
+
+def _is_export_dir(path) -> bool:
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  p = epath.Path(path)
+  return (p / "config.json").exists() and (p / "params").exists()
+
+
+def export_params(export_dir, params: Params, config: T5Config,
+                  extra: Mapping[str, Any] | None = None) -> None:
+  """Writes params (Orbax, float32) and config.json into export_dir, replacing it."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  export_dir = epath.Path(export_dir)
+  tmp = export_dir.parent / (export_dir.name + ".tmp")
+  if tmp.exists():
+    tmp.rmtree()
+  tmp.mkdir(parents=True)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(tmp / "params", jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params))
+  ckptr.wait_until_finished()
+  info = {"model_config": dataclasses.asdict(config), **(extra or {})}
+  (tmp / "config.json").write_text(json.dumps(info, indent=2, default=list))
+  if jax.process_index() == 0:
+    if export_dir.exists():
+      export_dir.rmtree()
+    tmp.rename(export_dir)
+
+
+def load_exported(path) -> tuple[T5Config, Params]:
+  """(T5Config, params) from an export dir written by this trainer (or its MODEL_DIR)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  p = epath.Path(path)
+  if not _is_export_dir(p) and _is_export_dir(p / "export"):
+    p = p / "export"
+  if not _is_export_dir(p):
+    raise FileNotFoundError(f"{path} holds no exported model (expected config.json and "
+                            "params/ there or under export/).")
+  info = json.loads((p / "config.json").read_text())
+  config = T5Config(**info["model_config"])
+  target = T5Model(config).abstract_params()
+  params = ocp.StandardCheckpointer().restore(p / "params", target)
+  return config, params
+
+
+def load_initial_params(path: str, model: T5Model) -> Params:
+  """Params for fine-tuning: a trainer export (MODEL_DIR or MODEL_DIR/export), or
+  a T5X / Hugging Face checkpoint read by spec_cascade.checkpoints.load_params.
+  Raises ValueError naming the first parameter that does not fit the model."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a T5X "
+                            "checkpoint_<step> dir, an export dir, or None to train from scratch.")
+  if _is_export_dir(path) or _is_export_dir(epath.Path(path) / "export"):
+    _, params = load_exported(path)
+  else:
+    try:
+      from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ImportError(
+          f"INITIAL_CHECKPOINT_PATH={path!r} is not an export of this trainer, and reading "
+          f"T5X / Hugging Face checkpoints needs spec_cascade.checkpoints, which failed to "
+          f"import ({e}). Install the full package or set INITIAL_CHECKPOINT_PATH=None.") from e
+    params = checkpoints.load_params(path, model.config)
+  try:
+    model.check_params(params)
+  except ValueError as e:
+    raise ValueError(f"INITIAL_CHECKPOINT_PATH {path!r} does not fit the model "
+                     f"({model.config}): {e}") from e
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+# ---------------------------------------------------------------------------
+# Small helpers at the edge: files, devices, logging
+
+def _check_writable(model_dir) -> None:
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  if not model_dir:
+    raise ValueError("MODEL_DIR is empty; pass --gin.MODEL_DIR=\"'/path/to/dir'\".")
+  try:
+    p = epath.Path(model_dir)
+    p.mkdir(parents=True, exist_ok=True)
+    probe = p / f".write_test_{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except (OSError, PermissionError) as e:
+    raise ValueError(f"MODEL_DIR {str(model_dir)!r} is not writable ({type(e).__name__}: {e}). "
+                     "Pass a writable directory with --gin.MODEL_DIR=\"'/path'\".") from e
+
+
+def _write_atomic(path, text: str) -> None:
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + f".tmp{os.getpid()}")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def _write_operative_config(model_dir) -> None:
+  import gin  # pylint: disable=import-outside-toplevel
+  if not gin.config_str().strip():  # not configured through gin: nothing to record
+    return
+  text = gin.operative_config_str()
+  if jax.process_index() == 0:
+    _write_atomic(os.path.join(str(model_dir), "config.gin"), text)
+
+
+class _MetricsLog:
+  """Appends JSON lines to MODEL_DIR/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, model_dir):
+    self.path = os.path.join(str(model_dir), "metrics.jsonl")
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    if jax.process_index() != 0:
+      return
+    from etils import epath  # pylint: disable=import-outside-toplevel
+    line = json.dumps({k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array))
+                           else v) for k, v in record.items()}) + "\n"
+    with epath.Path(self.path).open("a") as f:
+      f.write(line)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _resolve_model(model) -> T5Model:
+  if isinstance(model, T5Model):
+    return model
+  if isinstance(model, T5Config):
+    return T5Model(model)
+  if isinstance(model, str):
+    return T5Model(get_config(model))
+  raise ValueError(f"MODEL must be a T5Config, a T5Model or a size name, got {model!r}.")
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+@dataclasses.dataclass
+class _Data:
+  train: train_data.BatchSource
+  eval: train_data.BatchSource | None
+  tokenizer: Any = None
+  decode_examples: Mapping[str, list] | None = None
+  process_local: bool = False
+
+
+def _build_data(name: str, feature_lengths, batch_size: int, seed: int, *, vocab_path,
+                cache_dir, bucket: bool, shuffle_window_batches: int, infer_eval_examples: int,
+                eval_steps: int) -> _Data:
+  tasks = train_data.offline_task_names(name)
+  if tasks is not None:
+    tokenizer = train_data.load_offline_tokenizer(vocab_path, cache_dir)
+    train_ex = train_data.load_offline_examples(name, "train", cache_dir)
+    source = train_data.offline_source(train_ex, tokenizer, feature_lengths, batch_size,
+                                       seed=seed, name=f"{name}/train", bucket=bucket,
+                                       window_batches=shuffle_window_batches)
+    eval_source, decode = None, None
+    if eval_steps or infer_eval_examples:
+      # Enough validation examples for eval_steps batches, spread over the tasks.
+      per_task = max(infer_eval_examples,
+                     -(-eval_steps * batch_size // len(tasks)) if eval_steps else 0)
+      val = train_data.load_offline_examples(name, "validation", cache_dir, per_task)
+      if eval_steps:
+        eval_source = train_data.offline_source(val, tokenizer, feature_lengths, batch_size,
+                                                shuffle=False, name=f"{name}/validation")
+      if infer_eval_examples:
+        decode = {t: [ex for ex in val if ex["task"] == t][:infer_eval_examples]
+                  for t in tasks}
+    return _Data(source, eval_source, tokenizer, decode)
+  nproc, pidx = jax.process_count(), jax.process_index()
+  source = train_data.SeqioBatches(name, "train", feature_lengths, batch_size, seed=seed,
+                                   shard_index=pidx, num_shards=nproc)
+  eval_source = (train_data.SeqioBatches(name, "validation", feature_lengths, batch_size,
+                                         shuffle=False, shard_index=pidx, num_shards=nproc)
+                 if eval_steps else None)
+  if infer_eval_examples:
+    log.warning("infer_eval_examples is only supported on the offline tasks; use "
+                "spec_cascade.infer for %s.", name)
+  return _Data(source, eval_source, process_local=True)
+
+
+def _task_metrics(task: str, targets: list[str], predictions: list[str]) -> dict:
+  scores = {"exact_match": float(np.mean([t == p for t, p in zip(targets, predictions)]))}
+  try:
+    from spec_cascade import metrics  # pylint: disable=import-outside-toplevel
+    fn = metrics.metric_for_task(task)
+    fn = getattr(metrics, fn) if isinstance(fn, str) else fn
+    scores.update({k: float(v) for k, v in dict(fn(targets, predictions)).items()})
+  except (ImportError, ValueError, KeyError, AttributeError) as e:
+    log.info("No BLEU/ROUGE for %s (%s); exact match only.", task, e)
+  return scores
+
+
+# ---------------------------------------------------------------------------
+# The training loop
+
+@functools.lru_cache(maxsize=4)
+def _jitted_steps(config: T5Config, tx: optax.GradientTransformation, z_loss: float,
+                  use_dropout: bool, mesh: jax.sharding.Mesh):
+  """Jitted (train_step, eval_step), cached so that repeated train() calls in one
+  process (a resume in tests or notebooks) reuse the compiled executables."""
+  model = T5Model(config)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  train_step = jax.jit(make_train_step(model, tx, z_loss, use_dropout),
+                       in_shardings=(replicated, rows, replicated),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  return train_step, _jitted_eval_step(config, z_loss, mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_eval_step(config: T5Config, z_loss: float, mesh: jax.sharding.Mesh):
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  return jax.jit(make_eval_step(T5Model(config), z_loss), in_shardings=(replicated, rows),
+                 out_shardings=replicated)
+
+
+@functools.lru_cache(maxsize=4)
+def _init_params_fn(config: T5Config) -> Callable:
+  """Jitted random init (T5Model.init_params' computation), compiled once per config."""
+  model = T5Model(config)
+  enc = jnp.ones((1, 4), jnp.int32)
+  return jax.jit(lambda rng: model.module.init(rng, enc, enc)["params"])
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  params: Params
+  opt_state: Any
+  train_metrics: dict  # the last logged training metrics
+  eval_metrics: dict   # the last validation metrics ({} if none ran)
+
+
+def train(*, model_dir: str, model: T5Config | T5Model | str,
+          mixture_or_task_name: str | None = None,
+          task_feature_lengths: Mapping[str, int] | None = None,
+          total_steps: int, batch_size: int,
+          dropout_rate: float | None = None,
+          initial_checkpoint_path: str | None = None,
+          optimizer: optax.GradientTransformation | None = None,
+          learning_rate_schedule: optax.Schedule | None = None,
+          z_loss: float = 1e-4,
+          random_seed: int = 0,
+          checkpoint_period: int = 1000, keep_checkpoints: int = 3,
+          eval_period: int = 1000, eval_steps: int = 20, infer_eval_examples: int = 0,
+          log_period: int = 50,
+          bucket_by_length: bool = True, shuffle_window_batches: int = 64,
+          vocab_path: str | None = None, data_cache_dir: str | None = None,
+          train_source: train_data.BatchSource | None = None,
+          eval_source: train_data.BatchSource | None = None,
+          tokenizer: Any = None, decode_examples: Mapping[str, list] | None = None,
+          step_callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+  """Trains `model` for total_steps steps (resuming from MODEL_DIR if possible).
+
+  Data: MIXTURE_OR_TASK_NAME is an offline task/mixture (numpy path, length
+  bucketed) or a registered seqio task (fixed shapes). Tests and scripts may
+  pass `train_source` / `eval_source` (BatchSource) directly instead.
+  dropout_rate overrides the config's (T5X's DROPOUT_RATE). optimizer defaults
+  to make_optimizer('adafactor', learning_rate_schedule).
+  checkpoint_period: steps between Orbax checkpoints (plus the final step);
+  keep_checkpoints: how many to keep. eval_period / eval_steps: teacher-forced
+  validation every eval_period steps on at most eval_steps batches;
+  infer_eval_examples > 0 adds greedy-decoding metrics (offline tasks).
+  step_callback(step, metrics) runs after each step (hooks, tests).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  for name, value, low in (("TRAIN_STEPS", total_steps, 0), ("BATCH_SIZE", batch_size, 1),
+                           ("checkpoint_period", checkpoint_period, 1),
+                           ("log_period", log_period, 1), ("eval_period", eval_period, 1)):
+    if not isinstance(value, (int, np.integer)) or value < low:
+      raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+  model = _resolve_model(model)
+  if dropout_rate is not None:
+    model = T5Model(model.config.replace(dropout_rate=float(dropout_rate)))
+  config = model.config
+  _check_writable(model_dir)
+  _write_operative_config(model_dir)
+
+  devices = np.array(jax.devices())
+  mesh = jax.sharding.Mesh(devices, ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  if batch_size % devices.size:
+    raise ValueError(f"BATCH_SIZE={batch_size} must be divisible by the {devices.size} "
+                     "devices of the data-parallel mesh.")
+
+  # Data first: a wrong task name should fail before any compilation.
+  if train_source is None:
+    if not mixture_or_task_name or task_feature_lengths is None:
+      raise ValueError("Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (or pass "
+                       "train_source).")
+    data = _build_data(mixture_or_task_name, task_feature_lengths, batch_size, random_seed,
+                       vocab_path=vocab_path, cache_dir=data_cache_dir,
+                       bucket=bucket_by_length, shuffle_window_batches=shuffle_window_batches,
+                       infer_eval_examples=infer_eval_examples, eval_steps=eval_steps)
+  else:
+    data = _Data(train_source, eval_source, tokenizer, decode_examples)
+  if data.train.batch_size != batch_size:
+    raise ValueError(f"train_source.batch_size={data.train.batch_size} != BATCH_SIZE="
+                     f"{batch_size}.")
+  vocab_size = getattr(data.tokenizer, "vocab_size", None)
+  if vocab_size is not None and vocab_size > config.vocab_size:
+    raise ValueError(f"The tokenizer has {vocab_size} ids but the model's vocab_size is "
+                     f"{config.vocab_size}; use a model config with vocab_size >= {vocab_size}.")
+
+  tx = optimizer or make_optimizer("adafactor", learning_rate_schedule)
+  schedule = learning_rate_schedule or create_learning_rate_schedule()
+  train_step, eval_step = _jitted_steps(config, tx, float(z_loss), config.dropout_rate > 0,
+                                        mesh)
+  dropout_key = jax.device_put(jax.random.key(random_seed + 1), replicated)
+
+  def init_state(params):
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  abstract_state = jax.eval_shape(lambda: init_state(model.abstract_params()))
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+
+  ckpt_dir = os.path.join(os.path.abspath(model_dir) if "://" not in str(model_dir)
+                          else str(model_dir), "checkpoints")
+  manager = ocp.CheckpointManager(
+      ckpt_dir, item_names=("state", "data"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep_checkpoints, create=True,
+                                           enable_async_checkpointing=False))
+  data_info = {"mixture_or_task_name": mixture_or_task_name, "batch_size": batch_size,
+               "seed": random_seed}
+  metrics_log = _MetricsLog(model_dir)
+  try:
+    latest = manager.latest_step()
+    if latest is not None:
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      state, saved = restored["state"], restored["data"]
+      position = int(saved["position"])
+      changed = {k: (saved.get(k), v) for k, v in data_info.items() if saved.get(k) != v}
+      if changed:
+        log.warning("Resuming with different data settings (saved, now): %s; the data "
+                    "stream will not continue exactly.", changed)
+      log.info("Resumed from %s/%d (data position %d).", ckpt_dir, latest, position)
+    else:
+      if initial_checkpoint_path:
+        params = load_initial_params(initial_checkpoint_path, model)
+        log.info("Initial parameters from %s.", initial_checkpoint_path)
+      else:
+        params = _init_params_fn(config)(jax.random.key(random_seed))
+      state = jax.device_put(init_state(params), replicated)
+      position = 0
+    step = start_step = int(state["step"])
+    log.info("Model %s: %.2fM parameters; %d devices; steps %d → %d.", config,
+             model.num_params() / 1e6, devices.size, step, total_steps)
+
+    def save(step_now):
+      manager.save(step_now, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(dict(data_info,
+                                     position=position + step_now - start_step))),
+                   force=True)
+
+    def to_device(batch):
+      arrays = {k: batch[k] for k in train_data.FEATURE_KEYS}
+      if not data.process_local and jax.process_count() > 1:
+        n = batch_size // jax.process_count()
+        arrays = {k: v[jax.process_index() * n:(jax.process_index() + 1) * n]
+                  for k, v in arrays.items()}
+      return {k: jax.make_array_from_process_local_data(rows, v) for k, v in arrays.items()}
+
+    def evaluate(params, at_step) -> dict:
+      out = {}
+      if data.eval is not None and eval_steps:
+        totals = None
+        for i, batch in enumerate(data.eval.iterate(0)):
+          if i >= eval_steps:
+            break
+          sums = jax.device_get(eval_step(params, to_device(batch)))
+          totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+        if totals:
+          w = max(float(totals["weight"]), 1.0)
+          out.update(eval_loss=float(totals["cross_entropy"]) / w,
+                     eval_accuracy=float(totals["correct"]) / w)
+      if data.decode_examples and data.tokenizer is not None:
+        out.update(_decode_eval(model, params, data, task_feature_lengths))
+      if out:
+        log.info("eval step %d: %s", at_step,
+                 " ".join(f"{k} {v:.4f}" for k, v in sorted(out.items())))
+        metrics_log.write(dict(out, step=at_step, kind="eval"))
+      return out
+
+    train_metrics: dict = {}
+    eval_metrics: dict = {}
+    pending: list = []
+    t_last, step_last, t_start, step_start = time.time(), step, time.time(), step
+    batches: Iterator = data.train.iterate(position)
+    while step < total_steps:
+      batch = next(batches)
+      state, metrics = train_step(state, to_device(batch), dropout_key)
+      pending.append(metrics)
+      step += 1
+      if step_callback is not None:
+        step_callback(step, metrics)
+      if step % log_period == 0 or step == total_steps:
+        sums = jax.device_get(pending)
+        pending = []
+        w = max(sum(float(m["weight"]) for m in sums), 1.0)
+        now = time.time()
+        sec_per_step = (now - t_last) / max(1, step - step_last)
+        train_metrics = {
+            "loss": float(np.mean([m["loss"] for m in sums])),
+            "cross_entropy": sum(float(m["cross_entropy"]) for m in sums) / w,
+            "z_loss": sum(float(m["z_loss"]) for m in sums) / w,
+            "accuracy": sum(float(m["correct"]) for m in sums) / w,
+            "grad_norm": float(sums[-1]["grad_norm"]),
+            "learning_rate": float(schedule(step - 1)) if optimizer is None else float("nan"),
+            "examples_per_s": batch_size / sec_per_step,
+            "target_tokens_per_s": w / len(sums) / sec_per_step,
+        }
+        eta = (total_steps - step) * (now - t_start) / max(1, step - step_start)
+        log.info("step %d/%d loss %.4f acc %.3f lr %.2e | %.1f ex/s | ETA %s", step,
+                 total_steps, train_metrics["loss"], train_metrics["accuracy"],
+                 train_metrics["learning_rate"], train_metrics["examples_per_s"],
+                 _format_eta(eta))
+        metrics_log.write(dict(train_metrics, step=step, kind="train"))
+        t_last, step_last = now, step
+      if step % checkpoint_period == 0 or step == total_steps:
+        save(step)
+      if step % eval_period == 0 or step == total_steps:
+        eval_metrics = evaluate(state["params"], step) or eval_metrics
+    if step == start_step:
+      log.info("Step %d already reaches TRAIN_STEPS=%d; exporting only.", step, total_steps)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+
+  export_params(os.path.join(str(model_dir), "export"), state["params"], config,
+                {"step": step, "mixture_or_task_name": mixture_or_task_name,
+                 "task_feature_lengths": dict(task_feature_lengths or {}),
+                 "vocab_path": str(vocab_path) if vocab_path else None})
+  _write_operative_config(model_dir)
+  log.info("Exported step %d to %s/export.", step, model_dir)
+  return TrainResult(step, state["params"], state["opt_state"], train_metrics, eval_metrics)
+
+
+def _decode_eval(model: T5Model, params: Params, data: _Data,
+                 feature_lengths: Mapping[str, int] | None) -> dict:
+  """Greedy-decodes the held-out examples of each task; exact match + BLEU/ROUGE."""
+  lengths = train_data.check_feature_lengths(
+      feature_lengths or {"inputs": 512, "targets": 128})
+  decode = jax.jit(functools.partial(greedy_decode, model), static_argnums=2)
+  out = {}
+  for task, examples in data.decode_examples.items():
+    if not examples:
+      continue
+    inputs, _, _ = train_data.tokenize_examples(examples, data.tokenizer, lengths,
+                                                name=f"{task}/decode")
+    batch = train_data.make_batch(inputs, inputs, len(inputs), lengths["inputs"],
+                                  lengths["inputs"])["encoder_input_tokens"]
+    tokens = np.asarray(decode(params, jnp.asarray(batch), lengths["targets"]))
+    preds = []
+    for row in tokens:
+      ids = row.tolist()
+      ids = ids[:ids.index(train_data.EOS_ID)] if train_data.EOS_ID in ids else ids
+      # The model's vocab is padded past the tokenizer's (4224 vs 4100): an
+      # untrained model may emit ids the tokenizer cannot decode.
+      preds.append(data.tokenizer.decode(
+          [i for i in ids if 1 < i < data.tokenizer.vocab_size]))
+    scores = _task_metrics(task, [ex["targets"] for ex in examples], preds)
+    out.update({f"{task}/{k}": v for k, v in scores.items()})
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Throughput measurement
+
+def benchmark_train_step(model: T5Config | str, batch_size: int = 64, input_length: int = 128,
+                         target_length: int = 64, steps: int = 10, dropout_rate: float = 0.0,
+                         seed: int = 0) -> dict:
+  """Times the jitted train step on synthetic full-length tokens.
+  Returns {"compile_s", "step_s", "examples_per_s"} (median over `steps`)."""
+  model = _resolve_model(model)
+  if dropout_rate:
+    model = T5Model(model.config.replace(dropout_rate=dropout_rate))
+  rng = np.random.default_rng(seed)
+  v = model.config.vocab_size
+  tgt = rng.integers(2, v, (batch_size, target_length)).astype(np.int32)
+  batch = {"encoder_input_tokens": rng.integers(2, v, (batch_size, input_length)).astype(
+      np.int32), "decoder_target_tokens": tgt,
+           "decoder_input_tokens": np.pad(tgt, ((0, 0), (1, 0)))[:, :-1],
+           "decoder_loss_weights": np.ones(tgt.shape, np.float32)}
+  tx = make_optimizer("adafactor")
+  params = model.init_params(jax.random.key(seed))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  step_fn = jax.jit(make_train_step(model, tx, 1e-4, dropout_rate > 0), donate_argnums=0)
+  key = jax.random.key(seed)
+  t0 = time.time()
+  state, m = step_fn(state, batch, key)
+  jax.block_until_ready(m)
+  compile_s = time.time() - t0
+  times = []
+  for _ in range(steps):
+    t0 = time.time()
+    state, m = step_fn(state, batch, key)
+    jax.block_until_ready(m)
+    times.append(time.time() - t0)
+  step_s = float(np.median(times))
+  return {"compile_s": compile_s, "step_s": step_s, "examples_per_s": batch_size / step_s}
+
+
+# ---------------------------------------------------------------------------
+# Command line (T5X-style flags)
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  """--gin_file (repeated), --gin_bindings (repeated), --gin.NAME=VALUE (rewritten to
+  the binding 'NAME = VALUE'), --gin_search_paths (comma-separated, repeated),
+  --tfds_data_dir, --multiprocess (jax.distributed.initialize())."""
+  parser = argparse.ArgumentParser(prog="python -m spec_cascade.train",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--gin_file", action="append", default=[])
+  parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--gin_search_paths", action="append", default=[])
+  parser.add_argument("--tfds_data_dir", default=None)
+  parser.add_argument("--multiprocess", action="store_true")
+  args, rest = parser.parse_known_args(list(argv))
+  for arg in rest:
+    if arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep or not name:
+        parser.error(f"{arg!r}: write --gin.NAME=VALUE (strings quoted: "
+                     "--gin.MODEL_DIR=\"'/tmp/x'\").")
+      args.gin_bindings.append(f"{name} = {value}")
+    elif arg in ("--alsologtostderr", "--logtostderr"):
+      continue  # accepted for T5X compatibility; we always log to stderr
+    else:
+      parser.error(f"unrecognized argument {arg!r}")
+  if not args.gin_file:
+    parser.error("pass at least one --gin_file (e.g. configs/runs/finetune.gin).")
+  args.gin_search_paths = [p for entry in args.gin_search_paths for p in entry.split(",") if p]
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+  import gin  # pylint: disable=import-outside-toplevel
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  if args.multiprocess:
+    jax.distributed.initialize()
+  if args.tfds_data_dir:
+    import seqio  # pylint: disable=import-outside-toplevel
+    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+  for path in args.gin_search_paths + [os.getcwd(), _REPO_ROOT]:
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings)
+  return gin.get_configurable(train)()
+
+
+if __name__ == "__main__":
+  # `python -m spec_cascade.train` runs this file as a second module named
+  # __main__; gin binds the functions of `spec_cascade.train`, so run that one.
+  from spec_cascade import train as _train_module  # pylint: disable=import-self
+  _train_module.main()
