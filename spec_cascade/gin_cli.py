@@ -27,6 +27,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 
 _MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FULL_PATH_BINDING = re.compile(r"^\s*(spec_cascade(?:\.\w+)*)\.\w+\.\w+\s*=")
 _REQUIRED_RE = re.compile(r"(\w+)/macro\.value set to `%gin\.REQUIRED`")
 
 
@@ -104,6 +105,19 @@ def _defined_and_used_macros() -> tuple[set[str], set[str]]:
   return defined, used
 
 
+def _required_left() -> list[str]:
+  """Bindings still set to %gin.REQUIRED (macros by name, other parameters as scope/fn.param)."""
+  out = []
+  retrieve = getattr(gin.config, "_retrieve_constant", None)
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for name, value in params.items():
+      if (isinstance(value, gin.config.ConfigurableReference)
+          and value.configurable.wrapped is retrieve
+          and value.scoped_configurable_fn() is gin.REQUIRED):
+        out.append(scope if selector == "gin.macro" else f"{selector}.{name}")
+  return sorted(out)
+
+
 def configure(args: argparse.Namespace) -> None:
   """Clears gin, then parses the files and bindings of `args` (see `parse_flags`).
 
@@ -126,8 +140,14 @@ def configure(args: argparse.Namespace) -> None:
     except Exception as e:  # gin raises ValueError / SyntaxError / TokenError etc.
       raise FlagError(f"--gin_file={path}: {type(e).__name__}: {e}") from None
   for binding, source in zip(args.gin_bindings, args.binding_sources):
+    text = binding
+    m = _FULL_PATH_BINDING.match(binding)
+    if m:
+      # A full path (spec_cascade.sweep.run_sweep.batch_size) names the configurable the gin
+      # files registered under an import alias; importing the module here makes it resolve.
+      text = f"from __gin__ import dynamic_registration\nimport {m.group(1)}\n{binding}"
     try:
-      gin.parse_config(binding)
+      gin.parse_config(text)
     except Exception as e:
       hint = ""
       if re.search(r"=\s*[A-Za-z_/.][\w/.-]*\s*$", binding) and "@" not in binding:
@@ -142,7 +162,13 @@ def configure(args: argparse.Namespace) -> None:
       raise FlagError(f"{source!r} sets the macro {name}, but no gin file uses %{name}, so it "
                       f"would do nothing (a typo?). Macros the config uses: {', '.join(known)}.")
   # The config is not locked (gin.finalize): modules imported later, e.g. the seqio tasks, may
-  # still register configurables.
+  # still register configurables. gin.finalize would also refuse unset %gin.REQUIRED values;
+  # that check is done here instead, with the flag that fixes it.
+  missing = _required_left()
+  if missing:
+    raise FlagError("required gin values are not set: " + ", ".join(missing) + ". Pass "
+                    + " ".join(f"--gin.{m}=VALUE" for m in missing if _MACRO_NAME.match(m))
+                    + " (strings quoted) or bind them in a gin file.")
   if args.tfds_data_dir:
     from spec_cascade.data import tasks  # pylint: disable=g-import-not-at-top  (imports TF)
     tasks.set_tfds_data_dir(args.tfds_data_dir)

@@ -268,8 +268,18 @@ def _offline_rows(task: str, split: str) -> list[dict]:
   return offline.load_split(task, split)
 
 
-def _seqio_rows(task: str, split: str):
-  """(rows with pre-tokenized input ids, tokenizer) of a registered seqio task."""
+def check_task(task: str) -> None:
+  """Raises ValueError unless `task` is an offline task or a registered seqio Task.
+
+  Offline tasks are checked without TensorFlow; anything else imports seqio and the project's
+  task registrations (a few seconds)."""
+  if not isinstance(task, str) or not task:
+    raise ValueError(f"a task name must be a non-empty string, got {task!r}.")
+  if task not in _offline_task_names():
+    _seqio_task(task)
+
+
+def _seqio_task(task: str):
   from spec_cascade.data import tasks as _  # pylint: disable=g-import-not-at-top  (registers)
   import seqio  # pylint: disable=g-import-not-at-top
   try:
@@ -282,6 +292,12 @@ def _seqio_rows(task: str, split: str):
   if not isinstance(t, seqio.Task):
     raise ValueError(f"{task!r} is a seqio mixture; infer and sweep take one task at a time "
                      f"(its tasks: {[x.name for x in t.tasks]}).")
+  return t
+
+
+def _seqio_rows(task: str, split: str):
+  """(rows with pre-tokenized input ids, tokenizer) of a registered seqio task."""
+  t = _seqio_task(task)
   ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                      use_cached=False)
   rows = []
@@ -660,6 +676,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   ignore it, methods with one need it. Returns the metrics dict.
   """
   ms = resolve_method(method)
+  check_task(task)
   if ms.alpha_kind is not None and alpha is None:
     lo, hi = ms.alpha_range()
     raise ValueError(f"method {ms.name!r} needs alpha (its sweep range is [{lo}, {hi}]).")

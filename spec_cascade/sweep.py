@@ -261,11 +261,16 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   tasks = [task] if isinstance(task, str) else list(task)
   if not tasks:
     raise ValueError("no task given.")
+  for t in tasks:
+    infer.check_task(t)
   method_specs = infer.resolve_methods(methods)
   if "verifier" not in [m.name for m in method_specs]:
     log.info("adding the verifier alone: every latency is relative to it.")
   temps = _as_list(temperatures, "temperatures", float)
   gammas = _as_list(num_draft_tokens, "num_draft_tokens", int)
+  from spec_cascade import sampling  # pylint: disable=g-import-not-at-top
+  for t in temps:
+    sampling.validate_sampling_params(t, top_k, top_p)
   if any(g < 1 for g in gammas):
     raise ValueError(f"num_draft_tokens must be >= 1, got {gammas}.")
   if not isinstance(trials, (int, np.integer)) or trials < 1:
