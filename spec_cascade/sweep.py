@@ -228,6 +228,24 @@ def _baseline_from_rows(rows: Sequence[ResultRow], task: str, t: float) -> Basel
 # ----------------------------------------------------------------------------------------------
 # The sweep.
 
+def _agree_across_hosts(plans, pending):
+  """Multi-host: every process must run the same points (they take part in the same collective
+  computations), so process 0's view of the finished points is broadcast to all."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return pending
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flat = [(t, p) for t, ps in plans.items() for p in ps]
+  mine = {(t, p.key) for t, ps in pending.items() for p in ps}
+  mask = np.asarray([(t, p.key) in mine for t, p in flat], np.int32)
+  mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+  out = {t: [] for t in plans}
+  for (t, p), keep in zip(flat, mask):
+    if keep:
+      out[t].append(p)
+  return out
+
+
 def run_sweep(task: str | Sequence[str], output_dir: str,
               drafter_checkpoint: str | None = None, verifier_checkpoint: str | None = None,
               methods: str | Sequence[str] = "all",
@@ -285,6 +303,7 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
     infer.write_config(output_dir)
   done = results_lib.done_keys(results_path)
   pending = {t: [p for p in plans[t] if p.key not in done] for t in tasks}
+  pending = _agree_across_hosts(plans, pending)
   n_total = sum(len(v) for v in plans.values())
   n_pending = sum(len(v) for v in pending.values())
   log.info("sweep: %d points, %d done, %d to run, in %s", n_total, n_total - n_pending,
