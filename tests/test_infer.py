@@ -327,3 +327,25 @@ def test_paper_finetune_gins_train_the_model_gin_size(task):
     assert gin.query_parameter("%TRAIN_STEPS") > 0
   finally:
     gin.clear_config()
+
+
+@pytest.mark.slow
+def test_seqio_route_reads_the_same_examples_as_the_offline_route(env):
+  # Any non-offline task name goes through seqio; the offline tasks are registered there too,
+  # so both routes can be compared on the same split.
+  from spec_cascade.data import tasks
+  tasks.OFFLINE_VOCABULARY.reset()
+  try:
+    with gin.unlock_config():
+      gin.bind_parameter("offline_settings.vocab_pieces", sweep_helpers.PIECES)
+    rows, tok = infer._seqio_rows(TASK, "validation")  # pylint: disable=protected-access
+    direct = infer.load_task(TASK, "validation", None, 0, str(env.vocab))
+    size, text = tok.vocab_size, tok.decode(rows[0]["input_ids"])
+  finally:
+    gin.clear_config()
+    tasks.OFFLINE_VOCABULARY.reset()
+  assert len(rows) == len(direct.examples) and size == direct.tokenizer.vocab_size
+  for r, e in zip(rows, direct.examples):
+    assert (r["inputs"], r["targets"]) == (e.inputs, e.targets)
+    assert tuple(r["input_ids"]) == e.input_ids
+  assert text == direct.tokenizer.decode(direct.examples[0].input_ids)
