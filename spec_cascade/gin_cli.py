@@ -1,0 +1,203 @@
+"""T5X-style command lines for the gin-configured entry points (infer, sweep).
+
+    python -m spec_cascade.sweep --gin_file=configs/paper/wmt_ende.gin \
+        --gin.BATCH_SIZE=8 --gin.SWEEP_OUTPUT_DIR="'/tmp/run'" \
+        [--gin_bindings='NAME = VALUE'] [--gin_search_paths=a,b] [--tfds_data_dir=DIR]
+
+`--gin.NAME=VALUE` becomes the binding `NAME = VALUE` (string values keep their quotes:
+`--gin.X="'text'"`). Gin files are found relative to the working directory, the
+`--gin_search_paths`, the repository root and its `configs/` folder (so both
+`--gin_file=configs/runs/sweep.gin` and `--gin_file=runs/sweep.gin` work).
+
+Every mistake is reported with the thing that caused it: a gin file that cannot be read or
+parsed, a binding gin rejects (named as the user typed it), a `--gin.MACRO` no gin file uses
+(almost always a typo), a `%gin.REQUIRED` macro left unset.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from typing import Any, Callable, Sequence
+
+import gin
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
+
+_MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FULL_PATH_BINDING = re.compile(r"^\s*(spec_cascade(?:\.\w+)*)\.\w+\.\w+\s*=")
+_REQUIRED_RE = re.compile(r"(\w+)/macro\.value set to `%gin\.REQUIRED`")
+
+
+class FlagError(ValueError):
+  """A command-line or gin configuration mistake; the message says what and how to fix it."""
+
+
+def setup_logging() -> None:
+  """INFO logs of this package on stderr; the chatty libraries (orbax via absl, jax) at WARNING."""
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+  for name in ("absl", "jax", "jax._src.xla_bridge", "orbax"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def parse_flags(argv: Sequence[str], prog: str, description: str = "") -> argparse.Namespace:
+  """Parses T5X-style flags.
+
+  Returns a Namespace with gin_file (list), gin_bindings (list of 'NAME = VALUE' strings),
+  binding_sources (the flag each binding came from, same order), gin_search_paths (list),
+  tfds_data_dir (str | None). Raises FlagError on anything it does not understand.
+  """
+  parser = argparse.ArgumentParser(prog=prog, description=description, add_help=True)
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin config file (repeatable; later files override earlier ones)")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="a gin binding 'NAME = VALUE' (repeatable)")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="comma-separated folders to look for gin files and includes in")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="TFDS data folder for the paper tasks (may be gs://...)")
+  args, rest = parser.parse_known_args(list(argv))
+  args.binding_sources = [f"--gin_bindings={b}" for b in args.gin_bindings]
+  for arg in rest:
+    if arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep or not name or not value.strip():
+        raise FlagError(f"{arg!r}: write --gin.NAME=VALUE, e.g. --gin.BATCH_SIZE=8 or "
+                        "--gin.SWEEP_OUTPUT_DIR=\"'/tmp/run'\" (strings need quotes).")
+      args.gin_bindings.append(f"{name} = {value}")
+      args.binding_sources.append(arg)
+    elif arg in ("--alsologtostderr", "--logtostderr"):
+      continue  # T5X habits; we always log to stderr.
+    else:
+      raise FlagError(f"unrecognized argument {arg!r}. Flags: --gin_file, --gin.NAME=VALUE, "
+                      "--gin_bindings, --gin_search_paths, --tfds_data_dir.")
+  if not args.gin_file:
+    raise FlagError(f"{prog} needs at least one --gin_file (e.g. configs/runs/sweep.gin).")
+  args.gin_search_paths = [p for entry in args.gin_search_paths for p in entry.split(",") if p]
+  return args
+
+
+def _macro_refs(value: Any, out: set[str]) -> None:
+  """Collects the names of macros (%NAME) referenced anywhere inside a gin value."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    text = repr(value)
+    if text.startswith("%"):
+      out.add(text[1:])
+    return
+  if isinstance(value, dict):
+    for v in value.values():
+      _macro_refs(v, out)
+  elif isinstance(value, (list, tuple, set)):
+    for v in value:
+      _macro_refs(v, out)
+
+
+def _defined_and_used_macros() -> tuple[set[str], set[str]]:
+  defined, used = set(), set()
+  for (scope_name, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == "gin.macro":
+      defined.add(scope_name)
+    for v in params.values():
+      _macro_refs(v, used)
+  return defined, used
+
+
+def _required_left() -> list[str]:
+  """Bindings still set to %gin.REQUIRED (macros by name, other parameters as scope/fn.param)."""
+  out = []
+  retrieve = getattr(gin.config, "_retrieve_constant", None)
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for name, value in params.items():
+      if (isinstance(value, gin.config.ConfigurableReference)
+          and value.configurable.wrapped is retrieve
+          and value.scoped_configurable_fn() is gin.REQUIRED):
+        out.append(scope if selector == "gin.macro" else f"{selector}.{name}")
+  return sorted(out)
+
+
+def configure(args: argparse.Namespace) -> None:
+  """Clears gin, then parses the files and bindings of `args` (see `parse_flags`).
+
+  Raises FlagError naming the gin file or the flag at fault.
+  """
+  # Modules that register configurables with decorators must be imported before parsing so
+  # their names resolve in gin files and bindings (the TF-free ones; data.tasks needs a gin
+  # `import spec_cascade.data.tasks` line, as it loads TensorFlow).
+  import spec_cascade.checkpoints  # pylint: disable=g-import-not-at-top,unused-import
+  import spec_cascade.data.offline  # pylint: disable=g-import-not-at-top,unused-import
+  import spec_cascade.models  # pylint: disable=g-import-not-at-top,unused-import
+  gin.clear_config()
+  for path in args.gin_search_paths + [os.getcwd(), REPO_ROOT, CONFIGS_DIR]:
+    gin.add_config_file_search_path(path)
+  for path in args.gin_file:
+    try:
+      gin.parse_config_file(path)
+    except (IOError, OSError) as e:
+      raise FlagError(f"--gin_file={path}: cannot read it ({e}).") from None
+    except Exception as e:  # gin raises ValueError / SyntaxError / TokenError etc.
+      raise FlagError(f"--gin_file={path}: {type(e).__name__}: {e}") from None
+  for binding, source in zip(args.gin_bindings, args.binding_sources):
+    text = binding
+    m = _FULL_PATH_BINDING.match(binding)
+    if m:
+      # A full path (spec_cascade.sweep.run_sweep.batch_size) names the configurable the gin
+      # files registered under an import alias; importing the module here makes it resolve.
+      text = f"from __gin__ import dynamic_registration\nimport {m.group(1)}\n{binding}"
+    try:
+      gin.parse_config(text)
+    except Exception as e:
+      hint = ""
+      if re.search(r"=\s*[A-Za-z_/.][\w/.-]*\s*$", binding) and "@" not in binding:
+        hint = (" If VALUE is a string, quote it: "
+                f"{source.partition('=')[0]}=\"'{binding.partition('=')[2].strip()}'\".")
+      raise FlagError(f"bad gin binding {source!r}: {type(e).__name__}: {e}{hint}") from None
+  defined, used = _defined_and_used_macros()
+  for binding, source in zip(args.gin_bindings, args.binding_sources):
+    name = binding.partition("=")[0].strip()
+    if _MACRO_NAME.match(name) and name not in used:
+      known = sorted(m for m in defined if m in used)
+      raise FlagError(f"{source!r} sets the macro {name}, but no gin file uses %{name}, so it "
+                      f"would do nothing (a typo?). Macros the config uses: {', '.join(known)}.")
+  # The config is not locked (gin.finalize): modules imported later, e.g. the seqio tasks, may
+  # still register configurables. gin.finalize would also refuse unset %gin.REQUIRED values;
+  # that check is done here instead, with the flag that fixes it.
+  missing = _required_left()
+  if missing:
+    raise FlagError("required gin values are not set: " + ", ".join(missing) + ". Pass "
+                    + " ".join(f"--gin.{m}=VALUE" for m in missing if _MACRO_NAME.match(m))
+                    + " (strings quoted) or bind them in a gin file.")
+  if args.tfds_data_dir:
+    from spec_cascade.data import tasks  # pylint: disable=g-import-not-at-top  (imports TF)
+    tasks.set_tfds_data_dir(args.tfds_data_dir)
+
+
+def call_configured(fn: Callable[..., Any]) -> Any:
+  """Calls `fn` with its gin bindings; unset `%gin.REQUIRED` macros become a FlagError."""
+  try:
+    configured = gin.get_configurable(fn)
+  except ValueError as e:
+    raise FlagError(f"the gin config does not configure {fn.__module__}.{fn.__name__} "
+                    f"({e}); include e.g. configs/runs/sweep.gin or configs/runs/infer.gin.") from None
+  try:
+    return configured()
+  except ValueError as e:
+    m = _REQUIRED_RE.search(str(e))
+    if m:
+      raise FlagError(f"the macro {m.group(1)} is required but not set: pass "
+                      f"--gin.{m.group(1)}=VALUE or bind it in a gin file.") from None
+    if "Required bindings for" in str(e):
+      raise FlagError(f"{str(e).splitlines()[0]}; bind them in a gin file or with "
+                      "--gin_bindings.") from None
+    raise
+
+
+def operative_config_text() -> str:
+  """The config to record with a run: gin's operative config (the values actually used so
+  far), or the full parsed config if nothing has been called yet; '' when gin is unused."""
+  text = gin.operative_config_str()
+  if not text.strip() or "# Parameters for" not in text:
+    text = gin.config_str()
+  return text

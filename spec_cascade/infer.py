@@ -1,0 +1,757 @@
+"""Inference with one method at one operating point (α, T, γ): predictions + metrics.
+
+    python -m spec_cascade.infer --gin_file=configs/runs/infer.gin \
+        --gin.MIXTURE_OR_TASK_NAME="'debian_ende'" --gin.METHOD="'spec_cascade_token_v3'" \
+        --gin.ALPHA=0.3 --gin.INFER_OUTPUT_DIR="'/tmp/infer'" \
+        --gin.DRAFTER_CHECKPOINT_PATH="'path/small'" --gin.VERIFIER_CHECKPOINT_PATH="'path/large'"
+
+Writes INFER_OUTPUT_DIR/{config.gin, predictions.jsonl, metrics.json}.
+
+This module also holds the pieces the sweep shares: method names (the results table's, e.g.
+`spec_cascade_token_v3`, mapped onto the engine's method + rule), checkpoint loading, the task's
+examples (offline corpora without TensorFlow; any other name through seqio), length-sorted
+fixed-shape batches, decoding a set of batches, counters → rates, and scoring.
+
+Examples are sorted by input length and batched; every batch is padded to one fixed input length
+(`input_bucket=None`, one compilation per method) or to a multiple of `input_bucket` tokens (fewer
+padded positions, one compilation per bucket). The last batch is filled up with copies of its last
+row (discarded afterwards), so every call has the same batch size. Inputs longer than
+`input_length` are cut (EOS kept at the end) and counted; `input_length=None` takes the longest
+input, so nothing is cut.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from spec_cascade import decoding
+from spec_cascade import deferral
+from spec_cascade import metrics as metrics_lib
+from spec_cascade import results as results_lib
+
+log = logging.getLogger(__name__)
+
+Bundle = decoding.Bundle
+
+# ----------------------------------------------------------------------------------------------
+# Methods: the results table's names → the engine's (method, rule).
+
+# Methods whose lenience is the rollback threshold (−log p of a draft) instead of a rule's α.
+BILD_ROLLBACK_SWEEP = (0.0, 8.0)
+
+ALL_METHODS = (
+    "drafter", "verifier", "seq_cascade", "token_cascade_chow", "oracle_diff", "specdecode",
+    "specdecode_lossy", "bild", "spec_cascade_bild_star", "spec_cascade_chow",
+    "spec_cascade_diff", "spec_cascade_opt", "spec_cascade_token_v1", "spec_cascade_token_v2",
+    "spec_cascade_token_v3",
+)
+# The engine's names are accepted too and mean the table's method.
+_ALIASES = {"spec_decode": "specdecode", "spec_decode_lossy": "specdecode_lossy",
+            "token_cascade": "token_cascade_chow", "oracle": "oracle_diff"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """name: the results-table name; engine_method / engine_rule: what `decoding.generate` runs;
+  rule: the deferral rule whose α range applies ('' when α is not a rule's lenience);
+  alpha_kind: None (no α), 'rule' (a deferral rule's α) or 'bild' (rollback threshold);
+  gamma_dependent: whether the method drafts blocks of γ tokens."""
+  name: str
+  engine_method: str
+  engine_rule: str | None
+  rule: str
+  alpha_kind: str | None
+  gamma_dependent: bool
+
+  def alpha_range(self) -> tuple[float, float]:
+    """The finite interval `"auto"` α grids cover."""
+    if self.alpha_kind == "bild":
+      return BILD_ROLLBACK_SWEEP
+    spec = deferral.get_rule(self.rule)
+    if spec.sweep_range is None:
+      raise ValueError(f"method {self.name!r} (rule {self.rule!r}) has no α to sweep.")
+    return spec.sweep_range
+
+  def validate_alpha(self, alpha: float) -> None:
+    if self.alpha_kind is None:
+      return
+    if self.alpha_kind == "bild":
+      if not math.isfinite(alpha):
+        raise ValueError(f"BiLD's rollback threshold (its α) must be finite, got {alpha}.")
+      return
+    try:
+      deferral.validate_alpha(self.rule, alpha)
+    except ValueError as e:
+      raise ValueError(f"method {self.name!r}: {e}") from None
+
+
+def resolve_method(name: str) -> MethodSpec:
+  """The MethodSpec of a results-table method name (or an engine alias); ValueError otherwise."""
+  if not isinstance(name, str):
+    raise ValueError(f"a method name must be a string, got {name!r}.")
+  name = _ALIASES.get(name, name)
+  if name in ("drafter", "verifier"):
+    return MethodSpec(name, name, None, "", None, False)
+  if name == "specdecode":
+    return MethodSpec(name, "spec_decode", None, "", None, True)
+  if name == "specdecode_lossy":
+    return MethodSpec(name, "spec_decode_lossy", "lossy", "lossy", "rule", True)
+  if name == "seq_cascade":
+    return MethodSpec(name, "seq_cascade", "chow", "chow", "rule", False)
+  if name == "token_cascade_chow":
+    return MethodSpec(name, "token_cascade", "chow", "chow", "rule", False)
+  if name == "bild":
+    return MethodSpec(name, "bild", None, "", "bild", True)
+  for prefix, engine, gamma in (("oracle_", "oracle", False), ("spec_cascade_", "spec_cascade", True)):
+    if name.startswith(prefix) and name[len(prefix):] in deferral.RULES:
+      rule = name[len(prefix):]
+      kind = "rule" if deferral.RULES[rule].alpha_range is not None else None
+      return MethodSpec(name, engine, rule, rule, kind, gamma)
+  raise ValueError(
+      f"unknown method {name!r}. Methods: {', '.join(ALL_METHODS)}; also oracle_<rule> and "
+      f"spec_cascade_<rule> for any rule in {', '.join(sorted(deferral.RULES))}.")
+
+
+def resolve_methods(methods: str | Sequence[str]) -> list[MethodSpec]:
+  """'all' or a list of names → MethodSpecs (duplicates dropped, order kept)."""
+  if isinstance(methods, str):
+    methods = ALL_METHODS if methods == "all" else [methods]
+  specs, seen = [], set()
+  for m in methods:
+    s = resolve_method(m)
+    if s.name not in seen:
+      seen.add(s.name)
+      specs.append(s)
+  if not specs:
+    raise ValueError("no methods given; pass methods='all' or a list such as "
+                     "['verifier', 'spec_cascade_token_v3'].")
+  return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# Models.
+
+def _is_trainer_export(path: str) -> str | None:
+  """The export folder of a trainer MODEL_DIR (or the export folder itself), else None."""
+  if "://" in path:
+    return None
+  for p in (path, os.path.join(path, "export")):
+    if os.path.isfile(os.path.join(p, "config.json")) and os.path.isdir(os.path.join(p, "params")):
+      return p
+  return None
+
+
+def load_bundle(path: str, config=None, dtype: str = "float32",
+                activation_dtype: str | None = None) -> Bundle:
+  """Loads a model: a trainer MODEL_DIR / export, one of our checkpoints, T5X or Hugging Face.
+
+  config: optional T5Config (needed only where a checkpoint lacks one and shapes cannot tell).
+  dtype: parameter dtype ('float32' on CPU; 'bfloat16' as T5X restores for inference).
+  activation_dtype: overrides the config's activation dtype.
+  """
+  from spec_cascade.models import T5Model  # pylint: disable=g-import-not-at-top
+  if not path:
+    raise ValueError("a checkpoint path is empty; set DRAFTER_CHECKPOINT_PATH / "
+                     "VERIFIER_CHECKPOINT_PATH.")
+  path = str(path)
+  export = _is_trainer_export(path)
+  if export is not None:
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from spec_cascade import train  # pylint: disable=g-import-not-at-top
+    cfg, params = train.load_exported(export)
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+  else:
+    from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+    params, cfg = checkpoints.load_params(path, config=config, dtype=dtype)
+  if activation_dtype:
+    cfg = cfg.replace(dtype=activation_dtype)
+  return Bundle(T5Model(cfg), params)
+
+
+def check_pair(drafter: Bundle | None, verifier: Bundle | None, tokenizer=None) -> None:
+  """Refuses pairs with different vocabularies and tokenizers larger than the models' vocab."""
+  from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+  if drafter is not None and verifier is not None:
+    checkpoints.check_same_vocabulary(drafter.model.config, verifier.model.config)
+  if tokenizer is not None:
+    for name, b in (("drafter", drafter), ("verifier", verifier)):
+      if b is not None and tokenizer.vocab_size > b.model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the {name} only "
+            f"{b.model.config.vocab_size}: the model was trained with another vocabulary. "
+            "Set vocabulary_path to the SentencePiece model the pair was trained with.")
+
+
+def load_models(drafter_checkpoint: str | None, verifier_checkpoint: str | None,
+                methods: Sequence[MethodSpec], dtype: str = "float32",
+                activation_dtype: str | None = None, drafter_config=None, verifier_config=None
+                ) -> tuple[Bundle | None, Bundle | None]:
+  """Loads the models the methods need (the drafter is not needed for 'verifier' alone, etc.)."""
+  need_d = any(m.engine_method != "verifier" for m in methods)
+  need_v = any(m.engine_method != "drafter" for m in methods)
+  for need, path, macro in ((need_d, drafter_checkpoint, "DRAFTER_CHECKPOINT_PATH"),
+                            (need_v, verifier_checkpoint, "VERIFIER_CHECKPOINT_PATH")):
+    if need and not path:
+      raise ValueError(f"methods {[m.name for m in methods]} need {macro}; it is not set.")
+  drafter = (load_bundle(drafter_checkpoint, drafter_config, dtype, activation_dtype)
+             if need_d else None)
+  verifier = (load_bundle(verifier_checkpoint, verifier_config, dtype, activation_dtype)
+              if need_v else None)
+  check_pair(drafter, verifier)
+  return drafter, verifier
+
+
+# ----------------------------------------------------------------------------------------------
+# Data.
+
+class _SeqioTokenizer:
+  """seqio.Vocabulary behind the SentencePieceTokenizer interface."""
+  eos_id = 1
+
+  def __init__(self, vocabulary):
+    self._v = vocabulary
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self._v.vocab_size)
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._v.encode(text))
+
+  def decode(self, ids) -> str:
+    return self._v.decode([int(i) for i in ids])
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One example: its position in the split (`index`, also its random-stream id), the source's
+  id, the texts, and the token ids fed to the encoder (EOS last; cut to the input length)."""
+  index: int
+  id: str
+  inputs: str
+  targets: str
+  input_ids: tuple[int, ...]
+
+
+@dataclasses.dataclass
+class TaskData:
+  """The examples of one task split, as fed to the models.
+
+  input_length: the encoder length every batch fits in; truncated: how many inputs were cut to
+  it; longest_input: the longest input before cutting.
+  """
+  task: str
+  split: str
+  examples: list[Example]
+  tokenizer: Any
+  input_length: int
+  truncated: int
+  longest_input: int
+  split_size: int
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _offline_rows(task: str, split: str) -> list[dict]:
+  from spec_cascade.data import offline  # pylint: disable=g-import-not-at-top
+  return offline.load_split(task, split)
+
+
+def check_task(task: str) -> None:
+  """Raises ValueError unless `task` is an offline task or a registered seqio Task.
+
+  Offline tasks are checked without TensorFlow; anything else imports seqio and the project's
+  task registrations (a few seconds)."""
+  if not isinstance(task, str) or not task:
+    raise ValueError(f"a task name must be a non-empty string, got {task!r}.")
+  if task not in _offline_task_names():
+    _seqio_task(task)
+
+
+def _seqio_task(task: str):
+  from spec_cascade.data import tasks as _  # pylint: disable=g-import-not-at-top  (registers)
+  import seqio  # pylint: disable=g-import-not-at-top
+  try:
+    t = seqio.get_mixture_or_task(task)
+  except (ValueError, KeyError):
+    raise ValueError(
+        f"unknown task {task!r}: not an offline task ({', '.join(_offline_task_names())}) and "
+        "not registered with seqio. Paper tasks: wmt_t2t_ende_v003, cnn_dailymail_v002, xsum; "
+        "register your own seqio.Task before running (see docs/experiments.md).") from None
+  if not isinstance(t, seqio.Task):
+    raise ValueError(f"{task!r} is a seqio mixture; infer and sweep take one task at a time "
+                     f"(its tasks: {[x.name for x in t.tasks]}).")
+  return t
+
+
+def _seqio_rows(task: str, split: str):
+  """(rows with pre-tokenized input ids, tokenizer) of a registered seqio task."""
+  t = _seqio_task(task)
+  ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                     use_cached=False)
+  rows = []
+  for i, ex in enumerate(ds.as_numpy_iterator()):
+    text = lambda k: ex[k].decode("utf-8") if isinstance(ex[k], bytes) else str(ex[k])
+    rows.append({"inputs": text("inputs_pretokenized"), "targets": text("targets_pretokenized"),
+                 "id": str(i), "input_ids": [int(x) for x in ex["inputs"]]})
+  return rows, _SeqioTokenizer(t.output_features["targets"].vocabulary)
+
+
+def _offline_task_names() -> tuple[str, ...]:
+  from spec_cascade.data import offline  # pylint: disable=g-import-not-at-top
+  return offline.TASKS
+
+
+def offline_tokenizer(vocabulary_path: str | None = None):
+  """SentencePieceTokenizer for the offline tasks (default: the corpora's vocabulary)."""
+  from spec_cascade.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  return vocab_lib.SentencePieceTokenizer(vocabulary_path or vocab_lib.get_vocab_path())
+
+
+def checkpoint_vocabulary(path: str | None) -> str | None:
+  """The vocabulary a spec_cascade checkpoint records, if any."""
+  if not path or _is_trainer_export(str(path)) is not None:
+    return None
+  from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    return checkpoints.read_checkpoint_info(str(path)).get("vocabulary_path")
+  except (FileNotFoundError, ValueError, OSError):
+    return None
+
+
+def load_task(task: str, split: str = "validation", num_examples: int | None = None,
+              seed: int = 0, vocabulary_path: str | None = None,
+              input_length: int | None = None, length_multiple: int = 32) -> TaskData:
+  """Selects and tokenizes a task's examples.
+
+  task: an offline task (read without TensorFlow) or a registered seqio task.
+  num_examples: a random subset of that size (fixed by `seed`, kept in split order); None = all.
+  vocabulary_path: SentencePiece model for offline tasks (default: the offline corpora's);
+    seqio tasks use their own vocabulary.
+  input_length: cut longer inputs (counted in `truncated`); None = longest input rounded up to
+    `length_multiple`.
+  """
+  if task in _offline_task_names():
+    rows = _offline_rows(task, split)
+    tokenizer = offline_tokenizer(vocabulary_path)
+    ids = [tokenizer.encode(r["inputs"]) + [tokenizer.eos_id] for r in rows]
+  else:
+    rows, tokenizer = _seqio_rows(task, split)
+    ids = [r["input_ids"] if r["input_ids"][-1:] == [1] else r["input_ids"] + [1] for r in rows]
+  if not rows:
+    raise ValueError(f"{task}/{split} has no examples.")
+  picked = np.arange(len(rows))
+  if num_examples is not None:
+    if not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
+      raise ValueError(f"num_examples must be a positive int or None, got {num_examples!r}.")
+    if num_examples < len(rows):
+      picked = np.sort(np.random.default_rng(seed).choice(len(rows), num_examples, replace=False))
+  longest = max(len(ids[i]) for i in picked)
+  if input_length is None:
+    input_length = _round_up(longest, length_multiple)
+  elif not isinstance(input_length, (int, np.integer)) or input_length < 2:
+    raise ValueError(f"input_length must be an int >= 2 or None, got {input_length!r}.")
+  examples, truncated = [], 0
+  for i in picked:
+    x = ids[i]
+    if len(x) > input_length:
+      truncated += 1
+      x = x[:input_length - 1] + [tokenizer.eos_id]
+    r = rows[i]
+    examples.append(Example(int(i), str(r.get("id", i)), r["inputs"], r["targets"], tuple(x)))
+  if truncated:
+    log.warning("%s/%s: %d of %d inputs are longer than input_length=%d and were cut "
+                "(longest: %d tokens).", task, split, truncated, len(examples), input_length,
+                longest)
+  return TaskData(task, split, examples, tokenizer, int(input_length), truncated, longest,
+                  len(rows))
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+  """positions: int [n_real] indices into TaskData.examples; inputs: int32 [B, S];
+  example_ids: int32 [B] (each row's random stream); rows past n_real are copies."""
+  positions: np.ndarray
+  inputs: np.ndarray
+  example_ids: np.ndarray
+
+  @property
+  def num_real(self) -> int:
+    return len(self.positions)
+
+
+def make_batches(data: TaskData, batch_size: int, input_bucket: int | None = None) -> list[Batch]:
+  """Length-sorted batches of exactly `batch_size` rows (see the module docstring)."""
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+  if input_bucket is not None and (not isinstance(input_bucket, (int, np.integer))
+                                   or input_bucket < 1):
+    raise ValueError(f"input_bucket must be a positive int or None, got {input_bucket!r}.")
+  order = sorted(range(len(data.examples)), key=lambda p: (len(data.examples[p].input_ids), p))
+  batches = []
+  for start in range(0, len(order), batch_size):
+    pos = np.asarray(order[start:start + batch_size])
+    longest = max(len(data.examples[p].input_ids) for p in pos)
+    width = (data.input_length if input_bucket is None
+             else min(data.input_length, _round_up(longest, input_bucket)))
+    rows = list(pos) + [pos[-1]] * (batch_size - len(pos))
+    inputs = np.zeros((batch_size, width), np.int32)
+    for r, p in enumerate(rows):
+      x = data.examples[p].input_ids
+      inputs[r, :len(x)] = x
+    ids = np.asarray([data.examples[p].index for p in rows], np.int32)
+    batches.append(Batch(pos, inputs, ids))
+  return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding.
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  """What stays fixed across the points of a run (besides the method, α, T and γ)."""
+  max_decode_length: int = 64
+  seed: int = 0
+  top_k: int = 0
+  top_p: float = 1.0
+  fallback_threshold: float = 0.6
+  bild_max_window: int | None = None  # None: γ
+  token_cascade_window: int = 8
+
+
+def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
+                  temperature: float, num_draft_tokens: int) -> dict[str, Any]:
+  """Keyword arguments of `decoding.generate` for one operating point."""
+  # γ-independent methods get a fixed γ so that all their points share one compiled program.
+  gamma = int(num_draft_tokens) if method.gamma_dependent else 1
+  kw = dict(method=method.engine_method, rule=method.engine_rule, num_draft_tokens=gamma,
+            temperature=float(temperature), top_k=settings.top_k, top_p=settings.top_p,
+            seed=settings.seed, max_decode_length=settings.max_decode_length,
+            fallback_threshold=settings.fallback_threshold,
+            bild_max_window=settings.bild_max_window or max(gamma, 1),
+            token_cascade_window=settings.token_cascade_window, alpha=0.0)
+  if method.alpha_kind == "bild":
+    kw["rollback_threshold"] = float(alpha)
+  elif method.alpha_kind == "rule":
+    kw["alpha"] = float(alpha)
+  return kw
+
+
+def program_key(method: MethodSpec, settings: DecodeSettings, num_draft_tokens: int,
+                shape: tuple[int, int]) -> tuple:
+  """Identifies a compiled program: points with equal keys share one compilation."""
+  kw = engine_kwargs(method, settings, 0.0, 1.0, num_draft_tokens)
+  spec = decoding.make_spec(kw["method"], kw["rule"], num_draft_tokens=kw["num_draft_tokens"],
+                            max_decode_length=kw["max_decode_length"], top_k=kw["top_k"],
+                            token_cascade_window=kw["token_cascade_window"],
+                            bild_max_window=kw["bild_max_window"])
+  return (spec, tuple(shape))
+
+
+@dataclasses.dataclass
+class DecodeRun:
+  """tokens: int32 [N, max_decode_length] per example (0 after EOS); counters: name → [N];
+  batch_wall_s: wall-clock of each batch's decode call."""
+  tokens: np.ndarray
+  counters: dict[str, np.ndarray]
+  batch_wall_s: list[float]
+
+  @property
+  def wall_s(self) -> float:
+    return float(sum(self.batch_wall_s))
+
+
+def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Sequence[Batch],
+                   num_examples: int, engine_kw: Mapping[str, Any], mesh=None,
+                   progress: bool = False, desc: str = "") -> DecodeRun:
+  """Runs `decoding.generate` over the batches and gathers per-example outputs."""
+  L = int(engine_kw["max_decode_length"])
+  tokens = np.zeros((num_examples, L), np.int32)
+  counters = {f: np.zeros((num_examples,), np.float64) for f in decoding.COUNTER_FIELDS}
+  walls = []
+  it = batches
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    it = tqdm.tqdm(batches, desc=desc or "batches", unit="batch", leave=False, dynamic_ncols=True)
+  for b in it:
+    out = decoding.generate(drafter, verifier, b.inputs, example_ids=b.example_ids, mesh=mesh,
+                            **engine_kw)
+    n = b.num_real
+    tokens[b.positions] = out.tokens[:n]
+    for f in decoding.COUNTER_FIELDS:
+      counters[f][b.positions] = out.counters[f][:n]
+    walls.append(out.wall_s)
+  return DecodeRun(tokens, counters, walls)
+
+
+def warm_up(drafter, verifier, batches: Sequence[Batch], engine_kw, mesh=None
+            ) -> dict[tuple[int, int], tuple[int, float]]:
+  """Calls each distinct batch shape once so compilation is out of the timed runs.
+
+  Returns {shape: (index of the batch used, first-call wall-clock s)}; compilation time is that
+  minus the same batch's later (timed) wall-clock.
+  """
+  done = {}
+  for i, b in enumerate(batches):
+    shape = tuple(b.inputs.shape)
+    if shape in done:
+      continue
+    t0 = time.perf_counter()
+    decoding.generate(drafter, verifier, b.inputs, example_ids=b.example_ids, mesh=mesh,
+                      **engine_kw)
+    done[shape] = (i, time.perf_counter() - t0)
+  return done
+
+
+def compile_seconds(first_calls: Mapping[tuple, tuple[int, float]], run: DecodeRun) -> float:
+  """Σ over shapes of (first call − the same batch's timed call): the compilation estimate."""
+  return float(sum(max(0.0, t - run.batch_wall_s[i]) for i, t in first_calls.values()))
+
+
+def totals(counters: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """Counters summed over examples (exact integers except `deferred`)."""
+  out = {}
+  for f, v in counters.items():
+    s = float(np.sum(v))
+    out[f] = int(round(s)) if f != "deferred" else s
+  return out
+
+
+def rates(tot: Mapping[str, float], method: MethodSpec) -> dict[str, float]:
+  """docs/paper.md §7 rates from summed counters.
+
+  acceptance = accepted / drafted; rejection = rejected blocks / output tokens; deferral =
+  tokens from the verifier / tokens (1 for the verifier alone, 0 for the drafter alone);
+  tokens per verifier call = output tokens / verifier calls.
+  """
+  nan = math.nan
+  n_tok = tot["output_tokens"]
+  div = lambda a, b: a / b if b else nan
+  if method.engine_method == "verifier":
+    deferral_rate = 1.0
+  elif method.engine_method == "drafter":
+    deferral_rate = 0.0
+  else:
+    deferral_rate = div(tot["deferred"], n_tok)
+  return {"acceptance_rate": div(tot["accepted"], tot["drafted"]),
+          "rejection_rate": div(tot["rejected"], n_tok),
+          "deferral_rate": deferral_rate,
+          "tokens_per_verifier_call": div(n_tok, tot["verifier_calls"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring and files.
+
+def metric_name(task: str, metric: str | None = None) -> str:
+  """The primary metric: `metric` if given, else the task family's (BLEU / ROUGE-2)."""
+  if metric:
+    if metric not in ("bleu", "rouge1", "rouge2", "rougeLsum"):
+      raise ValueError(f"metric must be one of bleu, rouge1, rouge2, rougeLsum; got {metric!r}.")
+    return metric
+  try:
+    return metrics_lib.primary_metric(task)
+  except ValueError as e:
+    raise ValueError(f"{e} Set `metric` ('bleu' or 'rouge2', ...) for this task.") from None
+
+
+def score(targets: Sequence[str], predictions: Sequence[str], metric: str) -> dict[str, float]:
+  """All scores of the metric's family: {'bleu'} or {'rouge1', 'rouge2', 'rougeLsum'}."""
+  fn = metrics_lib.bleu if metric == "bleu" else metrics_lib.rouge
+  return fn(list(targets), list(predictions))
+
+
+def predictions_of(data: TaskData, run: DecodeRun) -> list[str]:
+  return [data.tokenizer.decode(row) for row in run.tokens]
+
+
+def prediction_records(data: TaskData, predictions: Sequence[str], run: DecodeRun) -> list[dict]:
+  """One JSON-able record per example: input, target, prediction and its counters."""
+  out = []
+  for p, (ex, pred) in enumerate(zip(data.examples, predictions)):
+    counters = {f: (float(run.counters[f][p]) if f == "deferred" else int(run.counters[f][p]))
+                for f in decoding.COUNTER_FIELDS}
+    out.append({"index": ex.index, "id": ex.id, "input": ex.inputs, "target": ex.targets,
+                "prediction": pred, "counters": counters})
+  return out
+
+
+def _json_default(x):
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return str(x)
+
+
+def _clean(x):
+  """NaN/inf → None so the JSON is standard."""
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  if isinstance(x, dict):
+    return {k: _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  return x
+
+
+def write_json(path: str, obj: Any) -> None:
+  results_lib.atomic_write_text(path, json.dumps(_clean(obj), indent=2, default=_json_default,
+                                                 ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+  text = "".join(json.dumps(_clean(r), default=_json_default, ensure_ascii=False) + "\n"
+                 for r in records)
+  results_lib.atomic_write_text(path, text)
+
+
+def is_writer() -> bool:
+  """Only process 0 of a multi-host run writes files."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
+def make_mesh(model_parallel: int = 1, use_mesh: bool | None = None):
+  """A ('data', 'model') mesh when there are several devices (or use_mesh=True), else None."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
+  if use_mesh is None:
+    use_mesh = jax.device_count() > 1
+  return parallel.make_mesh(model=model_parallel) if use_mesh else None
+
+
+def write_config(output_dir: str) -> None:
+  """Writes the operative gin config to output_dir/config.gin (when gin configured this run)."""
+  from spec_cascade import gin_cli  # pylint: disable=g-import-not-at-top
+  text = gin_cli.operative_config_text()
+  if text.strip():
+    results_lib.atomic_write_text(os.path.join(output_dir, "config.gin"), text)
+
+
+def _task_feature_lengths(task_feature_lengths, input_length, max_decode_length):
+  if task_feature_lengths:
+    unknown = set(task_feature_lengths) - {"inputs", "targets"}
+    if unknown:
+      raise ValueError(f"task_feature_lengths has unknown keys {sorted(unknown)}; use "
+                       "{'inputs': N or None, 'targets': M}.")
+    input_length = task_feature_lengths.get("inputs", input_length)
+    max_decode_length = task_feature_lengths.get("targets", max_decode_length)
+  return input_length, max_decode_length
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point.
+
+def infer(task: str, output_dir: str, method: str = "verifier",
+          drafter_checkpoint: str | None = None, verifier_checkpoint: str | None = None,
+          alpha: float | None = None, temperature: float = 1.0, num_draft_tokens: int = 5,
+          num_examples: int | None = None, split: str = "validation", batch_size: int = 8,
+          max_decode_length: int = 64, input_length: int | None = None,
+          task_feature_lengths: Mapping[str, int | None] | None = None,
+          input_bucket: int | None = None, seed: int = 0, top_k: int = 0, top_p: float = 1.0,
+          fallback_threshold: float = 0.6, bild_max_window: int | None = None,
+          vocabulary_path: str | None = None, metric: str | None = None,
+          dtype: str = "float32", activation_dtype: str | None = None,
+          drafter_config=None, verifier_config=None, model_parallel: int = 1,
+          use_mesh: bool | None = None, warmup: bool = True, progress: bool = True
+          ) -> dict[str, Any]:
+  """Decodes a task split with one method at one (α, T, γ); writes predictions and metrics.
+
+  Files in output_dir: config.gin (operative gin config), predictions.jsonl (per example: input,
+  target, prediction, counters), metrics.json (scores, summed counters, rates, timings).
+  `alpha` is the method's lenience (a rule's α, BiLD's rollback threshold); methods without one
+  ignore it, methods with one need it. Returns the metrics dict.
+  """
+  ms = resolve_method(method)
+  check_task(task)
+  if ms.alpha_kind is not None and alpha is None:
+    lo, hi = ms.alpha_range()
+    raise ValueError(f"method {ms.name!r} needs alpha (its sweep range is [{lo}, {hi}]).")
+  if ms.alpha_kind is not None:
+    ms.validate_alpha(float(alpha))
+  input_length, max_decode_length = _task_feature_lengths(task_feature_lengths, input_length,
+                                                          max_decode_length)
+  settings = DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
+                            top_k=int(top_k), top_p=float(top_p),
+                            fallback_threshold=float(fallback_threshold),
+                            bild_max_window=bild_max_window)
+  kw = engine_kwargs(ms, settings, alpha, temperature, num_draft_tokens)
+  decoding.make_knobs(decoding.make_spec(kw["method"], kw["rule"]), alpha=kw["alpha"],
+                      temperature=kw["temperature"], top_p=kw["top_p"])  # validates early
+  the_metric = metric_name(task, metric)
+  drafter, verifier = load_models(drafter_checkpoint, verifier_checkpoint, [ms], dtype,
+                                  activation_dtype, drafter_config, verifier_config)
+  vocab = vocabulary_path or checkpoint_vocabulary(verifier_checkpoint or drafter_checkpoint)
+  data = load_task(task, split, num_examples, seed, vocab, input_length)
+  check_pair(drafter, verifier, data.tokenizer)
+  batches = make_batches(data, batch_size, input_bucket)
+  mesh = make_mesh(model_parallel, use_mesh)
+  if is_writer():
+    os.makedirs(output_dir, exist_ok=True)
+    write_config(output_dir)
+  first = warm_up(drafter, verifier, batches, kw, mesh) if warmup else {}
+  run = decode_batches(drafter, verifier, batches, len(data.examples), kw, mesh, progress,
+                       desc=ms.name)
+  preds = predictions_of(data, run)
+  scores = score([e.targets for e in data.examples], preds, the_metric)
+  tot = totals(run.counters)
+  result = {
+      "task": task, "split": split, "method": ms.name, "rule": ms.rule,
+      "alpha": None if ms.alpha_kind is None else float(alpha),
+      "temperature": float(temperature),
+      "num_draft_tokens": int(num_draft_tokens) if ms.gamma_dependent else 0,
+      "metric": the_metric, "quality": scores[the_metric], "scores": scores,
+      "num_examples": len(data.examples), "split_size": data.split_size,
+      "input_length": data.input_length, "truncated_inputs": data.truncated,
+      "longest_input": data.longest_input, "max_decode_length": settings.max_decode_length,
+      "hit_max_decode_length": int(np.sum(run.counters["output_tokens"]
+                                          >= settings.max_decode_length)),
+      "batch_size": batch_size, "num_batches": len(batches),
+      "counters": tot, **rates(tot, ms),
+      "wallclock_s": run.wall_s, "compile_s": compile_seconds(first, run) if first else None,
+      "tokens_per_s": tot["output_tokens"] / run.wall_s if run.wall_s > 0 else None,
+      "engine": {k: v for k, v in kw.items()},
+  }
+  if is_writer():
+    write_jsonl(os.path.join(output_dir, "predictions.jsonl"),
+                prediction_records(data, preds, run))
+    write_json(os.path.join(output_dir, "metrics.json"), result)
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m spec_cascade.infer` (see the module docstring); returns the exit status."""
+  from spec_cascade import gin_cli  # pylint: disable=g-import-not-at-top
+  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
+  gin_cli.setup_logging()
+  parallel.initialize_distributed()
+  try:
+    args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv, "python -m spec_cascade.infer",
+                               __doc__.splitlines()[0])
+    gin_cli.configure(args)
+    result = gin_cli.call_configured(infer)
+  except (gin_cli.FlagError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{result['method']} on {result['task']}: {result['metric']} = {result['quality']:.2f}, "
+        f"{result['num_examples']} examples in {result['wallclock_s']:.2f} s")
+  return 0
+
+
+if __name__ == "__main__":
+  # `python -m` runs this file as __main__; gin binds the functions of spec_cascade.infer.
+  from spec_cascade import infer as _infer_module  # pylint: disable=import-self
+  sys.exit(_infer_module.main())

@@ -1,0 +1,467 @@
+"""Sweeps: every method × α grid × temperature T × block size γ, timed against the verifier.
+
+    python -m spec_cascade.sweep --gin_file=configs/paper/wmt_ende.gin \
+        --gin.DRAFTER_CHECKPOINT_PATH="'runs/paper/models/wmt_ende_small'" \
+        --gin.VERIFIER_CHECKPOINT_PATH="'runs/paper/models/wmt_ende_large'" \
+        --gin.SWEEP_OUTPUT_DIR="'runs/paper/sweeps/wmt_ende'"
+
+Output folder:
+    config.gin                         the operative gin config
+    results.csv                        one row per (task, method, α, T, γ)   (spec_cascade.results)
+    report.md, quality_vs_*.{png,svg}  paper-style tables and plots          (spec_cascade.report)
+    cost_ratio.json                    the measured c per task
+    predictions/<task>/<point>.jsonl   per example: input, target, prediction, counters
+    metrics/<task>/<point>.json        scores, summed counters, rates, timings of one point
+
+Timing. Each point decodes the same length-sorted fixed-shape batches (`infer.make_batches`).
+Before a compiled program's first timed run every batch shape is called once (a warm-up), so
+compilation is excluded; its cost is recorded as `compile_s`. Wall-clock = Σ batch decode times,
+mean (and std) over `trials` repetitions. rel_latency = wall-clock / the verifier alone's at the
+same task and T (the verifier runs first; it is added to the sweep if missing).
+modelled_rel_latency = (Σ drafter_steps · c + Σ verifier_calls) / Σ verifier calls of the verifier
+alone, with c = (drafter decode-call time) / (verifier decode-call time), measured once per task
+with jitted one-token `decode_block` calls at the sweep's batch size and input length.
+
+Resuming. A point is done once its row is in results.csv (written last, atomically, after its
+predictions and metrics). Re-running the same command skips done points; the verifier's stored
+row serves as the baseline of the remaining ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from spec_cascade import infer
+from spec_cascade import results as results_lib
+from spec_cascade.infer import MethodSpec
+from spec_cascade.results import ResultRow
+
+log = logging.getLogger(__name__)
+
+COST_RATIO_FILE = "cost_ratio.json"
+DEFAULT_NUM_ALPHAS = 5
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid.
+
+def alpha_grid(method: MethodSpec, alphas: Mapping[str, Any] | None,
+               num_alphas: int = DEFAULT_NUM_ALPHAS) -> list[float | None]:
+  """The α values of a method: [None] for methods without α.
+
+  `alphas` maps a method name, a rule name or 'default' to a list of values or 'auto' (first
+  match wins in that order; missing → 'auto'). 'auto' is `num_alphas` evenly spaced points over
+  the rule's `deferral.RULES[rule].sweep_range` (BiLD: `infer.BILD_ROLLBACK_SWEEP`), ends included.
+  """
+  if method.alpha_kind is None:
+    return [None]
+  alphas = dict(alphas or {})
+  for key in alphas:
+    if key != "default" and not isinstance(key, str):
+      raise ValueError(f"alphas keys must be method or rule names, got {key!r}.")
+  spec = alphas.get(method.name, alphas.get(method.rule, alphas.get("default", "auto")))
+  if isinstance(spec, str):
+    if spec != "auto":
+      raise ValueError(f"alphas[{method.name!r}] = {spec!r}: give a list of numbers or 'auto'.")
+    if not isinstance(num_alphas, (int, np.integer)) or num_alphas < 1:
+      raise ValueError(f"num_alphas must be a positive int, got {num_alphas!r}.")
+    lo, hi = method.alpha_range()
+    values = [float(lo)] if num_alphas == 1 else [float(x) for x in np.linspace(lo, hi, num_alphas)]
+  else:
+    try:
+      values = [float(a) for a in (spec if isinstance(spec, (list, tuple)) else [spec])]
+    except (TypeError, ValueError):
+      raise ValueError(f"alphas for {method.name!r} must be numbers or 'auto', got {spec!r}.") from None
+  if not values:
+    raise ValueError(f"the α list of {method.name!r} is empty.")
+  for a in values:
+    method.validate_alpha(a)
+  return list(dict.fromkeys(round(a, 9) + 0.0 for a in values))
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One operating point of a sweep."""
+  task: str
+  method: MethodSpec
+  alpha: float | None
+  temperature: float
+  num_draft_tokens: int  # 0 for γ-independent methods
+
+  @property
+  def key(self) -> tuple:
+    return results_lib.make_key(self.task, self.method.name, self.alpha, self.temperature,
+                                self.num_draft_tokens)
+
+  @property
+  def name(self) -> str:
+    """A file-name-safe identifier, e.g. spec_cascade_chow__T1__g5__a0.25."""
+    a = "" if self.alpha is None else f"__a{self.alpha:.6g}"
+    return f"{self.method.name}__T{self.temperature:g}__g{self.num_draft_tokens}{a}"
+
+
+def plan_points(task: str, methods: Sequence[MethodSpec], alphas, num_alphas: int,
+                temperatures: Sequence[float], gammas: Sequence[int]) -> list[Point]:
+  """Points of one task, in run order: the verifier at every T first (the baseline), then each
+  method's program in turn (γ, then T, then α) so a compiled program is used contiguously."""
+  points = []
+  for t in temperatures:
+    points.append(Point(task, infer.resolve_method("verifier"), None, float(t), 0))
+  for m in methods:
+    if m.name == "verifier":
+      continue
+    grid = alpha_grid(m, alphas, num_alphas)
+    for g in (gammas if m.gamma_dependent else [0]):
+      for t in temperatures:
+        for a in grid:
+          points.append(Point(task, m, a, float(t), int(g)))
+  return points
+
+
+def _as_list(x, name: str, cast) -> list:
+  items = list(x) if isinstance(x, (list, tuple)) else [x]
+  try:
+    out = [cast(v) for v in items]
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number or a list of numbers, got {x!r}.") from None
+  if not out:
+    raise ValueError(f"{name} is empty.")
+  return list(dict.fromkeys(out))
+
+
+def _per_task(value, task: str, name: str):
+  """A setting given once or as {task: value}."""
+  if isinstance(value, Mapping):
+    if task not in value:
+      raise ValueError(f"{name} is a per-task dict without an entry for {task!r}: {dict(value)}.")
+    return value[task]
+  return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The cost ratio c.
+
+def measure_cost_ratio(drafter: infer.Bundle, verifier: infer.Bundle, inputs: np.ndarray,
+                       cache_length: int, reps: int = 20) -> dict[str, float]:
+  """c = (drafter decode-call time) / (verifier decode-call time), one new token per call.
+
+  inputs: int32 [B, S], the sweep's batch shape. Both calls are jitted and compiled first, then
+  timed interleaved `reps` times (medians), so machine noise hits both alike.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(inputs)
+  batch = x.shape[0]
+  offsets = jnp.full((batch,), cache_length // 2, jnp.int32)
+  tokens = jnp.full((batch, 1), 3, jnp.int32)
+  calls = {}
+  for name, b in (("drafter", drafter), ("verifier", verifier)):
+    encoded, mask = b.model.encode(b.params, x)
+    cache = b.model.init_cache(b.params, encoded, mask, cache_length)
+    step = jax.jit(b.model.decode_block)
+    jax.block_until_ready(step(b.params, cache, tokens, offsets))
+    calls[name] = (step, b.params, cache)
+  times = {name: [] for name in calls}
+  for _ in range(reps):
+    for name, (step, params, cache) in calls.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(params, cache, tokens, offsets))
+      times[name].append(time.perf_counter() - t0)
+  d, v = float(np.median(times["drafter"])), float(np.median(times["verifier"]))
+  return {"c": d / v, "drafter_call_s": d, "verifier_call_s": v, "batch_size": int(batch),
+          "input_length": int(x.shape[1]), "cache_length": int(cache_length), "reps": int(reps)}
+
+
+# ----------------------------------------------------------------------------------------------
+# One point.
+
+@dataclasses.dataclass
+class Baseline:
+  """The verifier alone at one (task, T): the denominators of the relative latencies."""
+  wallclock_s: float
+  verifier_calls: float
+
+
+def _row(point: Point, quality: float, metric: str, walls: list[float], tot: Mapping[str, float],
+         baseline: Baseline | None, c: float, num_examples: int, extra: Mapping[str, Any]
+         ) -> ResultRow:
+  mean = float(np.mean(walls))
+  std = float(np.std(walls, ddof=1)) if len(walls) > 1 else 0.0
+  rel = modelled = math.nan
+  if point.method.name == "verifier":
+    rel = modelled = 1.0
+  elif baseline is not None:
+    rel = mean / baseline.wallclock_s if baseline.wallclock_s > 0 else math.nan
+    if baseline.verifier_calls > 0:
+      modelled = (tot["drafter_steps"] * c + tot["verifier_calls"]) / baseline.verifier_calls
+  r = infer.rates(tot, point.method)
+  return ResultRow(
+      task=point.task, method=point.method.name,
+      rule=point.method.rule or results_lib.default_rule(point.method.name),
+      alpha=math.nan if point.alpha is None else float(point.alpha),
+      temperature=point.temperature, num_draft_tokens=point.num_draft_tokens,
+      quality=float(quality), metric=metric, wallclock_s=mean, wallclock_std_s=std,
+      rel_latency=rel, modelled_rel_latency=modelled, acceptance_rate=r["acceptance_rate"],
+      rejection_rate=r["rejection_rate"], deferral_rate=r["deferral_rate"],
+      tokens_per_verifier_call=r["tokens_per_verifier_call"], num_examples=num_examples,
+      trials=len(walls), cost_ratio_c=float(c),
+      extra={k: (repr(v) if isinstance(v, float) else str(v)) for k, v in extra.items()})
+
+
+def _baseline_from_rows(rows: Sequence[ResultRow], task: str, t: float) -> Baseline | None:
+  key = results_lib.make_key(task, "verifier", None, t, 0)
+  for r in rows:
+    if r.key == key and math.isfinite(r.wallclock_s):
+      calls = float(r.extra.get("verifier_calls_total", "nan") or "nan")
+      return Baseline(r.wallclock_s, calls)
+  return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep.
+
+def _agree_across_hosts(plans, pending):
+  """Multi-host: every process must run the same points (they take part in the same collective
+  computations), so process 0's view of the finished points is broadcast to all."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return pending
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flat = [(t, p) for t, ps in plans.items() for p in ps]
+  mine = {(t, p.key) for t, ps in pending.items() for p in ps}
+  mask = np.asarray([(t, p.key) in mine for t, p in flat], np.int32)
+  mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+  out = {t: [] for t in plans}
+  for (t, p), keep in zip(flat, mask):
+    if keep:
+      out[t].append(p)
+  return out
+
+
+def run_sweep(task: str | Sequence[str], output_dir: str,
+              drafter_checkpoint: str | None = None, verifier_checkpoint: str | None = None,
+              methods: str | Sequence[str] = "all",
+              alphas: Mapping[str, Any] | None = None, num_alphas: int = DEFAULT_NUM_ALPHAS,
+              temperatures: float | Sequence[float] = (1.0,),
+              num_draft_tokens: int | Sequence[int] = (5,),
+              num_examples: int | None | Mapping[str, int | None] = None,
+              split: str = "validation", batch_size: int = 8, trials: int = 1,
+              max_decode_length: int | Mapping[str, int] = 64,
+              input_length: int | None | Mapping[str, int | None] = None,
+              task_feature_lengths: Mapping[str, Any] | None = None,
+              input_bucket: int | None = None, seed: int = 0, top_k: int = 0,
+              top_p: float = 1.0, fallback_threshold: float = 0.6,
+              bild_max_window: int | None = None, vocabulary_path: str | None = None,
+              metric: str | None = None, dtype: str = "float32",
+              activation_dtype: str | None = None, drafter_config=None, verifier_config=None,
+              model_parallel: int = 1, use_mesh: bool | None = None,
+              cost_ratio_reps: int = 20, write_report: bool = True, progress: bool = True
+              ) -> list[ResultRow]:
+  """Runs (or resumes) a sweep and returns the full results table.
+
+  task: one task name or a list (offline tasks, or registered seqio tasks).
+  methods: 'all' (`infer.ALL_METHODS`) or results-table names (see `infer.resolve_method`).
+  alphas / num_alphas: the α grid per method or rule (see `alpha_grid`).
+  temperatures, num_draft_tokens (γ): lists; γ-independent methods run once per T.
+  num_examples, max_decode_length, input_length: a value or a {task: value} dict.
+  task_feature_lengths: T5X form {'inputs': N | None, 'targets': M}; overrides input_length and
+    max_decode_length when given.
+  trials: timed repetitions per point (the mean is reported). Others as in `infer.infer`.
+  """
+  tasks = [task] if isinstance(task, str) else list(task)
+  if not tasks:
+    raise ValueError("no task given.")
+  for t in tasks:
+    infer.check_task(t)
+  method_specs = infer.resolve_methods(methods)
+  if "verifier" not in [m.name for m in method_specs]:
+    log.info("adding the verifier alone: every latency is relative to it.")
+  temps = _as_list(temperatures, "temperatures", float)
+  gammas = _as_list(num_draft_tokens, "num_draft_tokens", int)
+  from spec_cascade import sampling  # pylint: disable=g-import-not-at-top
+  for t in temps:
+    sampling.validate_sampling_params(t, top_k, top_p)
+  if any(g < 1 for g in gammas):
+    raise ValueError(f"num_draft_tokens must be >= 1, got {gammas}.")
+  if not isinstance(trials, (int, np.integer)) or trials < 1:
+    raise ValueError(f"trials must be a positive int, got {trials!r}.")
+  plans = {t: plan_points(t, method_specs, alphas, num_alphas, temps, gammas) for t in tasks}
+  metrics_of = {t: infer.metric_name(t, metric) for t in tasks}
+
+  writer = infer.is_writer()
+  results_path = os.path.join(output_dir, results_lib.RESULTS_FILENAME)
+  if writer:
+    os.makedirs(output_dir, exist_ok=True)
+    infer.write_config(output_dir)
+  done = results_lib.done_keys(results_path)
+  pending = {t: [p for p in plans[t] if p.key not in done] for t in tasks}
+  pending = _agree_across_hosts(plans, pending)
+  n_total = sum(len(v) for v in plans.values())
+  n_pending = sum(len(v) for v in pending.values())
+  log.info("sweep: %d points, %d done, %d to run, in %s", n_total, n_total - n_pending,
+           n_pending, output_dir)
+
+  if n_pending:
+    all_run = [p.method for ps in pending.values() for p in ps]
+    drafter, verifier = infer.load_models(drafter_checkpoint, verifier_checkpoint,
+                                          all_run + [infer.resolve_method("verifier")], dtype,
+                                          activation_dtype, drafter_config, verifier_config)
+    mesh = infer.make_mesh(model_parallel, use_mesh)
+    vocab = vocabulary_path or infer.checkpoint_vocabulary(verifier_checkpoint)
+    outer = None
+    if progress:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      outer = tqdm.tqdm(total=n_pending, desc="sweep", unit="point", dynamic_ncols=True)
+    try:
+      for t in tasks:
+        if pending[t]:
+          _run_task(t, pending[t], drafter, verifier, mesh, vocab, output_dir, results_path,
+                    metrics_of[t], split=split, batch_size=batch_size, trials=trials,
+                    num_examples=_per_task(num_examples, t, "num_examples"),
+                    lengths=infer._task_feature_lengths(  # pylint: disable=protected-access
+                        task_feature_lengths, _per_task(input_length, t, "input_length"),
+                        _per_task(max_decode_length, t, "max_decode_length")),
+                    input_bucket=input_bucket, seed=seed, top_k=top_k, top_p=top_p,
+                    fallback_threshold=fallback_threshold, bild_max_window=bild_max_window,
+                    cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer)
+    finally:
+      if outer is not None:
+        outer.close()
+    if writer:
+      infer.write_config(output_dir)
+  rows = results_lib.read_rows(results_path) if os.path.exists(results_path) else []
+  if writer and write_report and rows:
+    from spec_cascade import report  # pylint: disable=g-import-not-at-top
+    report.write_report(output_dir)
+  return rows
+
+
+def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab: str | None,
+              output_dir: str, results_path: str, metric: str, *, split: str, batch_size: int,
+              trials: int, num_examples, lengths, input_bucket, seed, top_k, top_p,
+              fallback_threshold, bild_max_window, cost_ratio_reps, progress, outer) -> None:
+  input_length, max_decode_length = lengths
+  settings = infer.DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
+                                  top_k=int(top_k), top_p=float(top_p),
+                                  fallback_threshold=float(fallback_threshold),
+                                  bild_max_window=bild_max_window)
+  data = infer.load_task(task, split, num_examples, seed, vocab, input_length)
+  infer.check_pair(drafter, verifier, data.tokenizer)
+  batches = infer.make_batches(data, batch_size, input_bucket)
+  targets = [e.targets for e in data.examples]
+  writer = infer.is_writer()
+
+  # c: measured once per task (the batch shape differs between tasks) and kept for resumes.
+  ratio_path = os.path.join(output_dir, COST_RATIO_FILE)
+  ratios = {}
+  if os.path.exists(ratio_path):
+    with open(ratio_path, encoding="utf-8") as f:
+      ratios = json.load(f)
+  if task not in ratios:
+    widest = max(batches, key=lambda b: b.inputs.shape[1])
+    ratios[task] = measure_cost_ratio(drafter, verifier, widest.inputs,
+                                      settings.max_decode_length + 2, cost_ratio_reps)
+    log.info("%s: cost ratio c = %.3f (drafter %.2f ms, verifier %.2f ms per call)", task,
+             ratios[task]["c"], 1e3 * ratios[task]["drafter_call_s"],
+             1e3 * ratios[task]["verifier_call_s"])
+    if writer:
+      infer.write_json(ratio_path, ratios)
+  c = float(ratios[task]["c"])
+
+  existing = results_lib.read_rows(results_path) if os.path.exists(results_path) else []
+  baselines = {t: _baseline_from_rows(existing, task, t) for t in {p.temperature for p in points}}
+  compile_s: dict[tuple, float] = {}
+  for point in points:
+    if outer is not None:
+      outer.set_postfix_str(f"{task} {point.name}")
+    kw = infer.engine_kwargs(point.method, settings, point.alpha, point.temperature,
+                             max(point.num_draft_tokens, 1))
+    prog = infer.program_key(point.method, settings, max(point.num_draft_tokens, 1),
+                             batches[0].inputs.shape)
+    first = None
+    if prog not in compile_s:
+      first = infer.warm_up(drafter, verifier, batches, kw, mesh)
+    runs = []
+    for trial in range(trials):
+      runs.append(infer.decode_batches(
+          drafter, verifier, batches, len(data.examples), kw, mesh, progress,
+          desc=f"{point.name} trial {trial + 1}/{trials}"))
+    if first is not None:
+      compile_s[prog] = infer.compile_seconds(first, runs[0])
+    run = runs[0]
+    preds = infer.predictions_of(data, run)
+    scores = infer.score(targets, preds, metric)
+    tot = infer.totals(run.counters)
+    walls = [r.wall_s for r in runs]
+    baseline = baselines.get(point.temperature)
+    if point.method.name == "verifier":
+      baseline = baselines[point.temperature] = Baseline(float(np.mean(walls)),
+                                                         float(tot["verifier_calls"]))
+    if baseline is None:
+      log.warning("%s T=%g: no verifier baseline; relative latencies are left empty.", task,
+                  point.temperature)
+    extra = {
+        "compile_s": compile_s.get(prog, math.nan),
+        "truncated_inputs": data.truncated, "input_length": data.input_length,
+        "max_decode_length": settings.max_decode_length, "batch_size": batch_size,
+        "hit_max_decode_length": int(np.sum(run.counters["output_tokens"]
+                                            >= settings.max_decode_length)),
+        **{f"{k}_total": v for k, v in tot.items()},
+    }
+    row = _row(point, scores[metric], metric, walls, tot, baseline, c, len(data.examples), extra)
+    if writer:
+      pred_path = os.path.join(output_dir, "predictions", task, point.name + ".jsonl")
+      infer.write_jsonl(pred_path, infer.prediction_records(data, preds, run))
+      infer.write_json(os.path.join(output_dir, "metrics", task, point.name + ".json"), {
+          "task": task, "split": split, "method": point.method.name, "rule": row.rule,
+          "alpha": point.alpha, "temperature": point.temperature,
+          "num_draft_tokens": point.num_draft_tokens, "metric": metric,
+          "quality": scores[metric], "scores": scores, "num_examples": len(data.examples),
+          "counters": tot, **infer.rates(tot, point.method),
+          "wallclock_s": row.wallclock_s, "wallclock_std_s": row.wallclock_std_s,
+          "trial_wallclock_s": walls, "batch_wallclock_s": [r.batch_wall_s for r in runs],
+          "rel_latency": row.rel_latency, "modelled_rel_latency": row.modelled_rel_latency,
+          "cost_ratio_c": c, "compile_s": extra["compile_s"],
+          "truncated_inputs": data.truncated, "input_length": data.input_length,
+          "longest_input": data.longest_input, "max_decode_length": settings.max_decode_length,
+          "hit_max_decode_length": extra["hit_max_decode_length"], "batch_size": batch_size,
+          "engine": kw, "predictions_file": os.path.relpath(pred_path, output_dir)})
+      results_lib.merge_rows(results_path, [row])
+    if outer is not None:
+      outer.update()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m spec_cascade.sweep` (see the module docstring); returns the exit status."""
+  from spec_cascade import gin_cli  # pylint: disable=g-import-not-at-top
+  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
+  from spec_cascade import report  # pylint: disable=g-import-not-at-top
+  gin_cli.setup_logging()
+  parallel.initialize_distributed()
+  started = time.time()
+  try:
+    args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv,
+                               "python -m spec_cascade.sweep", __doc__.splitlines()[0])
+    gin_cli.configure(args)
+    rows = gin_cli.call_configured(run_sweep)
+  except (gin_cli.FlagError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if infer.is_writer() and rows:
+    print(report.paper_table(rows, "wallclock"))
+    print(report.paper_table(rows, "modelled"))
+  print(f"sweep finished in {time.time() - started:.0f} s", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  from spec_cascade import sweep as _sweep_module  # pylint: disable=import-self
+  sys.exit(_sweep_module.main())

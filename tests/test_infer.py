@@ -1,0 +1,351 @@
+"""spec_cascade.infer (one point: predictions + metrics), its data/batching helpers, the offline
+pair loader (spec_cascade.pretrained) and the shipped gin configs."""
+import glob
+import json
+import math
+import os
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+import sweep_helpers
+from spec_cascade import decoding, gin_cli, infer, metrics, pretrained
+from spec_cascade.models import NAMED_CONFIGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = "debian_ende"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """The synthetic corpora (the pair is saved only by the tests that need it: `pair_env`)."""
+  return sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", False)
+
+
+@pytest.fixture
+def pair_env(tmp_path_factory):
+  return sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
+
+
+@pytest.fixture(autouse=True)
+def _env_vars(monkeypatch, env):
+  sweep_helpers.use_env(monkeypatch, env)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and batches.
+
+def test_load_task_picks_a_fixed_random_subset_and_counts_truncation(env):
+  full = infer.load_task(TASK, "validation", None, 0, str(env.vocab))
+  n = len(full.examples)
+  assert n == full.split_size and n > 12
+  assert full.truncated == 0 and full.input_length % 32 == 0
+  assert full.input_length >= full.longest_input > full.input_length - 32
+  a = infer.load_task(TASK, "validation", 12, 3, str(env.vocab))
+  b = infer.load_task(TASK, "validation", 12, 3, str(env.vocab))
+  c = infer.load_task(TASK, "validation", 12, 4, str(env.vocab))
+  idx = [e.index for e in a.examples]
+  assert idx == [e.index for e in b.examples] == sorted(idx) and len(set(idx)) == 12
+  assert idx != [e.index for e in c.examples]
+  for e in a.examples:
+    assert e.input_ids[-1] == 1 and 1 not in e.input_ids[:-1]
+    assert e.inputs.startswith("translate English to German: ")
+  cut = infer.load_task(TASK, "validation", None, 0, str(env.vocab), input_length=16)
+  long = sum(len(e.input_ids) > 16 for e in full.examples)
+  assert cut.truncated == long > 0 and cut.input_length == 16
+  for e, f in zip(cut.examples, full.examples):
+    assert len(e.input_ids) <= 16 and e.input_ids[-1] == 1
+    assert e.input_ids[:-1] == f.input_ids[:len(e.input_ids) - 1]
+  with pytest.raises(ValueError, match="num_examples"):
+    infer.load_task(TASK, "validation", 0, 0, str(env.vocab))
+
+
+def test_batches_are_length_sorted_fixed_shape_and_cover_every_example_once(env):
+  data = infer.load_task(TASK, "validation", 11, 0, str(env.vocab))
+  batches = infer.make_batches(data, 4)
+  assert [b.num_real for b in batches] == [4, 4, 3]
+  assert {b.inputs.shape for b in batches} == {(4, data.input_length)}
+  seen = np.concatenate([b.positions for b in batches])
+  assert sorted(seen.tolist()) == list(range(11))
+  lengths = [len(data.examples[p].input_ids) for p in seen]
+  assert lengths == sorted(lengths)
+  for b in batches:
+    for r, p in enumerate(b.positions):
+      ex = data.examples[p]
+      assert b.inputs[r, :len(ex.input_ids)].tolist() == list(ex.input_ids)
+      assert not b.inputs[r, len(ex.input_ids):].any()
+      assert b.example_ids[r] == ex.index
+  last = batches[-1]  # filled up with copies of its last row
+  assert (last.inputs[3] == last.inputs[2]).all() and last.example_ids[3] == last.example_ids[2]
+  bucketed = infer.make_batches(data, 4, input_bucket=8)
+  for b in bucketed:
+    longest = max(len(data.examples[p].input_ids) for p in b.positions)
+    assert b.inputs.shape[1] == min(data.input_length, -(-longest // 8) * 8)
+  with pytest.raises(ValueError, match="batch_size"):
+    infer.make_batches(data, 0)
+
+
+def test_rates_follow_the_paper_definitions():
+  tot = {"output_tokens": 40, "drafted": 30, "accepted": 24, "rejected": 5, "deferred": 10.0,
+         "verifier_calls": 8, "drafter_steps": 36}
+  r = infer.rates(tot, infer.resolve_method("spec_cascade_chow"))
+  assert r == {"acceptance_rate": 0.8, "rejection_rate": 5 / 40, "deferral_rate": 0.25,
+               "tokens_per_verifier_call": 5.0}
+  assert infer.rates(tot, infer.resolve_method("verifier"))["deferral_rate"] == 1.0
+  r = infer.rates({**tot, "drafted": 0, "verifier_calls": 0}, infer.resolve_method("drafter"))
+  assert r["deferral_rate"] == 0.0
+  assert math.isnan(r["acceptance_rate"]) and math.isnan(r["tokens_per_verifier_call"])
+
+
+def test_engine_kwargs_share_programs_across_alpha_and_temperature():
+  s = infer.DecodeSettings(max_decode_length=12)
+  chow = infer.resolve_method("spec_cascade_chow")
+  k = infer.engine_kwargs(chow, s, 0.3, 0.5, 4)
+  assert (k["method"], k["rule"], k["alpha"], k["num_draft_tokens"]) == ("spec_cascade",
+                                                                          "chow", 0.3, 4)
+  assert infer.program_key(chow, s, 4, (2, 8)) != infer.program_key(chow, s, 5, (2, 8))
+  drafter = infer.resolve_method("drafter")
+  assert infer.program_key(drafter, s, 3, (2, 8)) == infer.program_key(drafter, s, 7, (2, 8))
+  bild = infer.engine_kwargs(infer.resolve_method("bild"), s, 2.5, 1.0, 4)
+  assert bild["rollback_threshold"] == 2.5 and bild["bild_max_window"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and the offline pair.
+
+def test_missing_offline_pair_says_how_to_make_it(tmp_path, monkeypatch):
+  monkeypatch.setenv(pretrained.ENV_PAIR, str(tmp_path / "nowhere"))
+  with pytest.raises(pretrained.MissingPairError, match="train_offline_pair.sh"):
+    pretrained.load_offline_pair()
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    pretrained.offline_verifier_path()
+  monkeypatch.delenv(pretrained.ENV_PAIR)
+  assert pretrained.offline_pair_dir() == pretrained.ASSETS_PAIR
+
+
+@pytest.mark.slow
+def test_load_offline_pair_and_bench_inputs(pair_env):
+  drafter, verifier, tok = pretrained.load_offline_pair()
+  d_ref, v_ref = sweep_helpers.test_pair()
+  assert drafter.model.config == d_ref.model.config
+  assert verifier.model.config == v_ref.model.config
+  for a, b in zip(jax.tree_util.tree_leaves(verifier.params),
+                  jax.tree_util.tree_leaves(v_ref.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert tok.vocab_size == sweep_helpers.PIECES + 100
+  d, v, make_inputs = pretrained.offline_pair_for_bench()
+  x = make_inputs(3)
+  assert x.dtype == np.int32 and x.shape[0] == 3
+  assert ((x == 1).sum(axis=1) == 1).all()  # one EOS per row
+  assert make_inputs(2, length=5).shape == (2, 5)
+
+
+@pytest.mark.slow
+def test_load_bundle_reads_a_trainer_export(tmp_path):
+  from spec_cascade import train
+  drafter, _ = sweep_helpers.test_pair()
+  train.export_params(tmp_path / "model" / "export", drafter.params, drafter.model.config)
+  b = infer.load_bundle(str(tmp_path / "model"), activation_dtype="float32")
+  assert b.model.config == drafter.model.config
+  for x, y in zip(jax.tree_util.tree_leaves(b.params), jax.tree_util.tree_leaves(drafter.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_tokenizer_larger_than_the_models_vocab_is_refused(env):
+  from spec_cascade.models import T5Model
+  cfg = NAMED_CONFIGS["tiny"].replace(vocab_size=256)  # no parameters needed for the check
+  small = decoding.Bundle(T5Model(cfg), None)
+  with pytest.raises(ValueError, match="300 ids but the drafter only 256"):
+    infer.check_pair(small, small, infer.offline_tokenizer(str(env.vocab)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point.
+
+def _infer_flags(out, *extra, pair=True):
+  d = pretrained.offline_drafter_path() if pair else "/nonexistent/drafter"
+  v = pretrained.offline_verifier_path() if pair else "/nonexistent/verifier"
+  return ["--gin_file=configs/runs/infer.gin",
+          f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.INFER_OUTPUT_DIR='{out}'",
+          f"--gin.DRAFTER_CHECKPOINT_PATH='{d}'", f"--gin.VERIFIER_CHECKPOINT_PATH='{v}'",
+          "--gin.NUM_EXAMPLES=6", "--gin.BATCH_SIZE=4",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': None, 'targets': 8}",
+          "--gin.infer_script.infer.progress=False", *extra]
+
+
+@pytest.mark.slow
+def test_infer_writes_predictions_and_metrics(pair_env, tmp_path, capsys):
+  out = tmp_path / "out"
+  assert infer.main(_infer_flags(out, "--gin.METHOD='spec_cascade_chow'", "--gin.ALPHA=0.4",
+                                 "--gin.TEMPERATURE=0.0", "--gin.NUM_DRAFT_TOKENS=3")) == 0
+  assert "spec_cascade_chow on debian_ende: bleu" in capsys.readouterr().out
+  m = json.loads((out / "metrics.json").read_text())
+  with open(out / "predictions.jsonl", encoding="utf-8") as f:
+    recs = [json.loads(line) for line in f]
+  assert len(recs) == m["num_examples"] == 6
+  assert m["method"] == "spec_cascade_chow" and m["alpha"] == 0.4 and m["num_draft_tokens"] == 3
+  assert m["quality"] == metrics.bleu([r["target"] for r in recs],
+                                      [r["prediction"] for r in recs])["bleu"]
+  for f in decoding.COUNTER_FIELDS:
+    assert m["counters"][f] == pytest.approx(sum(r["counters"][f] for r in recs))
+  assert all(r["counters"]["output_tokens"] <= 8 for r in recs)
+  assert m["counters"]["drafted"] > 0 and 0 <= m["acceptance_rate"] <= 1
+  assert m["wallclock_s"] > 0 and m["compile_s"] >= 0 and m["truncated_inputs"] == 0
+  assert "infer_script.infer" in (out / "config.gin").read_text()
+
+
+@pytest.mark.slow
+def test_infer_with_the_verifier_alone_needs_no_drafter(pair_env, tmp_path):
+  out = tmp_path / "v"
+  flags = [f for f in _infer_flags(out) if "DRAFTER_CHECKPOINT_PATH" not in f]
+  assert infer.main(flags + ["--gin.METHOD='verifier'", "--gin.TEMPERATURE=0.0"]) == 0
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["alpha"] is None and m["deferral_rate"] == 1.0 and m["counters"]["drafter_steps"] == 0
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--gin.METHOD='spec_cascade_chow'"], "needs alpha"),
+    (["--gin.METHOD='spec_cascade_chow'", "--gin.ALPHA=3.0"], "outside the range"),
+    (["--gin.METHOD='nope'"], "unknown method 'nope'"),
+    (["--gin.METHOD='verifier'", "--gin.MIXTURE_OR_TASK_NAME='debian_nope'"],
+     "unknown task 'debian_nope'"),
+])
+def test_infer_rejects_bad_settings(tmp_path, capsys, extra, match):
+  # Checked before any model is loaded (the checkpoint paths do not even exist).
+  assert infer.main(_infer_flags(tmp_path / "x", *extra, pair=False)) == 2
+  assert match in capsys.readouterr().err
+  assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The shipped gin configs.
+
+def _parse(*files, bindings=()):
+  gin.clear_config()
+  for p in (REPO, os.path.join(REPO, "configs")):
+    gin.add_config_file_search_path(p)
+  gin.parse_config_files_and_bindings([os.path.join(REPO, f) for f in files], list(bindings),
+                                     finalize_config=False)
+
+
+@pytest.mark.parametrize("name", ["small", "base", "large", "xl", "xxl"])
+def test_t5_1_1_model_gins_match_the_named_configs(name):
+  try:
+    _parse(f"configs/models/t5_1_1/{name}.gin")
+    cfg = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  assert cfg.replace(dtype="float32") == NAMED_CONFIGS[f"t5_1_1_{name}"]
+  assert cfg.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("name", ["tiny", "mini"])
+def test_cpu_model_gins_match_the_named_configs(name):
+  try:
+    _parse(f"configs/models/cpu/{name}.gin")
+    cfg = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  assert cfg == NAMED_CONFIGS[name]
+
+
+def _run_sweep_bindings():
+  return next(v for (_, sel), v in gin.config._CONFIG.items() if sel.endswith("run_sweep"))
+
+
+@pytest.mark.parametrize("task,seqio_name", [("wmt_ende", "wmt_t2t_ende_v003"),
+                                             ("cnn_dailymail", "cnn_dailymail_v002"),
+                                             ("xsum", "xsum")])
+def test_paper_gins_set_the_papers_setup(task, seqio_name):
+  try:
+    _parse(f"configs/paper/{task}.gin")
+    q = gin.query_parameter
+    assert q("%MIXTURE_OR_TASK_NAME") == seqio_name
+    assert (q("%NUM_EXAMPLES"), q("%TRIALS"), q("%TEMPERATURES"), q("%NUM_DRAFT_TOKENS")) == (
+        500, 3, [1.0], [5])
+    from spec_cascade import sweep
+    for m in infer.ALL_METHODS:  # every rule has a valid α grid
+      sweep.alpha_grid(infer.resolve_method(m), q("%ALPHAS"))
+    assert set(_run_sweep_bindings()) >= {"task", "output_dir", "drafter_checkpoint", "alphas"}
+    _parse(f"configs/paper/{task}.gin", "configs/paper/appendix_temperature.gin",
+           "configs/paper/appendix_gamma.gin")
+    assert q("%TEMPERATURES") == [0.0, 0.1, 0.5, 1.0] and q("%NUM_DRAFT_TOKENS") == [3, 5, 7]
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("name", ["main", "quick"])
+def test_offline_gins_parse_and_cover_both_tasks(name):
+  from spec_cascade import sweep
+  try:
+    _parse(f"configs/offline/{name}.gin")
+    q = gin.query_parameter
+    assert q("%MIXTURE_OR_TASK_NAME") == ["debian_ende", "debian_summarize"]
+    assert q("%TEMPERATURES") == [0.0, 1.0] and q("%NUM_DRAFT_TOKENS") == [5]
+    methods = infer.resolve_methods(q("%METHODS"))
+    if name == "main":
+      assert [m.name for m in methods] == list(infer.ALL_METHODS)
+    for m in methods:
+      assert sweep.alpha_grid(m, q("%ALPHAS"), q("%NUM_ALPHAS"))
+    b = _run_sweep_bindings()
+    assert set(b["input_length"]) == set(b["max_decode_length"]) == {"debian_ende",
+                                                                       "debian_summarize"}
+  finally:
+    gin.clear_config()
+
+
+def test_every_shipped_run_gin_declares_what_it_binds():
+  # All gin files parse (finetune gins need the trainer, which imports TF only for seqio tasks).
+  files = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.gin"), recursive=True))
+  assert len(files) >= 20
+  for f in files:
+    rel = os.path.relpath(f, REPO)
+    if "finetune" in rel or rel.startswith("configs/offline/train_") or rel.endswith(
+        "offline/base.gin"):
+      continue  # trainer configs: parsed by the trainer's own tests
+    try:
+      _parse(rel)
+    except Exception as e:  # pylint: disable=broad-except
+      pytest.fail(f"{rel}: {e}")
+    finally:
+      gin.clear_config()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["wmt_ende", "cnn_dailymail", "xsum"])
+def test_paper_finetune_gins_train_the_model_gin_size(task):
+  # reproduce_paper.sh passes the model gin first, then finetune_<task>.gin (which includes
+  # configs/runs/finetune.gin, where MODEL is %gin.REQUIRED): MODEL must still be that size.
+  import spec_cascade.train  # pylint: disable=unused-import
+  try:
+    _parse("configs/models/t5_1_1/large.gin", f"configs/paper/finetune_{task}.gin",
+           bindings=["MODEL_DIR = '/tmp/x'", "INITIAL_CHECKPOINT_PATH = None"])
+    cfg = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert cfg.replace(dtype="float32") == NAMED_CONFIGS["t5_1_1_large"]
+    assert gin.query_parameter("%TRAIN_STEPS") > 0
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_seqio_route_reads_the_same_examples_as_the_offline_route(env):
+  # Any non-offline task name goes through seqio; the offline tasks are registered there too,
+  # so both routes can be compared on the same split.
+  from spec_cascade.data import tasks
+  tasks.OFFLINE_VOCABULARY.reset()
+  try:
+    with gin.unlock_config():
+      gin.bind_parameter("offline_settings.vocab_pieces", sweep_helpers.PIECES)
+    rows, tok = infer._seqio_rows(TASK, "validation")  # pylint: disable=protected-access
+    direct = infer.load_task(TASK, "validation", None, 0, str(env.vocab))
+    size, text = tok.vocab_size, tok.decode(rows[0]["input_ids"])
+  finally:
+    gin.clear_config()
+    tasks.OFFLINE_VOCABULARY.reset()
+  assert len(rows) == len(direct.examples) and size == direct.tokenizer.vocab_size
+  for r, e in zip(rows, direct.examples):
+    assert (r["inputs"], r["targets"]) == (e.inputs, e.targets)
+    assert tuple(r["input_ids"]) == e.input_ids
+  assert text == direct.tokenizer.decode(direct.examples[0].input_ids)

@@ -1,0 +1,333 @@
+"""spec_cascade.sweep: the α grid, the plan, the command line, and an end-to-end sweep whose files
+agree with each other (and with a re-computation from the predictions), including resuming an
+interrupted sweep."""
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import sweep_helpers
+from spec_cascade import decoding, deferral, infer, metrics, sweep
+from spec_cascade import results as results_lib
+
+TASK = "debian_ende"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """The synthetic corpora; the random pair is saved by the end-to-end fixture only."""
+  return sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", False)
+
+
+@pytest.fixture(autouse=True)
+def _env_vars(monkeypatch, env):
+  sweep_helpers.use_env(monkeypatch, env)
+
+
+def _write_gin(path, pair=False):
+  # Without the pair, the checkpoint paths do not exist: errors must come before loading.
+  drafter = "@pretrained.offline_drafter_path()" if pair else "'/nonexistent/drafter'"
+  verifier = "@pretrained.offline_verifier_path()" if pair else "'/nonexistent/verifier'"
+  path.write_text(
+      "from __gin__ import dynamic_registration\n"
+      "import spec_cascade.pretrained as pretrained\n"
+      "import spec_cascade.sweep as sweep_script\n"
+      "include 'configs/runs/sweep.gin'\n"
+      f"MIXTURE_OR_TASK_NAME = '{TASK}'\n"
+      f"DRAFTER_CHECKPOINT_PATH = {drafter}\n"
+      f"VERIFIER_CHECKPOINT_PATH = {verifier}\n"
+      "METHODS = ['drafter', 'specdecode', 'spec_cascade_chow', 'token_cascade_chow']\n"
+      "ALPHAS = {'chow': [0.0, 0.6]}\n"
+      "TEMPERATURES = [0.0, 1.0]\n"
+      "NUM_DRAFT_TOKENS = [3]\n"
+      "NUM_EXAMPLES = 10\n"
+      "BATCH_SIZE = 4\n"
+      "TRIALS = 2\n"
+      "TASK_FEATURE_LENGTHS = {'inputs': None, 'targets': 10}\n"
+      "sweep_script.run_sweep.progress = False\n"
+      "sweep_script.run_sweep.cost_ratio_reps = 3\n")
+  return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid and the plan (no decoding).
+
+def test_alpha_grid_auto_covers_the_rule_sweep_range():
+  m = infer.resolve_method("spec_cascade_opt")
+  lo, hi = deferral.RULES["opt"].sweep_range
+  assert sweep.alpha_grid(m, None, 5) == pytest.approx(list(np.linspace(lo, hi, 5)))
+  assert sweep.alpha_grid(infer.resolve_method("bild"), {}, 3) == pytest.approx(
+      list(np.linspace(*infer.BILD_ROLLBACK_SWEEP, 3)))
+  assert sweep.alpha_grid(infer.resolve_method("verifier"), {"default": [0.5]}) == [None]
+  assert sweep.alpha_grid(infer.resolve_method("specdecode"), None) == [None]
+
+
+def test_alpha_grid_precedence_method_then_rule_then_default():
+  alphas = {"spec_cascade_chow": [0.1], "chow": [0.2, 0.3], "default": [0.5]}
+  assert sweep.alpha_grid(infer.resolve_method("spec_cascade_chow"), alphas) == [0.1]
+  assert sweep.alpha_grid(infer.resolve_method("seq_cascade"), alphas) == [0.2, 0.3]
+  assert sweep.alpha_grid(infer.resolve_method("spec_cascade_diff"), alphas) == [0.5]
+  # Duplicates (after rounding) collapse, order is kept.
+  assert sweep.alpha_grid(infer.resolve_method("oracle_diff"), {"diff": [0.3, 0.1, 0.3]}) == [
+      0.3, 0.1]
+
+
+@pytest.mark.parametrize("alphas,match", [
+    ({"chow": [1.5]}, "outside the range"),
+    ({"lossy": [1.0]}, "outside the range"),
+    ({"chow": "everything"}, "'auto'"),
+    ({"chow": []}, "empty"),
+    ({"chow": ["x"]}, "numbers"),
+])
+def test_alpha_grid_rejects_bad_values(alphas, match):
+  method = "specdecode_lossy" if "lossy" in alphas else "spec_cascade_chow"
+  with pytest.raises(ValueError, match=match):
+    sweep.alpha_grid(infer.resolve_method(method), alphas)
+
+
+def test_plan_runs_the_verifier_first_and_gamma_independent_methods_once():
+  methods = infer.resolve_methods(["drafter", "spec_cascade_chow", "seq_cascade", "bild"])
+  pts = sweep.plan_points(TASK, methods, {"chow": [0.2, 0.8], "bild": [1.0]}, 5, [0.0, 1.0],
+                          [3, 5])
+  assert [(p.method.name, p.temperature) for p in pts[:2]] == [("verifier", 0.0),
+                                                                ("verifier", 1.0)]
+  names = [p.method.name for p in pts]
+  assert "verifier" not in names[2:]
+  # drafter: once per T; seq_cascade: once per (T, α); chow and bild: per (γ, T, α).
+  assert names.count("drafter") == 2 and names.count("seq_cascade") == 4
+  assert names.count("spec_cascade_chow") == 8 and names.count("bild") == 4
+  assert {p.num_draft_tokens for p in pts if not p.method.gamma_dependent} == {0}
+  assert len({p.key for p in pts}) == len(pts)
+  assert len({p.name for p in pts}) == len(pts)
+  # A method's points are contiguous (one compiled program at a time).
+  runs = [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+  assert len(runs) == len(set(runs))
+
+
+def test_method_names_resolve_to_the_engine():
+  assert infer.resolve_method("spec_decode").name == "specdecode"
+  m = infer.resolve_method("oracle_token_v3")
+  assert (m.engine_method, m.engine_rule, m.gamma_dependent) == ("oracle", "token_v3", False)
+  m = infer.resolve_method("spec_cascade_token_v3")
+  assert (m.engine_method, m.engine_rule, m.gamma_dependent) == ("spec_cascade", "token_v3",
+                                                                  True)
+  for name in infer.ALL_METHODS:
+    m = infer.resolve_method(name)
+    assert m.engine_method in decoding.METHODS
+    assert (m.rule or results_lib.default_rule(name)) == results_lib.default_rule(name)
+  with pytest.raises(ValueError, match="unknown method 'spec_cascade_nope'.*token_v3"):
+    infer.resolve_method("spec_cascade_nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line errors.
+
+def _main_error(capsys, *flags):
+  rc = sweep.main(list(flags))
+  err = capsys.readouterr().err
+  assert rc == 2, err
+  return err
+
+
+def test_bad_gin_bindings_fail_with_the_offending_flag(tmp_path, capsys):
+  gin_file = str(_write_gin(tmp_path / "t.gin"))
+  out = f"--gin.SWEEP_OUTPUT_DIR='{tmp_path / 'out'}'"
+  err = _main_error(capsys, f"--gin_file={gin_file}", out, "--gin.BATCH_SIZ=4")
+  assert "--gin.BATCH_SIZ=4" in err and "typo" in err and "BATCH_SIZE" in err
+  err = _main_error(capsys, f"--gin_file={gin_file}", out,
+                    "--gin.sweep_script.run_sweep.batch_siz=4")
+  assert "bad gin binding '--gin.sweep_script.run_sweep.batch_siz=4'" in err
+  assert "batch_siz" in err
+  err = _main_error(capsys, f"--gin_file={gin_file}", "--gin.SWEEP_OUTPUT_DIR=/tmp/x")
+  assert "SWEEP_OUTPUT_DIR" in err and "quote" in err
+  err = _main_error(capsys, f"--gin_file={gin_file}", out, "--gin.BATCH_SIZE=[")
+  assert "--gin.BATCH_SIZE=[" in err
+  err = _main_error(capsys, f"--gin_file={tmp_path / 'missing.gin'}")
+  assert "missing.gin" in err
+  err = _main_error(capsys, f"--gin_file={gin_file}")
+  assert "required gin values are not set: SWEEP_OUTPUT_DIR" in err
+  assert "--gin.SWEEP_OUTPUT_DIR=VALUE" in err
+  err = _main_error(capsys, f"--gin_file={gin_file}", out, "--bogus")
+  assert "--bogus" in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_full_module_paths_work_in_bindings(tmp_path):
+  import gin
+  from spec_cascade import gin_cli
+  gin_file = str(_write_gin(tmp_path / "t.gin"))
+  args = gin_cli.parse_flags([f"--gin_file={gin_file}",
+                              "--gin.spec_cascade.sweep.run_sweep.batch_size=3",
+                              "--gin_bindings=SWEEP_OUTPUT_DIR = 'x'"], "test")
+  gin_cli.configure(args)
+  try:
+    assert gin.query_parameter("%SWEEP_OUTPUT_DIR") == "x"
+    params = [v for (_, sel), v in gin.config._CONFIG.items() if sel.endswith("run_sweep")]
+    assert params and params[0]["batch_size"] == 3
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("flag,match", [
+    ("--gin.METHODS=['verifier', 'nope']", "unknown method 'nope'"),
+    ("--gin.ALPHAS={'chow': [2.0]}", "outside the range"),
+    ("--gin.TEMPERATURES=[-1.0]", "temperature"),
+    ("--gin.MIXTURE_OR_TASK_NAME='no_such_task'", "unknown task 'no_such_task'"),
+])
+def test_unknown_names_and_bad_values_fail_before_decoding(tmp_path, capsys, monkeypatch, flag,
+                                                           match):
+  calls = []
+  monkeypatch.setattr(decoding, "generate", lambda *a, **k: calls.append(1))
+  gin_file = str(_write_gin(tmp_path / "t.gin"))
+  err = _main_error(capsys, f"--gin_file={gin_file}",
+                    f"--gin.SWEEP_OUTPUT_DIR='{tmp_path / 'out'}'", flag)
+  assert match in err
+  assert not calls
+  assert not os.path.exists(tmp_path / "out" / "results.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: an interrupted sweep, resumed, then checked file by file.
+
+class _Interrupt(Exception):
+  pass
+
+
+@pytest.fixture(scope="module")
+def swept(env, tmp_path_factory):
+  env = sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
+  mp = pytest.MonkeyPatch()
+  sweep_helpers.use_env(mp, env)
+  root = tmp_path_factory.mktemp("sweep")
+  gin_file = _write_gin(root / "t.gin", pair=True)
+  out = root / "out"
+  flags = [f"--gin_file={gin_file}", f"--gin.SWEEP_OUTPUT_DIR='{out}'"]
+  real = decoding.generate
+  log = []
+
+  def interrupted(*args, **kwargs):
+    if len(log) == 19:
+      raise _Interrupt("killed")
+    log.append((kwargs["method"], kwargs["alpha"], kwargs["temperature"]))
+    return real(*args, **kwargs)
+
+  try:
+    mp.setattr(decoding, "generate", interrupted)
+    with pytest.raises(_Interrupt):
+      sweep.main(flags)
+    after_interrupt = results_lib.read_rows(out / "results.csv")
+    resumed = []
+
+    def counting(*args, **kwargs):
+      resumed.append((kwargs["method"], kwargs["alpha"], kwargs["temperature"]))
+      return real(*args, **kwargs)
+
+    mp.setattr(decoding, "generate", counting)
+    assert sweep.main(flags) == 0
+    final_csv = (out / "results.csv").read_text()
+    again = []
+    mp.setattr(decoding, "generate", lambda *a, **k: again.append(1) or real(*a, **k))
+    assert sweep.main(flags) == 0
+  finally:
+    mp.undo()
+  return {"out": out, "first": log, "after_interrupt": after_interrupt, "resumed": resumed,
+          "again": again, "final_csv": final_csv}
+
+
+@pytest.mark.slow
+def test_resume_runs_exactly_the_missing_points(swept):
+  done = {r.key for r in swept["after_interrupt"]}
+  # 1 warm-up + 2 trials × 3 batches per verifier T; the drafter was cut off mid-way.
+  assert {r.method for r in swept["after_interrupt"]} == {"verifier"} and len(done) == 2
+  rows = results_lib.read_rows(swept["out"] / "results.csv")
+  missing = [r for r in rows if r.key not in done]
+  programs = {(r.method, r.num_draft_tokens) for r in missing}
+  n_batches = math.ceil(10 / 4)
+  assert len(swept["resumed"]) == len(missing) * 2 * n_batches + len(programs)
+  # Nothing left: the third run decodes nothing and leaves the table as it was.
+  assert swept["again"] == []
+  assert (swept["out"] / "results.csv").read_text() == swept["final_csv"]
+
+
+def _read_jsonl(path):
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_sweep_files_agree_with_each_other(swept):
+  out = swept["out"]
+  rows = results_lib.read_rows(out / "results.csv")
+  plan = sweep.plan_points(TASK, infer.resolve_methods(
+      ["drafter", "specdecode", "spec_cascade_chow", "token_cascade_chow"]),
+      {"chow": [0.0, 0.6]}, 5, [0.0, 1.0], [3])
+  assert sorted(r.key for r in rows) == sorted(p.key for p in plan)
+  for name in ("config.gin", "report.md", "quality_vs_latency.png", "quality_vs_latency.svg",
+               "quality_vs_modelled_latency.png", "quality_vs_deferral.svg", "cost_ratio.json"):
+    assert (out / name).is_file(), name
+  config = (out / "config.gin").read_text()
+  assert "run_sweep" in config and TASK in config
+  assert "Speculative cascades: results" in (out / "report.md").read_text()
+  c = json.loads((out / "cost_ratio.json").read_text())[TASK]["c"]
+  assert c > 0
+
+  points = {p.key: p for p in plan}
+  verifier = {r.temperature: r for r in rows if r.method == "verifier"}
+  preds = {}
+  for r in rows:
+    p = points[r.key]
+    m = json.loads((out / "metrics" / TASK / f"{p.name}.json").read_text())
+    recs = _read_jsonl(out / "predictions" / TASK / f"{p.name}.jsonl")
+    preds[(r.method, r.alpha if not math.isnan(r.alpha) else None, r.temperature)] = [
+        x["prediction"] for x in recs]
+    assert len(recs) == r.num_examples == 10 and r.trials == 2
+    assert {"input", "target", "prediction", "counters", "index", "id"} <= set(recs[0])
+    # Quality: row == metrics file == BLEU recomputed from the predictions file.
+    bleu = metrics.bleu([x["target"] for x in recs], [x["prediction"] for x in recs])["bleu"]
+    assert r.quality == m["quality"] == bleu and r.metric == "bleu"
+    # Counters: per-example sums == the totals in the row and in the metrics file.
+    for f in decoding.COUNTER_FIELDS:
+      s = sum(x["counters"][f] for x in recs)
+      assert m["counters"][f] == pytest.approx(s)
+      assert float(r.extra[f"{f}_total"]) == pytest.approx(s)
+    tot = m["counters"]
+    assert r.wallclock_s == pytest.approx(np.mean(m["trial_wallclock_s"]), rel=1e-12)
+    assert r.cost_ratio_c == c
+    v = verifier[r.temperature]
+    assert r.rel_latency == pytest.approx(r.wallclock_s / v.wallclock_s, rel=1e-12)
+    modelled = (tot["drafter_steps"] * c + tot["verifier_calls"]) / float(
+        v.extra["verifier_calls_total"])
+    assert r.modelled_rel_latency == pytest.approx(modelled, rel=1e-12)
+    if tot["drafted"]:
+      assert r.acceptance_rate == pytest.approx(tot["accepted"] / tot["drafted"])
+      assert 0 <= r.acceptance_rate <= 1
+    assert r.tokens_per_verifier_call == pytest.approx(
+        tot["output_tokens"] / tot["verifier_calls"]) if tot["verifier_calls"] else math.isnan(
+            r.tokens_per_verifier_call)
+    assert 0.0 <= r.deferral_rate <= 1.0
+    assert int(r.extra["truncated_inputs"]) == 0
+    # Points after the first of their program carry the program's compile time too.
+    assert float(r.extra["compile_s"]) >= 0
+
+  for t, v in verifier.items():
+    assert v.rel_latency == 1.0 and v.modelled_rel_latency == 1.0 and v.deferral_rate == 1.0
+    assert v.acceptance_rate != v.acceptance_rate  # NaN: nothing drafted
+  for r in rows:
+    if r.method == "drafter":
+      assert r.deferral_rate == 0.0 and float(r.extra["verifier_calls_total"]) == 0
+  # Greedy SpecDecode is lossless: same text, same quality as the verifier; so is the cascade
+  # whose rule always defers (Chow at α = 0).
+  ver0 = preds[("verifier", None, 0.0)]
+  assert preds[("specdecode", None, 0.0)] == ver0
+  assert preds[("spec_cascade_chow", 0.0, 0.0)] == ver0
+  q = {(r.method, r.alpha if not math.isnan(r.alpha) else None, r.temperature): r.quality
+       for r in rows}
+  assert q[("specdecode", None, 0.0)] == q[("verifier", None, 0.0)]
+  assert q[("spec_cascade_chow", 0.0, 0.0)] == q[("verifier", None, 0.0)]
+  # The CSV is the results.py schema.
+  with open(out / "results.csv", newline="") as f:
+    header = next(csv.reader(f))
+  assert tuple(header[:len(results_lib.COLUMNS)]) == results_lib.COLUMNS
