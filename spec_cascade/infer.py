@@ -144,7 +144,10 @@ def _is_trainer_export(path: str) -> str | None:
   if "://" in path:
     return None
   for p in (path, os.path.join(path, "export")):
-    if os.path.isfile(os.path.join(p, "config.json")) and os.path.isdir(os.path.join(p, "params")):
+    if not os.path.isdir(os.path.join(p, "params")):
+      continue
+    if any(os.path.isfile(os.path.join(p, f))
+           for f in ("config.json", "spec_cascade_checkpoint.json")):
       return p
   return None
 
