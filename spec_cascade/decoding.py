@@ -215,15 +215,17 @@ def _argmax(logits: Array) -> Array:
   return jnp.where(first < vocab, first, 0.0).astype(jnp.int32)
 
 
-def _vsample(keys: Array, logits: Array, knobs: Knobs, top_k: int) -> Array:
-  """Per-row draws: keys [B], logits [B, V] → int32 [B].
+def _vsample(keys, logits: Array, knobs: Knobs, top_k: int) -> Array:
+  """Per-row draws: keys () → [B] (a function, so keys are derived only when sampling),
+  logits [B, V] → int32 [B].
 
   At T = 0 a draw is exactly argmax(logits) (sampling.sample's one-hot), so a runtime cond
-  skips the softmax and the [B, V] Gumbel noise (threefry is the costliest part of a greedy
-  step on CPU). Temperature stays traced: nothing recompiles.
+  skips the softmax, the [B, V] Gumbel noise and the key derivation (threefry is the
+  costliest part of a greedy step on CPU). Temperature stays traced: nothing recompiles.
   """
-  draw = lambda: jax.vmap(
-      lambda kk, l: sampling.sample(kk, l, knobs.temperature, top_k, knobs.top_p))(keys, logits)
+  def draw():
+    return jax.vmap(lambda k, l: sampling.sample(k, l, knobs.temperature, top_k, knobs.top_p))(
+        keys(), logits)
   return jax.lax.cond(_greedy(knobs), lambda: _argmax(logits), draw)
 
 
@@ -238,7 +240,7 @@ def _autoregressive_body(model: T5Model, params, which: str, spec: DecodeSpec, k
     x = _last_input(state.out, n)
     cache = state.d_cache if which == "drafter" else state.v_cache
     logits, cache = model.decode_block(params, cache, x[:, None], n)
-    keys = _step_keys(row_keys, state.step, 1)[0]
+    keys = lambda: _step_keys(row_keys, state.step, 1)[0]
     tok = _vsample(keys, logits[:, 0], knobs, spec.top_k)
     out, length, done, _ = _commit(state, tok[:, None], jnp.ones_like(n), spec.max_decode_length)
     counters = state.counters.add(active, blocks=1, **{
@@ -262,13 +264,14 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     active = ~state.done
     n = state.length
     x0 = _last_input(state.out, n)
-    keys = _step_keys(row_keys, state.step, gamma + 2)
+    # Derived inside the sampling branches only (greedy decoding never needs them).
+    keys = lambda: _step_keys(row_keys, state.step, gamma + 2)
 
     # γ drafts plus one more drafter step on the last draft: π_γ needs q_γ.
     def draft_step(carry, j):
       cache, tok = carry
       logits, cache = drafter.model.decode_block(drafter.params, cache, tok[:, None], n + j)
-      nxt = _vsample(keys[j], logits[:, 0], knobs, spec.top_k)
+      nxt = _vsample(lambda: keys()[j], logits[:, 0], knobs, spec.top_k)
       return (cache, nxt), (logits[:, 0], nxt)
 
     # Unrolled: a nested while loop inside the decode loop cost ~4x the drafter's compute
@@ -286,7 +289,7 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
                                    knobs.top_p)
       beta = None if spec.solve_beta else knobs.beta
       pi, defer = rule.fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
-      res = sampling.verify_with_target(keys[gamma + 1], drafts, probs.q_scaled, pi, defer)
+      res = sampling.verify_with_target(keys()[gamma + 1], drafts, probs.q_scaled, pi, defer)
       return (res.tokens, res.num_emitted, res.num_accepted, res.rejected, res.is_bonus,
               res.residual_fallback, res.defer_weight)
 
