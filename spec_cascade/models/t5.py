@@ -134,9 +134,9 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, self_bias, cross_k, cross_v, cross_bias, cache_kv=None,
                offsets=None, deterministic=True):
     """x [B, Q, d]. Without cache_kv, self-attention runs over x itself
-    (teacher forcing); with cache_kv = (k, v) [B, L, H, D] the block's keys and
-    values are written at `offsets` [B] (caches [B, H, D, L] and [B, H, L, D]) and
-    attention runs over the whole cache.
+    (teacher forcing); with cache_kv = (k [B, H, D, L], v [B, H, L, D]) the block's
+    keys and values are written at `offsets` [B] and attention runs over the whole
+    cache.
     Returns (x, (k, v))."""
     h = self.pre_self_attention_layer_norm(x)
     q = self.self_attention.project_q(h)
