@@ -121,14 +121,17 @@ class RelativePositionBiases(nn.Module):
 
 def dot_product_attention(q: Array, k: Array, v: Array, bias: Array,
                           dtype: jnp.dtype) -> Array:
-  """q [B, Q, H, D], k/v [B, K, H, D], bias [B|1, H|1, Q, K] → [B, Q, H, D].
+  """q [B, Q, H, D], k [B, H, D, K], v [B, H, K, D], bias [B|1, H|1, Q, K] → [B, Q, H, D].
 
+  Keys and values are stored in the layouts the two batched matmuls read directly:
+  with [B, K, H, D] XLA on CPU transposed the whole (cached) k and v at every decode
+  step, which dominated the step time at batch 32 (bench/RESULTS.md).
   No 1/sqrt(D) scaling: T5 folds it into the query initializer. Softmax in
   float32 so bfloat16 activations do not lose the mask.
   """
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("bqhd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1).astype(dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  return jnp.einsum("bhqk,bhkd->bqhd", weights, v)
 
 
 class MultiHeadAttention(nn.Module):
@@ -159,8 +162,10 @@ class MultiHeadAttention(nn.Module):
     return self._split(self.query(x))
 
   def project_kv(self, x: Array) -> tuple[Array, Array]:
-    """x [B, K, d] → keys, values [B, K, H, D]."""
-    return self._split(self.key(x)), self._split(self.value(x))
+    """x [B, K, d] → keys [B, H, D, K], values [B, H, K, D] (see dot_product_attention)."""
+    keys = jnp.transpose(self._split(self.key(x)), (0, 2, 3, 1))
+    values = jnp.transpose(self._split(self.value(x)), (0, 2, 1, 3))
+    return keys, values
 
   def attend(self, q: Array, k: Array, v: Array, bias: Array) -> Array:
     """Attention of q over (k, v) plus the output projection → [B, Q, d]."""

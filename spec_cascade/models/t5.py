@@ -41,10 +41,11 @@ Params = Any
 class DecoderCache:
   """Per-layer decoder state for one batch.
 
-  self_k / self_v: tuples (one per decoder layer) of [B, L, H, D] — self-attention
-    keys/values for decoder positions 0..L-1 (slots past a row's length hold junk
-    that is always masked).
-  cross_k / cross_v: tuples of [B, S, H, D] — encoder-decoder keys/values,
+  self_k / self_v: tuples (one per decoder layer) of keys [B, H, D, L] and values
+    [B, H, L, D] — self-attention keys/values for decoder positions 0..L-1 (slots
+    past a row's length hold junk that is always masked). These are the layouts the
+    attention matmuls read without a copy (layers.dot_product_attention).
+  cross_k / cross_v: tuples of [B, H, D, S] and [B, H, S, D] — encoder-decoder keys/values,
     computed once from the encoder output.
   encoder_mask: [B, S] bool — valid encoder positions.
   """
@@ -56,7 +57,7 @@ class DecoderCache:
 
   @property
   def max_length(self) -> int:
-    return self.self_k[0].shape[1]
+    return self.self_v[0].shape[2]
 
   @property
   def batch_size(self) -> int:
@@ -133,17 +134,19 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, self_bias, cross_k, cross_v, cross_bias, cache_kv=None,
                offsets=None, deterministic=True):
     """x [B, Q, d]. Without cache_kv, self-attention runs over x itself
-    (teacher forcing); with cache_kv = (k, v) [B, L, H, D] the block's keys and
-    values are written at `offsets` [B] and attention runs over the whole cache.
+    (teacher forcing); with cache_kv = (k [B, H, D, L], v [B, H, L, D]) the block's
+    keys and values are written at `offsets` [B] and attention runs over the whole
+    cache.
     Returns (x, (k, v))."""
     h = self.pre_self_attention_layer_norm(x)
     q = self.self_attention.project_q(h)
     k, v = self.self_attention.project_kv(h)
     if cache_kv is not None:
-      write = jax.vmap(lambda c, u, o: jax.lax.dynamic_update_slice(c, u.astype(c.dtype),
-                                                                   (o, 0, 0)))
-      k = write(cache_kv[0], k, offsets)
-      v = write(cache_kv[1], v, offsets)
+      # Per row: keys [H, D, L] take the block at column o, values [H, L, D] at row o.
+      write = lambda axis: jax.vmap(lambda c, u, o: jax.lax.dynamic_update_slice(
+          c, u.astype(c.dtype), tuple(o if a == axis else 0 for a in range(3))))
+      k = write(2)(cache_kv[0], k, offsets)
+      v = write(1)(cache_kv[1], v, offsets)
     h = self.self_attention.attend(q, k, v, self_bias)
     x = x + self.dropout(h, deterministic=deterministic)
     h = self.pre_cross_attention_layer_norm(x)
@@ -172,7 +175,7 @@ class Decoder(nn.Module):
           dt)
 
   def cross_kv(self, encoded: Array):
-    """encoded [B, S, d] → per-layer tuples of keys, values [B, S, H, D]."""
+    """encoded [B, S, d] → per-layer tuples of keys [B, H, D, S], values [B, H, S, D]."""
     kvs = [layer.cross_kv(encoded) for layer in self.layers]
     return tuple(k for k, _ in kvs), tuple(v for _, v in kvs)
 
@@ -332,9 +335,12 @@ class T5Model:
     cross_k, cross_v = self.module.apply({"params": params}, encoded,
                                          method=Transformer.cross_kv)
     b = encoded.shape[0]
-    shape = (b, int(max_length), cfg.num_heads, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, _dtype(cfg)) for _ in range(cfg.num_decoder_layers))
-    return DecoderCache(self_k=zeros, self_v=zeros, cross_k=cross_k, cross_v=cross_v,
+    k_shape = (b, cfg.num_heads, cfg.head_dim, int(max_length))
+    v_shape = (b, cfg.num_heads, int(max_length), cfg.head_dim)
+    zeros = lambda shape: tuple(jnp.zeros(shape, _dtype(cfg))
+                                for _ in range(cfg.num_decoder_layers))
+    return DecoderCache(self_k=zeros(k_shape), self_v=zeros(v_shape), cross_k=cross_k,
+                        cross_v=cross_v,
                         encoder_mask=encoder_mask.astype(bool))
 
   def decode_block(self, params: Params, cache: DecoderCache, tokens: Array,

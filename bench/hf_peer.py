@@ -1,0 +1,406 @@
+"""Our engine vs Hugging Face transformers on the same weights, inputs and greedy decoding.
+
+    python bench/hf_peer.py [--batches 1,8,32] [--gamma 5] [--max_new_tokens 64]
+                            [--input_len 64] [--trials 3] [--noise 0.02]
+
+One invocation, one process, everything side by side:
+
+* a drafter shaped like `tiny` (d128, 2+2 layers) and a verifier shaped like `mini`
+  (d256, 4+4), vocab 4224, equal encoder/decoder layer counts (transformers 5.24's cached
+  generate needs them equal). The verifier embeds the drafter exactly (zero-padded widths,
+  identity extra layers) plus `noise` × a fresh random init, so the two agree on most greedy
+  tokens without being the same function; see `embed_drafter`;
+* both are written with `checkpoints.export_hf`, loaded by
+  `transformers.T5ForConditionalGeneration`, and read back with `checkpoints.load_params`
+  (our engine runs on the round-tripped weights);
+* verifier alone: our `generate(method='verifier')` vs HF `generate()` at every batch size;
+* speculative: our `generate(method='spec_decode')` at every batch size vs HF
+  `generate(assistant_model=drafter)` at batch 1 (HF's assisted generation is batch 1 only),
+  with HF's draft length fixed to γ (constant schedule, no confidence early stop);
+* every output is compared token for token with HF greedy (up to and including EOS); any
+  difference raises SystemExit (the benchmark fails loudly);
+* the analytic speed-up bound of our SpecDecode over our verifier-alone decoding,
+
+      bound = E[tokens/block] · t_v(1) / ((γ + 1) · t_d(1) + t_v(γ + 1)),
+      E[tokens/block] = (1 − a^(γ+1)) / (1 − a),
+
+  from the measured acceptance rate a and per-call costs measured inside a compiled loop at
+  the same batch size (t_d(1) drafter step, t_v(k) verifier call scoring k tokens), and
+  efficiency = measured speed-up / bound. Also reported: the bound with the measured tokens
+  per block in place of the i.i.d. formula, and "model calls / block time": one block's
+  model calls run alternately in a compiled loop (no verification, no bookkeeping) over our
+  measured time per block, i.e. the share of a block spent in model calls.
+
+All timings are medians over `--trials` interleaved rounds after one warm-up call each
+(compilation and HF's first-call overheads excluded); the machine is shared, so read the
+ratios, not the ms.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# torch's OpenMP threads spin-wait between ops by default; sharing two cores with XLA's
+# threads that made HF generate 20x slower (250-330 ms/step at batch 1 instead of ~12).
+# Passive waiting is HF's best case here, so the comparison is conservative for us.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+from spec_cascade.decoding import EOS_ID, PAD_ID, Bundle, generate
+from spec_cascade.models import T5Model, get_config
+
+Params = dict
+
+
+# ----------------------------------------------------------------------------------------------
+# The synthetic pair (pure helpers, also used by bench/engine_speedup.py and the smoke test)
+
+def _place(dst: np.ndarray, src: np.ndarray, path: str, heads: int) -> np.ndarray:
+  """Writes drafter array `src` into the zero verifier array `dst` so the wider verifier
+  computes the same function on the leading dimensions. Attention kernels are per head:
+  head h's Dd columns land in the first Dd of head h's Dv columns."""
+  out = dst.copy()
+  if path.endswith(("query/kernel", "key/kernel", "value/kernel")):
+    dd, dv = src.shape[1] // heads, dst.shape[1] // heads
+    o = out.reshape(dst.shape[0], heads, dv)
+    o[:src.shape[0], :, :dd] = src.reshape(src.shape[0], heads, dd)
+    return o.reshape(dst.shape)
+  if path.endswith("out/kernel"):
+    dd, dv = src.shape[0] // heads, dst.shape[0] // heads
+    o = out.reshape(heads, dv, dst.shape[1])
+    o[:, :dd, :src.shape[1]] = src.reshape(heads, dd, src.shape[1])
+    return o.reshape(dst.shape)
+  out[tuple(slice(0, n) for n in src.shape)] = src
+  return out
+
+
+def embed_drafter(d_params: Params, d_cfg, v_cfg) -> Params:
+  """Verifier params [v_cfg] that compute exactly the drafter's function [d_cfg].
+
+  Widths are zero-padded (model, head and MLP dims), the drafter's layers fill the first
+  verifier layers and the extra layers are zero (identity residual blocks). RMSNorm scales
+  get sqrt(d_drafter / d_verifier): the padded residual stream has the same sum of squares
+  over more dimensions. Needs equal heads and vocab and verifier sizes ≥ drafter sizes.
+  """
+  for f in ("num_heads", "vocab_size", "relpos_num_buckets", "mlp_activations",
+            "logits_via_embedding"):
+    if getattr(d_cfg, f) != getattr(v_cfg, f):
+      raise ValueError(f"embed_drafter needs equal {f}: drafter {getattr(d_cfg, f)!r}, "
+                       f"verifier {getattr(v_cfg, f)!r}.")
+  for f in ("emb_dim", "head_dim", "mlp_dim", "num_encoder_layers", "num_decoder_layers"):
+    if getattr(v_cfg, f) < getattr(d_cfg, f):
+      raise ValueError(f"embed_drafter needs verifier {f} ≥ drafter's "
+                       f"({getattr(v_cfg, f)} < {getattr(d_cfg, f)}).")
+  norm = float(np.sqrt(d_cfg.emb_dim / v_cfg.emb_dim))
+  d_flat = flax.traverse_util.flatten_dict(d_params, sep="/")
+  abstract = flax.traverse_util.flatten_dict(T5Model(v_cfg).abstract_params(), sep="/")
+  v_flat = {}
+  for path, shape in abstract.items():
+    if path.endswith("/scale"):
+      v_flat[path] = np.full(shape.shape, norm, np.float32)
+      if path in d_flat:
+        v_flat[path][:d_cfg.emb_dim] = np.asarray(d_flat[path]) * norm
+      continue
+    zero = np.zeros(shape.shape, np.float32)
+    v_flat[path] = (_place(zero, np.asarray(d_flat[path]), path, d_cfg.num_heads)
+                    if path in d_flat else zero)
+  return flax.traverse_util.unflatten_dict(v_flat, sep="/")
+
+
+def perturb(params: Params, model: T5Model, noise: float, seed: int) -> Params:
+  """params + noise × a fresh random init (norm scales untouched)."""
+  fresh = flax.traverse_util.flatten_dict(model.init_params(jax.random.key(seed)), sep="/")
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  out = {k: (v if k.endswith("/scale") else np.asarray(v) + noise * np.asarray(fresh[k]))
+         for k, v in flat.items()}
+  return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def synthetic_pair(noise: float = 0.02, seed: int = 0, eos_gain: float = 1.0,
+                   vocab: int = 4224):
+  """(drafter, verifier) Bundles: tiny-shaped d128 2+2 and mini-shaped d256 4+4."""
+  d_cfg = get_config("tiny").replace(vocab_size=vocab)
+  v_cfg = get_config("mini").replace(vocab_size=vocab)
+  d_model, v_model = T5Model(d_cfg), T5Model(v_cfg)
+  d_params = jax.tree_util.tree_map(np.array, d_model.init_params(jax.random.key(seed)))
+  if eos_gain != 1.0:  # EOS more likely: rows end at different lengths
+    d_params["decoder"]["logits_dense"]["kernel"][:, EOS_ID] *= eos_gain
+  v_params = perturb(embed_drafter(d_params, d_cfg, v_cfg), v_model, noise, seed + 1)
+  return Bundle(d_model, d_params), Bundle(v_model, v_params)
+
+
+def random_inputs(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndarray:
+  """int32 [batch, length] token ids ≥ 2, row r padded (0) after a random length ≥ length/2."""
+  rng = np.random.default_rng(seed)
+  x = rng.integers(2, vocab, (batch, length)).astype(np.int32)
+  for r in range(batch):
+    x[r, rng.integers(length // 2, length + 1):] = PAD_ID
+  return x
+
+
+def until_eos(row: np.ndarray) -> np.ndarray:
+  """A generated row up to and including its first EOS (the whole row if none)."""
+  hit = np.flatnonzero(row == EOS_ID)
+  return row[:hit[0] + 1] if hit.size else row
+
+
+def mismatches(ours: np.ndarray, lengths: np.ndarray, theirs: np.ndarray) -> list[str]:
+  """Rows where our tokens [B, L] (first lengths[b] valid) differ from HF's [B, T] (decoder
+  start dropped, padding after EOS): each compared up to and including EOS."""
+  bad = []
+  for b in range(ours.shape[0]):
+    a, h = ours[b, :lengths[b]], until_eos(theirs[b])
+    if not np.array_equal(a, h):
+      n = min(len(a), len(h))
+      first = int(np.argmax(a[:n] != h[:n])) if np.any(a[:n] != h[:n]) else n
+      bad.append(f"row {b}: ours {len(a)} tokens, HF {len(h)}; first difference at {first}: "
+                 f"ours {a[first:first + 4].tolist()} HF {h[first:first + 4].tolist()}")
+  return bad
+
+
+def expected_tokens(a: float, gamma: int) -> float:
+  """(1 − a^(γ+1)) / (1 − a): expected tokens per block at acceptance rate a."""
+  return float(sum(a ** i for i in range(gamma + 1)))
+
+
+def analytic_bound(a: float, gamma: int, t_d1: float, t_v1: float, t_vk: float) -> float:
+  """Speed-up over verifier-alone decoding if only model calls cost anything."""
+  return expected_tokens(a, gamma) * t_v1 / ((gamma + 1) * t_d1 + t_vk)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements
+
+def loop_call_cost(bundle: Bundle, inputs: np.ndarray, k: int, iters: int = 24,
+                   reps: int = 3, cache_len: int = 96) -> float:
+  """Seconds per decode_block call scoring k tokens, inside one compiled fori_loop (no
+  per-call dispatch; the cache is updated in place as in the decode loop)."""
+  model, params = bundle
+  batch = inputs.shape[0]
+  encoded, mask = model.encode(params, jnp.asarray(inputs))
+  cache = model.init_cache(params, encoded, mask, cache_len)
+
+  @jax.jit
+  def run(params, cache):
+    def body(i, carry):
+      cache, tok = carry
+      offs = jnp.full((batch,), 8, jnp.int32) + i % 32
+      logits, cache = model.decode_block(params, cache, tok, offs)
+      # A cheap data dependency on the logits (no argmax: only model calls are costed).
+      return cache, (logits[..., 0] > 0).astype(jnp.int32) + 2
+    return jax.lax.fori_loop(0, iters, body, (cache, jnp.ones((batch, k), jnp.int32)))[1]
+
+  jax.block_until_ready(run(params, cache))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(params, cache))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times)) / iters
+
+
+def block_call_cost(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, gamma: int,
+                    iters: int = 8, reps: int = 3, cache_len: int = 96) -> float:
+  """Seconds for one block's model calls alone — γ + 1 drafter steps then one verifier call
+  scoring γ + 1 tokens — repeated in one compiled loop. Unlike the isolated per-call costs
+  this includes what alternating two models costs (each evicts the other's weights from
+  the CPU caches), so the decode loop's own overhead is what remains on top of it."""
+  batch = inputs.shape[0]
+  caches = []
+  for model, params in (drafter, verifier):
+    encoded, mask = model.encode(params, jnp.asarray(inputs))
+    caches.append(model.init_cache(params, encoded, mask, cache_len))
+
+  @jax.jit
+  def run(d_params, v_params, d_cache, v_cache):
+    def body(i, carry):
+      d_cache, v_cache, tok = carry
+      offs = jnp.full((batch,), 8, jnp.int32) + (i % 8) * (gamma + 1)
+      toks = []
+      for j in range(gamma + 1):
+        logits, d_cache = drafter.model.decode_block(d_params, d_cache, tok, offs + j)
+        tok = (logits[..., 0] > 0).astype(jnp.int32) + 2
+        toks.append(tok)
+      logits, v_cache = verifier.model.decode_block(v_params, v_cache,
+                                                    jnp.concatenate(toks, axis=1), offs)
+      return d_cache, v_cache, (logits[:, :1, 0] > 0).astype(jnp.int32) + 2
+    return jax.lax.fori_loop(0, iters, body,
+                             (d_cache, v_cache, jnp.ones((batch, 1), jnp.int32)))[2]
+
+  args = (drafter.params, verifier.params, *caches)
+  jax.block_until_ready(run(*args))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times)) / iters
+
+
+def interleaved(fns: dict, trials: int):
+  """Runs each fn once to warm up, then `trials` rounds calling every fn once per round
+  (so load changes on a shared machine hit all of them alike). Returns ({name: last
+  result}, {name: median seconds})."""
+  out = {k: f() for k, f in fns.items()}
+  times = {k: [] for k in fns}
+  for _ in range(trials):
+    for k, f in fns.items():
+      t0 = time.perf_counter()
+      out[k] = f()
+      times[k].append(time.perf_counter() - t0)
+  return out, {k: float(np.median(v)) for k, v in times.items()}
+
+
+def hf_models(drafter: Bundle, verifier: Bundle, workdir: str):
+  """Exports both with export_hf, loads them in transformers, reads them back for us."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name, b in (("drafter", drafter), ("verifier", verifier)):
+    path = os.path.join(workdir, name)
+    checkpoints.export_hf(b.params, b.model.config, path)
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+    params, config = checkpoints.load_params(path)
+    out[name] = (hf, Bundle(T5Model(config), params))
+  del torch
+  return out
+
+
+def hf_generate(model, inputs: np.ndarray, max_new_tokens: int, assistant=None,
+                gamma: int = 5) -> np.ndarray:
+  """HF greedy generate (optionally assisted), tokens [B, T] without the decoder start."""
+  import torch  # pylint: disable=g-import-not-at-top
+  kw = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+            eos_token_id=EOS_ID, pad_token_id=PAD_ID, decoder_start_token_id=0,
+            repetition_penalty=1.0, no_repeat_ngram_size=0, use_cache=True)
+  if assistant is not None:
+    g = assistant.generation_config
+    g.num_assistant_tokens = gamma
+    g.num_assistant_tokens_schedule = "constant"
+    g.assistant_confidence_threshold = 0.0
+    kw["assistant_model"] = assistant
+  x = torch.tensor(inputs, dtype=torch.long)
+  with torch.inference_mode():
+    out = model.generate(input_ids=x, attention_mask=x != PAD_ID, **kw)
+  return out.numpy()[:, 1:]
+
+
+def check_same(what: str, ours, theirs: np.ndarray) -> None:
+  bad = mismatches(ours.tokens, ours.lengths, theirs)
+  if bad:
+    raise SystemExit(f"FAIL ({what}): our greedy output differs from transformers' in "
+                     f"{len(bad)} row(s):\n  " + "\n  ".join(bad[:5]))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--batches", default="1,8,32")
+  parser.add_argument("--gamma", type=int, default=5)
+  parser.add_argument("--max_new_tokens", type=int, default=64)
+  parser.add_argument("--input_len", type=int, default=64)
+  parser.add_argument("--trials", type=int, default=3)
+  parser.add_argument("--noise", type=float, default=0.02)
+  parser.add_argument("--eos_gain", type=float, default=1.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--threads", type=int, default=2)
+  args = parser.parse_args(argv)
+
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(args.threads)
+  transformers.logging.set_verbosity_error()
+  transformers.utils.logging.disable_progress_bar()
+  gamma, steps = args.gamma, args.max_new_tokens
+  print(f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs (load average "
+        f"{os.getloadavg()[0]:.1f}); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; Python "
+        f"{platform.python_version()}; jax {jax.__version__}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); transformers {transformers.__version__}")
+  print(f"# command: python bench/hf_peer.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+  drafter, verifier = synthetic_pair(args.noise, args.seed, args.eos_gain)
+  with tempfile.TemporaryDirectory() as tmp:
+    models = hf_models(drafter, verifier, tmp)
+  hf_d, drafter = models["drafter"]
+  hf_v, verifier = models["verifier"]
+  vocab = verifier.model.config.vocab_size
+  print(f"# drafter {drafter.model.num_params() / 1e6:.2f}M params (d128, 2+2), verifier "
+        f"{verifier.model.num_params() / 1e6:.2f}M (d256, 4+4), vocab {vocab}; greedy; "
+        f"γ={gamma}; inputs ≤{args.input_len} tokens; max_new_tokens={steps}; "
+        f"noise={args.noise}; median of {args.trials} after a warm-up")
+  kw = dict(temperature=0.0, max_decode_length=steps)
+  rows = []
+  print("\n| batch | tokens | HF greedy ms/step | ours verifier ms/step | ours / HF "
+        "| ours spec ms/block | accept a | tok/block | spec / ours verifier | bound (a) "
+        "| efficiency | bound (tok/block) | efficiency (tok/block) | model calls / block time "
+        "| HF assisted / HF greedy | ours spec / HF assisted |")
+  print("|" + "---|" * 16)
+  for batch in (int(b) for b in args.batches.split(",")):
+    x = random_inputs(batch, args.input_len, vocab, args.seed + batch)
+    fns = {"ours_v": lambda: generate(drafter, verifier, x, method="verifier", **kw),
+           "hf": lambda: hf_generate(hf_v, x, steps),
+           "ours_s": lambda: generate(drafter, verifier, x, method="spec_decode",
+                                      num_draft_tokens=gamma, **kw)}
+    if batch == 1:
+      fns["hf_a"] = lambda: hf_generate(hf_v, x, steps, hf_d, gamma)
+    out, t = interleaved(fns, args.trials)
+    v_out, hf_tok, s_out = out["ours_v"], out["hf"], out["ours_s"]
+    t_ours_v, t_hf, t_ours_s = t["ours_v"], t["hf"], t["ours_s"]
+    check_same(f"verifier alone, batch {batch}", v_out, hf_tok)
+    check_same(f"SpecDecode, batch {batch}", s_out, hf_tok)
+    hf_assisted = t_hf_a = None
+    if batch == 1:
+      check_same("HF assisted generation (vs ours)", s_out, out["hf_a"])
+      t_hf_a = t["hf_a"]
+      hf_assisted = t_hf / t_hf_a
+    c = s_out.counters
+    a = float(c["accepted"].sum() / max(c["drafted"].sum(), 1))
+    tok_per_block = float(c["output_tokens"].sum() / c["blocks"].sum())
+    t_d1 = loop_call_cost(drafter, x, 1)
+    t_v1 = loop_call_cost(verifier, x, 1)
+    t_vk = loop_call_cost(verifier, x, gamma + 1)
+    t_block = block_call_cost(drafter, verifier, x, gamma)
+    bound = analytic_bound(a, gamma, t_d1, t_v1, t_vk)
+    # The same bound with the measured tokens per block instead of the i.i.d. formula
+    # (acceptances come in runs, so the formula underestimates tokens per block).
+    bound_tok = tok_per_block * t_v1 / ((gamma + 1) * t_d1 + t_vk)
+    speedup = t_ours_v / t_ours_s
+    v_steps = int(v_out.counters["blocks"].max())
+    blocks = int(s_out.counters["blocks"].max())
+    tokens = int(v_out.lengths.sum())
+    row = dict(batch=batch, tokens=tokens, hf_ms=t_hf / v_steps * 1e3,
+               ours_ms=t_ours_v / v_steps * 1e3, ours_vs_hf=t_hf / t_ours_v,
+               spec_ms=t_ours_s / blocks * 1e3, a=a, tok_per_block=tok_per_block,
+               spec_speedup=speedup, bound=bound, efficiency=speedup / bound,
+               bound_tok=bound_tok, efficiency_tok=speedup / bound_tok,
+               loop_share=t_block / (t_ours_s / blocks),
+               hf_assisted=hf_assisted,
+               spec_vs_hf_assisted=None if t_hf_a is None else t_hf_a / t_ours_s,
+               t_d1=t_d1, t_v1=t_v1, t_vk=t_vk, t_block=t_block)
+    rows.append(row)
+    fmt = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
+    print(f"| {batch} | {tokens} | {row['hf_ms']:.2f} | {row['ours_ms']:.2f} | "
+          f"{row['ours_vs_hf']:.2f}× | {row['spec_ms']:.2f} | {a:.2f} | {tok_per_block:.2f} | "
+          f"{speedup:.2f}× | {bound:.2f} | {row['efficiency']:.2f} | {bound_tok:.2f} | "
+          f"{row['efficiency_tok']:.2f} | {row['loop_share']:.2f} | {fmt(hf_assisted)} | "
+          f"{fmt(row['spec_vs_hf_assisted'])} |", flush=True)
+  print("\nper-call costs in a compiled loop (ms): "
+        + "; ".join(f"batch {r['batch']}: t_d(1) {r['t_d1'] * 1e3:.2f}, t_v(1) "
+                    f"{r['t_v1'] * 1e3:.2f}, t_v({gamma + 1}) {r['t_vk'] * 1e3:.2f}, one "
+                    f"block's calls alternating {r['t_block'] * 1e3:.2f}"
+                    for r in rows))
+  print("all outputs identical to transformers' greedy generate, token for token.")
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,85 @@
+"""The benchmark scripts' pure helpers (bench/hf_peer.py, bench/compile_time.py): fast checks."""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+import compile_time  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import hf_peer  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from spec_cascade import decoding  # noqa: E402  pylint: disable=g-import-not-at-top
+from spec_cascade.models import T5Model, get_config  # noqa: E402  pylint: disable=g-import-not-at-top
+
+# Small shapes with everything the embedding must handle: wider model, heads and MLP,
+# more encoder and decoder layers.
+D_CFG = get_config("tiny").replace(vocab_size=61, emb_dim=16, num_heads=2, head_dim=4,
+                                   mlp_dim=24, num_encoder_layers=1, num_decoder_layers=1)
+V_CFG = D_CFG.replace(emb_dim=32, head_dim=8, mlp_dim=40, num_encoder_layers=2,
+                      num_decoder_layers=3)
+
+
+def _logits(cfg, params, x, dec):
+  return np.asarray(T5Model(cfg).forward(params, jnp.asarray(x), jnp.asarray(dec)))
+
+
+def test_embedded_drafter_computes_the_drafters_function():
+  d_params = T5Model(D_CFG).init_params(jax.random.key(0))
+  v_params = hf_peer.embed_drafter(d_params, D_CFG, V_CFG)
+  T5Model(V_CFG).check_params(v_params)
+  x = hf_peer.random_inputs(3, 9, D_CFG.vocab_size)
+  dec = np.random.default_rng(1).integers(2, D_CFG.vocab_size, (3, 6)).astype(np.int32)
+  dec[:, 0] = 0
+  ref = _logits(D_CFG, d_params, x, dec)
+  assert np.abs(ref).max() > 0.1
+  np.testing.assert_allclose(_logits(V_CFG, v_params, x, dec), ref, atol=1e-4, rtol=0)
+  # Noise makes it a different model (so speculative blocks get rejections).
+  noisy = hf_peer.perturb(v_params, T5Model(V_CFG), 0.5, seed=3)
+  assert np.abs(_logits(V_CFG, noisy, x, dec) - ref).max() > 1e-2
+
+
+def test_embed_drafter_rejects_incompatible_shapes():
+  with pytest.raises(ValueError, match="num_heads"):
+    hf_peer.embed_drafter({}, D_CFG, V_CFG.replace(num_heads=3))
+  with pytest.raises(ValueError, match="emb_dim"):
+    hf_peer.embed_drafter({}, V_CFG, D_CFG)
+
+
+def test_mismatches_compares_up_to_and_including_eos():
+  ours = np.array([[5, 6, 1, 0], [7, 8, 9, 4]])
+  lengths = np.array([3, 4])
+  same = np.array([[5, 6, 1, 0, 0], [7, 8, 9, 4, 0]])[:, :4]
+  assert hf_peer.mismatches(ours, lengths, same) == []
+  # HF generates past our EOS (a different EOS position) / a different token.
+  late_eos = np.array([[5, 6, 3, 1], [7, 8, 9, 4]])
+  bad = hf_peer.mismatches(ours, lengths, late_eos)
+  assert len(bad) == 1 and bad[0].startswith("row 0") and "at 2" in bad[0]
+  other = np.array([[5, 6, 1, 0], [7, 2, 9, 4]])
+  assert hf_peer.mismatches(ours, lengths, other)[0].startswith("row 1")
+  np.testing.assert_array_equal(hf_peer.until_eos(np.array([3, 1, 0, 1])), [3, 1])
+
+
+def test_analytic_bound():
+  assert hf_peer.expected_tokens(0.0, 5) == 1.0
+  assert hf_peer.expected_tokens(1.0, 5) == 6.0
+  assert hf_peer.expected_tokens(0.5, 2) == pytest.approx(1.75)
+  # Free drafter and a block verify as cheap as one step: the bound is E[tokens].
+  assert hf_peer.analytic_bound(0.5, 2, 0.0, 1.0, 1.0) == pytest.approx(1.75)
+  assert hf_peer.analytic_bound(1.0, 3, 0.25, 1.0, 1.0) == pytest.approx(4 / 2)
+
+
+def test_random_inputs_are_padded_token_ids():
+  x = hf_peer.random_inputs(5, 12, 50, seed=2)
+  assert x.shape == (5, 12) and x.dtype == np.int32
+  assert (x[:, :6] >= 2).all() and (x < 50).all()
+  for row in x:  # padding only at the end
+    nz = np.flatnonzero(row == 0)
+    assert nz.size == 0 or (row[nz[0]:] == 0).all()
+
+
+def test_compile_time_covers_every_method():
+  assert set(compile_time.CASES) == set(decoding.METHODS)
