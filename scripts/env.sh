@@ -15,13 +15,22 @@ fi
 source "$VENV/bin/activate"
 WANT="$(cat "$ROOT/setup.py" "$ROOT"/requirements/*.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[env] installing spec_cascade[dev] (first run takes a few minutes)" >&2
+  echo "[env] installing spec_cascade[dev,parity] (first run takes a few minutes)" >&2
   python -m pip install -q --upgrade pip >&2
   CONSTRAINTS=()
   if python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     CONSTRAINTS=(-c "$ROOT/requirements/constraints-py311.txt")
   fi
-  python -m pip install -q "${CONSTRAINTS[@]}" -e "$ROOT[dev]" >&2
+  # pip's notes about unused local index folders are noise; real errors still show.
+  set +o pipefail
+  python -m pip install -q "${CONSTRAINTS[@]}" -e "$ROOT[dev,parity]" 2>&1 \
+    | grep -v "^WARNING: Location .* is ignored" >&2
+  rc="${PIPESTATUS[0]}"
+  set -o pipefail
+  if [ "$rc" != 0 ]; then
+    echo "[env] pip install failed (exit $rc); see its messages above." >&2
+    exit 1
+  fi
   echo "$WANT" > "$STAMP"
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"

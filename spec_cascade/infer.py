@@ -144,10 +144,7 @@ def _is_trainer_export(path: str) -> str | None:
   if "://" in path:
     return None
   for p in (path, os.path.join(path, "export")):
-    if not os.path.isdir(os.path.join(p, "params")):
-      continue
-    if any(os.path.isfile(os.path.join(p, f))
-           for f in ("config.json", "spec_cascade_checkpoint.json")):
+    if os.path.isfile(os.path.join(p, "config.json")) and os.path.isdir(os.path.join(p, "params")):
       return p
   return None
 
@@ -165,6 +162,10 @@ def load_bundle(path: str, config=None, dtype: str = "float32",
     raise ValueError("a checkpoint path is empty; set DRAFTER_CHECKPOINT_PATH / "
                      "VERIFIER_CHECKPOINT_PATH.")
   path = str(path)
+  # A trainer MODEL_DIR whose export is in our checkpoint layout: load the export.
+  if "://" not in path and os.path.isfile(
+      os.path.join(path, "export", "spec_cascade_checkpoint.json")):
+    path = os.path.join(path, "export")
   export = _is_trainer_export(path)
   if export is not None:
     import jax  # pylint: disable=g-import-not-at-top

@@ -7,6 +7,7 @@ import os
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -131,9 +132,12 @@ def test_load_offline_pair_and_bench_inputs(pair_env):
   d_ref, v_ref = sweep_helpers.test_pair()
   assert drafter.model.config == d_ref.model.config
   assert verifier.model.config == v_ref.model.config
+  # The pair is shipped as bfloat16 and loaded back as float32.
   for a, b in zip(jax.tree_util.tree_leaves(verifier.params),
                   jax.tree_util.tree_leaves(v_ref.params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.asarray(a).dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(a),
+                                  np.asarray(jnp.asarray(b, jnp.bfloat16), np.float32))
   assert tok.vocab_size == sweep_helpers.PIECES + 100
   d, v, make_inputs = pretrained.offline_pair_for_bench()
   x = make_inputs(3)
