@@ -94,7 +94,8 @@ if ((USE_TPU)); then
   export TPU_NAME ZONE PROJECT ACCELERATOR_TYPE TPU_VERSION REMOTE_DIR DRY_RUN
   [[ "$OUTPUT_DIR" == gs://* ]] ||
     echo "note: --output_dir=$OUTPUT_DIR is on each host's disk;" \
-      "multi-host slices need a gs:// folder." >&2
+      "multi-host slices need a gs:// folder (checkpoints are written by every host; sweeps" \
+      "stage locally on host 0 and copy there)." >&2
 elif ! ((DRY_RUN)); then
   source "$ROOT/scripts/env.sh"
 fi

@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -246,6 +246,34 @@ def _agree_across_hosts(plans, pending):
   return out
 
 
+def _copy_tree(src: str, dst: str) -> None:
+  """Recursive copy through tf.io.gfile (local paths and gs:// alike)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for folder, _, files in tf.io.gfile.walk(src):
+    rel = os.path.relpath(folder, src) if folder != src else ""
+    target = os.path.join(dst, rel) if rel else dst
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(os.path.join(folder, name), os.path.join(target, name), overwrite=True)
+
+
+def _run_staged(remote: str, run: Callable[[str], Any]):
+  """Runs `run(local_dir)` in a staging folder mirrored from / to `remote` (process 0 copies)."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  local = tempfile.mkdtemp(prefix="spec_cascade_sweep_")
+  writer = infer.is_writer()
+  if tf.io.gfile.exists(remote):
+    _copy_tree(remote, local)
+  log.info("sweep output %s staged in %s", remote, local)
+  try:
+    return run(local)
+  finally:
+    if writer:
+      _copy_tree(local, remote)
+      log.info("copied the sweep's files to %s", remote)
+
+
 def run_sweep(task: str | Sequence[str], output_dir: str,
               drafter_checkpoint: str | None = None, verifier_checkpoint: str | None = None,
               methods: str | Sequence[str] = "all",
@@ -275,7 +303,13 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   task_feature_lengths: T5X form {'inputs': N | None, 'targets': M}; overrides input_length and
     max_decode_length when given.
   trials: timed repetitions per point (the mean is reported). Others as in `infer.infer`.
+  output_dir: a local folder, or a remote one (e.g. gs://...): then the sweep runs in a local
+    staging folder (seeded from the remote one, so a resume skips finished points) and process 0
+    copies it back after the sweep, also when it stops early.
   """
+  if "://" in str(output_dir):
+    args = dict(locals())
+    return _run_staged(str(output_dir), lambda local: run_sweep(**{**args, "output_dir": local}))
   tasks = [task] if isinstance(task, str) else list(task)
   if not tasks:
     raise ValueError("no task given.")

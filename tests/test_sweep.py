@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -331,3 +332,24 @@ def test_sweep_files_agree_with_each_other(swept):
   with open(out / "results.csv", newline="") as f:
     header = next(csv.reader(f))
   assert tuple(header[:len(results_lib.COLUMNS)]) == results_lib.COLUMNS
+
+
+def test_remote_output_is_staged_locally_and_copied_back(tmp_path):
+  """A gs:// output folder is mirrored: seeded into a local folder, copied back at the end."""
+  remote = tmp_path / "remote"
+  (remote / "metrics").mkdir(parents=True)
+  (remote / "results.csv").write_text("old\n")
+  (remote / "metrics" / "a.json").write_text("{}")
+  seen = {}
+
+  def run(local):
+    seen["files"] = sorted(p.relative_to(local).as_posix() for p in pathlib.Path(local).rglob("*"))
+    (pathlib.Path(local) / "results.csv").write_text("new\n")
+    (pathlib.Path(local) / "report.md").write_text("# r\n")
+    raise KeyboardInterrupt  # a stopped sweep still copies what it wrote
+
+  with pytest.raises(KeyboardInterrupt):
+    sweep._run_staged(str(remote), run)  # pylint: disable=protected-access
+  assert seen["files"] == ["metrics", "metrics/a.json", "results.csv"]
+  assert (remote / "results.csv").read_text() == "new\n"
+  assert (remote / "report.md").exists() and (remote / "metrics" / "a.json").exists()
