@@ -652,20 +652,17 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   ids = ids.astype(np.int32)
   if mesh is not None:
     from spec_cascade import parallel
-    inputs, ids, pad = parallel.pad_batch(mesh, inputs, ids)
+    inputs, ids, _ = parallel.pad_batch(mesh, inputs, ids)
     inputs, ids = parallel.shard_batch(mesh, inputs), parallel.shard_batch(mesh, ids)
     d_params = parallel.shard_params(mesh, d_params) if d_params is not None else None
     v_params = parallel.shard_params(mesh, v_params) if v_params is not None else None
-  else:
-    pad = 0
   fn = compiled_decode(use_d.model.config if use_d else None,
                        use_v.model.config if use_v else None, spec)
   t0 = time.perf_counter()
   res = jax.block_until_ready(fn(d_params, v_params, jnp.asarray(inputs), jnp.asarray(ids),
                                  jnp.int32(seed), knobs))
   wall = time.perf_counter() - t0
-  keep = slice(0, batch)
-  counters = {f: np.asarray(getattr(res.counters, f))[keep] for f in COUNTER_FIELDS}
-  del pad
-  return GenerateOutput(tokens=np.asarray(res.tokens)[keep],
-                        lengths=np.asarray(res.lengths)[keep], counters=counters, wall_s=wall)
+  # Rows past `batch` are the mesh's padding.
+  counters = {f: np.asarray(getattr(res.counters, f))[:batch] for f in COUNTER_FIELDS}
+  return GenerateOutput(tokens=np.asarray(res.tokens)[:batch],
+                        lengths=np.asarray(res.lengths)[:batch], counters=counters, wall_s=wall)

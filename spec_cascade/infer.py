@@ -139,14 +139,12 @@ def resolve_methods(methods: str | Sequence[str]) -> list[MethodSpec]:
 # ----------------------------------------------------------------------------------------------
 # Models.
 
-def _is_trainer_export(path: str) -> str | None:
-  """The export folder of a trainer MODEL_DIR (or the export folder itself), else None."""
-  if "://" in path:
-    return None
-  for p in (path, os.path.join(path, "export")):
-    if os.path.isfile(os.path.join(p, "config.json")) and os.path.isdir(os.path.join(p, "params")):
-      return p
-  return None
+def _resolve_checkpoint_dir(path: str) -> str:
+  """A trainer MODEL_DIR stands for its export/ folder, which is in the checkpoint layout."""
+  export = os.path.join(path, "export")
+  if "://" not in path and os.path.isfile(os.path.join(export, "spec_cascade_checkpoint.json")):
+    return export
+  return path
 
 
 def load_bundle(path: str, config=None, dtype: str = "float32",
@@ -161,21 +159,9 @@ def load_bundle(path: str, config=None, dtype: str = "float32",
   if not path:
     raise ValueError("a checkpoint path is empty; set DRAFTER_CHECKPOINT_PATH / "
                      "VERIFIER_CHECKPOINT_PATH.")
-  path = str(path)
-  # A trainer MODEL_DIR whose export is in our checkpoint layout: load the export.
-  if "://" not in path and os.path.isfile(
-      os.path.join(path, "export", "spec_cascade_checkpoint.json")):
-    path = os.path.join(path, "export")
-  export = _is_trainer_export(path)
-  if export is not None:
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from spec_cascade import train  # pylint: disable=g-import-not-at-top
-    cfg, params = train.load_exported(export)
-    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
-  else:
-    from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
-    params, cfg = checkpoints.load_params(path, config=config, dtype=dtype)
+  from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+  params, cfg = checkpoints.load_params(_resolve_checkpoint_dir(str(path)), config=config,
+                                        dtype=dtype)
   if activation_dtype:
     cfg = cfg.replace(dtype=activation_dtype)
   return Bundle(T5Model(cfg), params)
@@ -325,8 +311,9 @@ def offline_tokenizer(vocabulary_path: str | None = None):
 
 def checkpoint_vocabulary(path: str | None) -> str | None:
   """The vocabulary a spec_cascade checkpoint records, if any."""
-  if not path or _is_trainer_export(str(path)) is not None:
+  if not path:
     return None
+  path = _resolve_checkpoint_dir(str(path))
   from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
   try:
     return checkpoints.read_checkpoint_info(str(path)).get("vocabulary_path")

@@ -370,9 +370,7 @@ class T5Model:
 
 
 def _flatten(tree) -> dict[str, Any]:
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree) if hasattr(
-      flax.core, "unfreeze") else tree, sep="/")
-  return flat
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
 
 
 def shift_right(targets: Array) -> Array:
