@@ -7,11 +7,12 @@ decoding on the same inputs (outputs must be identical, else the benchmark fails
 measured speed-up, and the analytic speed-up from the measured acceptance rate a and the
 measured per-call costs at that batch size:
 
-    analytic = E[tokens per block] · t_v(1) / ((γ + 1) · t_d(1) + t_v(γ + 1)),
+    analytic = E[tokens per block] · t_v(1) / (γ · t_d(1) + t_v(γ + 1)),
     E[tokens per block] = (1 − a^(γ+1)) / (1 − a)
 
-where t_d(1) is a drafter decode call (our loop makes γ + 1 of them per block: the last one
-yields q_γ), t_v(k) a verifier call scoring k tokens. efficiency = measured / analytic.
+where t_d(1) is a drafter decode call (SpecDecode makes γ per block), t_v(k) a verifier call
+scoring k tokens. efficiency = measured / analytic (end to end: encoders included here; see
+bench/hf_peer.py for the decode-phase comparison).
 
 The `synthetic` pair needs no training (bench/hf_peer.py `synthetic_pair`): a `tiny`-shaped
 drafter (d128, 2+2) embedded exactly into a `mini`-shaped verifier (d256, 4+4) plus

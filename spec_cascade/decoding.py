@@ -259,6 +259,10 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
                       row_keys: Array):
   gamma = spec.num_draft_tokens
   rule = deferral.get_rule(spec.rule)
+  # SpecDecode's target is p̃ at every position, so q_γ (the drafter's distribution after
+  # the last draft) is never read: skip that drafter step and let the next block's first
+  # drafter call take two tokens instead (γ drafter calls per block, not γ + 1).
+  lazy_last = spec.rule == "verifier"
 
   def body(state: DecodeState) -> DecodeState:
     active = ~state.done
@@ -267,19 +271,34 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     # Derived inside the sampling branches only (greedy decoding never needs them).
     keys = lambda: _step_keys(row_keys, state.step, gamma + 2)
 
-    # γ drafts plus one more drafter step on the last draft: π_γ needs q_γ.
     def draft_step(carry, j):
       cache, tok = carry
       logits, cache = drafter.model.decode_block(drafter.params, cache, tok[:, None], n + j)
       nxt = _vsample(lambda: keys()[j], logits[:, 0], knobs, spec.top_k)
       return (cache, nxt), (logits[:, 0], nxt)
 
-    # Unrolled: a nested while loop inside the decode loop cost ~4x the drafter's compute
-    # per block on CPU (measured at batch 1, bench/RESULTS.md); γ+1 copies of a small
-    # drafter add ~2 s of compile time.
-    (d_cache, _), (d_logits, drafts) = jax.lax.scan(
-        draft_step, (state.d_cache, x0), jnp.arange(gamma + 1), unroll=True)
-    d_logits = jnp.swapaxes(d_logits, 0, 1)  # [B, γ+1, V]
+    if lazy_last:
+      # The first call also writes position n − 1 (input out[n − 2]): the previous block
+      # skipped the step on its last draft, whose cache entry is missing when that draft was
+      # accepted (and rewritten unchanged otherwise). At n = 0 it writes BOS at 0 and a
+      # throw-away entry at 1 that the next step overwrites.
+      prev = _last_input(state.out, jnp.maximum(n - 1, 0))
+      logits2, d_cache = drafter.model.decode_block(
+          drafter.params, state.d_cache, jnp.stack([prev, x0], axis=1), jnp.maximum(n - 1, 0))
+      q0 = jnp.where((n > 0)[:, None], logits2[:, 1], logits2[:, 0])
+      d1 = _vsample(lambda: keys()[0], q0, knobs, spec.top_k)
+      (d_cache, _), (d_logits, drafts) = jax.lax.scan(
+          draft_step, (d_cache, d1), jnp.arange(1, gamma), unroll=True)
+      d_logits = jnp.concatenate([q0[None], d_logits, jnp.zeros_like(q0)[None]], axis=0)
+      drafts = jnp.concatenate([d1[None], drafts], axis=0)
+    else:
+      # γ drafts plus one more drafter step on the last draft: π_γ needs q_γ.
+      # Unrolled: a nested while loop inside the decode loop cost ~4x the drafter's compute
+      # per block on CPU (measured at batch 1, bench/RESULTS.md); γ+1 copies of a small
+      # drafter add ~2 s of compile time.
+      (d_cache, _), (d_logits, drafts) = jax.lax.scan(
+          draft_step, (state.d_cache, x0), jnp.arange(gamma + 1), unroll=True)
+    d_logits = jnp.swapaxes(d_logits, 0, 1)  # [B, γ+1, V] (row γ is zeros if lazy_last)
     drafts = jnp.swapaxes(drafts, 0, 1)[:, :gamma]  # [B, γ]
     v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
     v_logits, v_cache = verifier.model.decode_block(verifier.params, state.v_cache, v_tokens, n)
@@ -319,7 +338,7 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     out, length, done, n_new = _commit(state, tokens, num_emitted, spec.max_decode_length)
     emitted = jnp.arange(gamma + 1)[None, :] < n_new[:, None]
     counters = state.counters.add(
-        active, drafter_steps=gamma + 1, verifier_calls=1, drafted=gamma,
+        active, drafter_steps=gamma if lazy_last else gamma + 1, verifier_calls=1, drafted=gamma,
         accepted=num_accepted, rejected=rejected, blocks=1, bonus_tokens=is_bonus,
         residual_fallbacks=fallback,
         deferred=jnp.sum(jnp.where(emitted, defer_weight, 0.0), axis=1))
