@@ -40,7 +40,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -58,6 +60,18 @@ Params = Any
 TrainState = dict  # {"step": int32 [], "params": Params, "opt_state": optax state}
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Set by the CLI's SIGTERM/SIGINT handlers (or by a caller): the loop then finishes its step,
+# saves a checkpoint and raises TrainingStopped, so a stopped run resumes with nothing lost.
+STOP_REQUESTED = threading.Event()
+
+
+class TrainingStopped(Exception):
+  """Training was stopped on request after saving a checkpoint at `step`."""
+
+  def __init__(self, step: int):
+    super().__init__(f"stopped at step {step}; a checkpoint was saved, re-run to resume")
+    self.step = step
 
 
 # ---------------------------------------------------------------------------
@@ -702,8 +716,12 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                  _format_eta(eta))
         metrics_log.write(dict(train_metrics, step=step, kind="train"))
         t_last, step_last = now, step
-      if step % checkpoint_period == 0 or step == total_steps:
+      if step % checkpoint_period == 0 or step == total_steps or STOP_REQUESTED.is_set():
         save(step)
+      if STOP_REQUESTED.is_set():
+        manager.wait_until_finished()
+        log.info("Stop requested: saved step %d; re-run the same command to resume.", step)
+        raise TrainingStopped(step)
       if step % eval_period == 0 or step == total_steps:
         eval_metrics = evaluate(state["params"], step) or eval_metrics
     if step == start_step:
@@ -839,7 +857,24 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
   # Not finalized: modules imported lazily during training (the offline data,
   # checkpoints) register gin configurables of their own, which a locked config refuses.
   gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
-  return gin.get_configurable(train)()
+  received = []
+
+  def request_stop(signum, _frame):
+    if received:  # a second signal: stop now, losing at most one checkpoint period
+      raise KeyboardInterrupt
+    received.append(signum)
+    log.info("Signal %d: stopping after this step (a checkpoint is saved first).", signum)
+    STOP_REQUESTED.set()
+
+  previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    return gin.get_configurable(train)()
+  except TrainingStopped:
+    sys.exit(128 + received[0] if received else 1)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+    STOP_REQUESTED.clear()
 
 
 if __name__ == "__main__":

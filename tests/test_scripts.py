@@ -9,7 +9,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU = ROOT / "scripts" / "tpu"
-SCRIPTS = sorted(TPU.glob("*.sh")) + [ROOT / "scripts" / "reproduce_paper.sh"]
+SCRIPTS = sorted(TPU.glob("*.sh")) + [ROOT / "scripts" / n for n in (
+    "reproduce_paper.sh", "train_offline_pair.sh", "main.sh", "test.sh", "env.sh")]
 TPU_ENV = {"TPU_NAME": "my-tpu", "ZONE": "us-central2-b"}
 _SETTINGS = ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "TPU_VERSION", "REMOTE_DIR",
              "DRY_RUN", "REPO_URL", "REF", "SRC", "DEST", "MODULE", "TASKS", "STAGES", "OUTPUT_DIR")

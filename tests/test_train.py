@@ -1,8 +1,11 @@
 """Trainer: data pipeline, loss, schedules, convergence, exact resume, export, errors, CLI."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import types
 
 import jax
@@ -268,6 +271,33 @@ def test_kill_and_resume_is_exact(tmp_path, tx):
   assert again.step == 8
 
 
+def test_stop_request_saves_then_resume_is_exact(tmp_path, tx):
+  # What SIGTERM/SIGINT do in the CLI (`scripts/train_offline_pair.sh --stop`): finish the
+  # step, save it even between checkpoint periods, raise TrainingStopped; nothing is lost.
+  common = dict(model=CFG, total_steps=8, batch_size=8, optimizer=tx, checkpoint_period=3,
+                eval_period=100, eval_steps=0, log_period=4)
+  ref = T.train(model_dir=str(tmp_path / "ref"), train_source=_sources()[0], **common)
+
+  def stop_at_5(step, metrics):
+    if step == 5:
+      T.STOP_REQUESTED.set()
+
+  try:
+    with pytest.raises(T.TrainingStopped, match="step 5"):
+      T.train(model_dir=str(tmp_path / "run"), train_source=_sources()[0],
+              step_callback=stop_at_5, **common)
+  finally:
+    T.STOP_REQUESTED.clear()
+  assert sorted(map(int, os.listdir(tmp_path / "run" / "checkpoints"))) == [3, 5]
+  assert not (tmp_path / "run" / "export").exists()
+  resumed = []
+  res = T.train(model_dir=str(tmp_path / "run"), train_source=_sources()[0],
+                step_callback=lambda s, m: resumed.append(s), **common)
+  assert resumed == [6, 7, 8]
+  for (path, a), (_, b) in zip(_flat(ref.params), _flat(res.params)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def test_export_roundtrip_and_initial_checkpoint_errors(tmp_path, tx, monkeypatch):
   train, _ = _sources()
   res = T.train(model_dir=str(tmp_path / "m"), model=CFG, total_steps=2, batch_size=8,
@@ -375,9 +405,9 @@ def fake_offline_data(tmp_path, monkeypatch):
   gin.clear_config()
 
 
-def test_cli_trains_offline_mixture_and_writes_config(tmp_path, fake_offline_data):
-  model_dir = tmp_path / "run"
-  argv = [
+def _tiny_cli_argv(model_dir) -> list[str]:
+  """CLI flags for a tiny model on the (fake) offline mixture; add TRAIN_STEPS etc."""
+  return [
       "--gin_file=configs/runs/finetune.gin", f"--gin_search_paths={ROOT}",
       "--gin.MODEL=@models.get_config()", "--gin.models.get_config.name='tiny'",
       "--gin.models.get_config.vocab_size=128", "--gin.models.get_config.emb_dim=32",
@@ -385,7 +415,13 @@ def test_cli_trains_offline_mixture_and_writes_config(tmp_path, fake_offline_dat
       "--gin.models.get_config.mlp_dim=64", "--gin.models.get_config.num_encoder_layers=1",
       "--gin.models.get_config.num_decoder_layers=1",
       f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='debian_mix'",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", "--gin.TRAIN_STEPS=4",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}"]
+
+
+def test_cli_trains_offline_mixture_and_writes_config(tmp_path, fake_offline_data):
+  model_dir = tmp_path / "run"
+  argv = _tiny_cli_argv(model_dir) + [
+      "--gin.TRAIN_STEPS=4",
       "--gin.BATCH_SIZE=8", "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.EVAL_PERIOD=4",
       "--gin.EVAL_STEPS=1", "--gin.INFER_EVAL_EXAMPLES=2", "--gin.CHECKPOINT_PERIOD=2",
       "--gin.LOG_PERIOD=2", "--gin.LR_FACTORS='constant'", "--gin.LEARNING_RATE=0.01",
@@ -402,6 +438,32 @@ def test_cli_trains_offline_mixture_and_writes_config(tmp_path, fake_offline_dat
   assert config.emb_dim == 32 and config.dropout_rate == 0.1  # DROPOUT_RATE applied
   with pytest.raises(SystemExit):
     T.parse_flags(["--gin_file=x.gin", "--gin.MODEL_DIR"])  # missing '=VALUE'
+
+
+def test_cli_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, fake_offline_data):
+  model_dir = tmp_path / "run"
+  argv = _tiny_cli_argv(model_dir) + [
+      "--gin.TRAIN_STEPS=100000",
+      "--gin.BATCH_SIZE=8", "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.EVAL_PERIOD=100000",
+      "--gin.CHECKPOINT_PERIOD=100000", "--gin.LOG_PERIOD=1"]
+  metrics = model_dir / "metrics.jsonl"
+
+  def kill_once_training():
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size):
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  before = signal.getsignal(signal.SIGTERM)
+  killer = threading.Thread(target=kill_once_training)
+  killer.start()
+  with pytest.raises(SystemExit) as exit_info:
+    T.main(argv)
+  killer.join()
+  assert exit_info.value.code == 128 + signal.SIGTERM
+  steps = [int(d) for d in os.listdir(model_dir / "checkpoints")]
+  assert len(steps) == 1 and 1 <= steps[0] < 100000  # saved between checkpoint periods
+  assert signal.getsignal(signal.SIGTERM) == before and not T.STOP_REQUESTED.is_set()
 
 
 def test_tokenizer_larger_than_model_vocab_is_rejected(tmp_path, fake_offline_data):
