@@ -2,10 +2,13 @@
 
     python bench/profile_decode.py [--method spec_decode] [--batch 32] [--gamma 5] [--top 25]
 
-Runs decoding (greedy unless --temperature > 0) of the synthetic pair (bench/hf_peer.py `synthetic_pair`, real
-`tiny`/`mini` sizes) once to compile, then once under `jax.profiler.trace` with a perfetto
-trace, and prints the ops (XLA thunks / fusions) that took the most wall time, summed over
-the run, with their share of the traced decode. The raw trace stays in --trace_dir for
+Runs decoding (greedy unless --temperature > 0) of the synthetic pair (bench/hf_peer.py
+`synthetic_pair`, real `tiny`/`mini` sizes) once to compile, then once under
+`jax.profiler.trace` with a perfetto trace. Each traced op (XLA thunk / fusion) is matched to
+its instruction in the program's optimized HLO, whose metadata names the source op and the
+`jax.named_scope`s of spec_cascade/decoding.py it ran under (encode_drafter, encode_verifier,
+drafter, verifier, sample, verify, commit). Prints the time per scope (and per loop step) and
+the source ops that took the most time. The raw trace stays in --trace_dir for
 ui.perfetto.dev (open the *.trace.json.gz file).
 """
 from __future__ import annotations
@@ -22,11 +25,17 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_peer  # pylint: disable=g-import-not-at-top,wrong-import-position  (adds the repo root)
 
+from spec_cascade import decoding  # pylint: disable=g-import-not-at-top
 from spec_cascade.decoding import generate  # pylint: disable=g-import-not-at-top
+
+
+SCOPES = ("encode_drafter", "encode_verifier", "drafter", "verifier", "sample", "verify",
+          "commit")  # jax.named_scope labels in spec_cascade/decoding.py
 
 
 def op_totals(trace_file: str) -> tuple[collections.Counter, collections.Counter]:
@@ -36,11 +45,29 @@ def op_totals(trace_file: str) -> tuple[collections.Counter, collections.Counter
   total, count = collections.Counter(), collections.Counter()
   for e in events:
     if e.get("ph") == "X" and "dur" in e:
-      # Fusion/thunk names carry numeric suffixes (fusion.123); group them by kind+number
-      # as XLA names them, so each op of the program stays one row.
       total[e["name"]] += float(e["dur"])
       count[e["name"]] += 1
   return total, count
+
+
+def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """Instruction name → (opcode, op_name metadata) of an optimized HLO module's text."""
+  ops = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%(\S+) = (?:\S+|\(.*?\)) ([\w-]+)\(", line)
+    if m:
+      meta = re.search(r'op_name="([^"]*)"', line)
+      ops[m.group(1)] = (m.group(2), meta.group(1) if meta else "")
+  return ops
+
+
+def scope_of(op_name: str) -> str:
+  """The innermost decoding scope an op ran under ('other' if none)."""
+  parts = op_name.split("/")
+  for part in reversed(parts):
+    if part in SCOPES:
+      return part
+  return "other"
 
 
 def main():
@@ -56,9 +83,22 @@ def main():
 
   drafter, verifier = hf_peer.synthetic_pair()
   inputs = hf_peer.random_inputs(args.batch, 64, drafter.model.config.vocab_size, seed=1)
-  run = lambda: generate(drafter, verifier, inputs, method=args.method,
-                         num_draft_tokens=args.gamma, max_decode_length=args.max_decode_length,
-                         temperature=args.temperature)
+  kw = dict(method=args.method, num_draft_tokens=args.gamma,
+            max_decode_length=args.max_decode_length, temperature=args.temperature)
+  run = lambda: generate(drafter, verifier, inputs, **kw)
+
+  def compiled_text() -> str:
+    """The optimized HLO of the program `run` executes (same instruction names as the trace)."""
+    spec = decoding.make_spec(args.method, None, num_draft_tokens=args.gamma,
+                              max_decode_length=args.max_decode_length)
+    knobs = decoding.make_knobs(spec, temperature=args.temperature)
+    use_d = args.method in decoding._USES_DRAFTER  # pylint: disable=protected-access
+    use_v = args.method in decoding._USES_VERIFIER  # pylint: disable=protected-access
+    fn = decoding.compiled_decode(drafter.model.config if use_d else None,
+                                  verifier.model.config if use_v else None, spec)
+    ids = jnp.arange(args.batch, dtype=jnp.int32)
+    return fn.lower(drafter.params if use_d else None, verifier.params if use_v else None,
+                    jnp.asarray(inputs), ids, jnp.int32(0), knobs).compile().as_text()
   run()
   start = time.perf_counter()
   res = run()
@@ -70,19 +110,34 @@ def main():
   if not files:
     sys.exit(f"no perfetto trace written under {trace_dir}")
   total, count = op_totals(max(files, key=os.path.getmtime))
-  blocks = int(res.counters["blocks"].max()) if hasattr(res, "counters") else 0
-  print(f"{args.method} batch {args.batch} γ {args.gamma}: untraced decode {wall * 1e3:.1f} ms"
-        f"{f', {blocks} blocks' if blocks else ''}; trace: {trace_dir}")
-  # The outermost events (the executable, the while loop) contain the rest; show the ops.
-  skip = re.compile(r"^(PjitFunction|pjit|jit_|while|ExecuteHelper|Thunk::Execute|"
-                    r"TfrtCpuExecutable|PjRt|.*Execute.*)", re.IGNORECASE)
-  ops = [(n, t) for n, t in total.items() if not skip.match(n)]
-  ops.sort(key=lambda x: -x[1])
-  op_sum = sum(t for _, t in ops)
-  print(f"{'op':60s} {'ms':>9s} {'calls':>7s} {'share':>6s}")
-  for name, t in ops[:args.top]:
-    print(f"{name[:60]:60s} {t / 1e3:9.2f} {count[name]:7d} {t / op_sum:6.1%}")
-  print(f"{'(all ops)':60s} {op_sum / 1e3:9.2f}")
+  ops = hlo_ops(compiled_text())
+  # Leaf ops only: control flow (while/conditional/call) contains the ops it runs.
+  leaf = {n: t for n, t in total.items()
+          if n in ops and ops[n][0] not in ("while", "conditional", "call")}
+  op_sum = sum(leaf.values())
+  blocks = int(res.counters["blocks"].max())
+  print(f"{args.method} batch {args.batch} γ {args.gamma} T {args.temperature}: untraced decode "
+        f"{wall * 1e3:.1f} ms, {blocks} loop steps; traced ops {op_sum / 1e3:.1f} ms; "
+        f"trace: {trace_dir}")
+  by_scope = collections.Counter()
+  for n, t in leaf.items():
+    by_scope[scope_of(ops[n][1])] += t
+  print(f"\n{'scope':18s} {'ms':>9s} {'ms/step':>8s} {'share':>6s}")
+  for scope, t in by_scope.most_common():
+    print(f"{scope:18s} {t / 1e3:9.2f} {t / 1e3 / max(blocks, 1):8.2f} {t / op_sum:6.1%}")
+  by_op = collections.Counter()
+  calls = collections.Counter()
+  for n, t in leaf.items():
+    name = ops[n][1]
+    for noise in ("jit(decode)/", "while/body/", "closed_call/", "Transformer.decode_block/",
+                  "decoder.decode_block/", "decoder._stack/", "Transformer.encode/"):
+      name = name.replace(noise, "")
+    key = re.sub(r"\d+", "#", name)[:90] or n
+    by_op[key] += t
+    calls[key] += count[n]
+  print(f"\n{'op (source op_name, digits as #)':90s} {'ms':>8s} {'calls':>6s} {'share':>6s}")
+  for key, t in by_op.most_common(args.top):
+    print(f"{key:90s} {t / 1e3:8.2f} {calls[key]:6d} {t / op_sum:6.1%}")
 
 
 if __name__ == "__main__":

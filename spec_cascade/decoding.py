@@ -195,6 +195,13 @@ def _commit(state: DecodeState, tokens: Array, num_new: Array, max_len: int):
   return out, length, done, n
 
 
+def decode_call(role: str, bundle: Bundle, cache, tokens: Array, offsets: Array):
+  """bundle.model.decode_block under a named scope, so profiles (bench/profile_decode.py)
+  attribute each op to the drafter or the verifier."""
+  with jax.named_scope(role):
+    return bundle.model.decode_block(bundle.params, cache, tokens, offsets)
+
+
 def _greedy(knobs: Knobs) -> Array:
   """bool []: every row decodes greedily (T = 0), so no random draw is needed."""
   return jnp.all(knobs.temperature <= 0.0)
@@ -226,7 +233,8 @@ def _vsample(keys, logits: Array, knobs: Knobs, top_k: int) -> Array:
   def draw():
     return jax.vmap(lambda k, l: sampling.sample(k, l, knobs.temperature, top_k, knobs.top_p))(
         keys(), logits)
-  return jax.lax.cond(_greedy(knobs), lambda: _argmax(logits), draw)
+  with jax.named_scope("sample"):
+    return jax.lax.cond(_greedy(knobs), lambda: _argmax(logits), draw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ def _autoregressive_body(model: T5Model, params, which: str, spec: DecodeSpec, k
     n = state.length
     x = _last_input(state.out, n)
     cache = state.d_cache if which == "drafter" else state.v_cache
-    logits, cache = model.decode_block(params, cache, x[:, None], n)
+    logits, cache = decode_call(which, Bundle(model, params), cache, x[:, None], n)
     keys = lambda: _step_keys(row_keys, state.step, 1)[0]
     tok = _vsample(keys, logits[:, 0], knobs, spec.top_k)
     out, length, done, _ = _commit(state, tok[:, None], jnp.ones_like(n), spec.max_decode_length)
@@ -273,7 +281,7 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
 
     def draft_step(carry, j):
       cache, tok = carry
-      logits, cache = drafter.model.decode_block(drafter.params, cache, tok[:, None], n + j)
+      logits, cache = decode_call("drafter", drafter, cache, tok[:, None], n + j)
       nxt = _vsample(lambda: keys()[j], logits[:, 0], knobs, spec.top_k)
       return (cache, nxt), (logits[:, 0], nxt)
 
@@ -283,8 +291,8 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       # accepted (and rewritten unchanged otherwise). At n = 0 it writes BOS at 0 and a
       # throw-away entry at 1 that the next step overwrites.
       prev = _last_input(state.out, jnp.maximum(n - 1, 0))
-      logits2, d_cache = drafter.model.decode_block(
-          drafter.params, state.d_cache, jnp.stack([prev, x0], axis=1), jnp.maximum(n - 1, 0))
+      logits2, d_cache = decode_call("drafter", drafter, state.d_cache,
+                                     jnp.stack([prev, x0], axis=1), jnp.maximum(n - 1, 0))
       q0 = jnp.where((n > 0)[:, None], logits2[:, 1], logits2[:, 0])
       d1 = _vsample(lambda: keys()[0], q0, knobs, spec.top_k)
       (d_cache, _), (d_logits, drafts) = jax.lax.scan(
@@ -301,7 +309,7 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     d_logits = jnp.swapaxes(d_logits, 0, 1)  # [B, γ+1, V] (row γ is zeros if lazy_last)
     drafts = jnp.swapaxes(drafts, 0, 1)[:, :gamma]  # [B, γ]
     v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
-    v_logits, v_cache = verifier.model.decode_block(verifier.params, state.v_cache, v_tokens, n)
+    v_logits, v_cache = decode_call("verifier", verifier, state.v_cache, v_tokens, n)
 
     def verify():
       probs = deferral.rule_inputs(d_logits, v_logits, knobs.temperature, spec.top_k,
@@ -329,13 +337,15 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       return (tokens, num_accepted + 1, num_accepted, rejected, ~rejected,
               jnp.zeros_like(rejected), jnp.ones(best.shape, jnp.float32))
 
-    if spec.rule == "verifier":
-      verdict = jax.lax.cond(_greedy(knobs), verify_greedy, verify)
-    else:
-      verdict = verify()
+    with jax.named_scope("verify"):
+      if spec.rule == "verifier":
+        verdict = jax.lax.cond(_greedy(knobs), verify_greedy, verify)
+      else:
+        verdict = verify()
     tokens, num_emitted, num_accepted, rejected, is_bonus, fallback, defer_weight = verdict
 
-    out, length, done, n_new = _commit(state, tokens, num_emitted, spec.max_decode_length)
+    with jax.named_scope("commit"):
+      out, length, done, n_new = _commit(state, tokens, num_emitted, spec.max_decode_length)
     emitted = jnp.arange(gamma + 1)[None, :] < n_new[:, None]
     counters = state.counters.add(
         active, drafter_steps=gamma if lazy_last else gamma + 1, verifier_calls=1, drafted=gamma,
@@ -361,7 +371,7 @@ def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, kno
     n, m = state.length, state.verified
     x = _last_input(state.out, n)
     keys = _step_keys(row_keys, state.step, 1)[0]
-    d_logits, d_cache = drafter.model.decode_block(drafter.params, state.d_cache, x[:, None], n)
+    d_logits, d_cache = decode_call("drafter", drafter, state.d_cache, x[:, None], n)
     d_logits = d_logits[:, 0]
     if oracle:
       need = jnp.ones_like(active)
@@ -376,7 +386,7 @@ def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, kno
       pos = m[:, None] + jnp.arange(window)[None, :]
       prev = jnp.take_along_axis(state.out, jnp.clip(pos - 1, 0, state.out.shape[1] - 1), axis=1)
       toks = jnp.where(pos > 0, prev, PAD_ID)
-      logits, v_cache = verifier.model.decode_block(verifier.params, v_cache, toks, m)
+      logits, v_cache = decode_call("verifier", verifier, v_cache, toks, m)
       at_n = jnp.take_along_axis(logits, (n - m)[:, None, None], axis=1)[:, 0]
       return at_n, v_cache
 
@@ -416,7 +426,7 @@ def _bild_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs
 
     def draft(c):
       j, cache, tok, drafting, drafts, steps, width = c
-      logits, cache = drafter.model.decode_block(drafter.params, cache, tok[:, None], n + j)
+      logits, cache = decode_call("drafter", drafter, cache, tok[:, None], n + j)
       probs = jax.nn.softmax(logits[:, 0])
       nxt = jnp.argmax(probs, axis=-1).astype(jnp.int32)
       keep = drafting & (jnp.max(probs, axis=-1) >= knobs.fallback_threshold)
@@ -430,7 +440,7 @@ def _bild_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs
     # Kept drafts are contiguous from 0 (a row stops drafting at its first unsure step).
     _, d_cache, _, _, drafts, steps, width = jax.lax.while_loop(cond, draft, init)
     v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
-    v_logits, v_cache = verifier.model.decode_block(verifier.params, state.v_cache, v_tokens, n)
+    v_logits, v_cache = decode_call("verifier", verifier, state.v_cache, v_tokens, n)
     logp = jax.nn.log_softmax(v_logits[:, :wmax])
     nll = -jnp.take_along_axis(logp, drafts[..., None], axis=-1)[..., 0]
     pos = jnp.arange(wmax)[None, :]
@@ -498,8 +508,9 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
   def fresh_cache(b: Bundle | None):
     if b is None:
       return None
-    encoded, mask = b.model.encode(b.params, inputs)
-    return b.model.init_cache(b.params, encoded, mask, cache_len)
+    with jax.named_scope("encode_drafter" if b is drafter else "encode_verifier"):
+      encoded, mask = b.model.encode(b.params, inputs)
+      return b.model.init_cache(b.params, encoded, mask, cache_len)
 
   method = spec.method
   if method in ("drafter", "verifier"):
