@@ -60,7 +60,7 @@ import numpy as np
 # Passive waiting is HF's best case here, so the comparison is conservative for us.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+from spec_cascade import checkpoints, costs  # pylint: disable=g-import-not-at-top
 from spec_cascade.decoding import EOS_ID, PAD_ID, Bundle, generate
 from spec_cascade.models import T5Model, get_config
 
@@ -189,28 +189,13 @@ def analytic_bound(a: float, gamma: int, t_d1: float, t_v1: float, t_vk: float) 
 
 def loop_call_cost(bundle: Bundle, inputs: np.ndarray, k: int, iters: int = 24,
                    reps: int = 3, cache_len: int = 96) -> float:
-  """Seconds per decode_block call scoring k tokens, inside one compiled fori_loop (no
-  per-call dispatch; the cache is updated in place as in the decode loop)."""
-  model, params = bundle
-  batch = inputs.shape[0]
-  encoded, mask = model.encode(params, jnp.asarray(inputs))
-  cache = model.init_cache(params, encoded, mask, cache_len)
-
-  @jax.jit
-  def run(params, cache):
-    def body(i, carry):
-      cache, tok = carry
-      offs = jnp.full((batch,), 8, jnp.int32) + i % 32
-      logits, cache = model.decode_block(params, cache, tok, offs)
-      # A cheap data dependency on the logits (no argmax: only model calls are costed).
-      return cache, (logits[..., 0] > 0).astype(jnp.int32) + 2
-    return jax.lax.fori_loop(0, iters, body, (cache, jnp.ones((batch, k), jnp.int32)))[1]
-
-  jax.block_until_ready(run(params, cache))
+  """Seconds per decode_block call scoring k tokens, inside one compiled loop (no per-call
+  dispatch; the cache is updated in place as in the decode loop): `costs.call_loop`."""
+  run = costs.call_loop(bundle, inputs, k, cache_len, iters)
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
-    jax.block_until_ready(run(params, cache))
+    run()
     times.append(time.perf_counter() - t0)
   return float(np.median(times)) / iters
 

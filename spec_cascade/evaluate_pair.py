@@ -6,8 +6,9 @@
 With no --drafter/--verifier it evaluates the committed offline default pair. For each task:
 greedy BLEU / ROUGE-2 of the drafter and of the verifier, and the T = 0 acceptance rate — the
 fraction of positions along the verifier's greedy output where the drafter's greedy token equals
-it (both models teacher-forced on that output) — then c = drafter decode-call time / verifier
-decode-call time (batch 1 and the evaluation batch size).
+it (both models teacher-forced on that output) — then c = drafter decode-step time / verifier
+decode-step time, each step timed inside a compiled loop as the engine runs it
+(`spec_cascade.costs`), at batch 1 and the evaluation batch size.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
   parser.add_argument("--vocabulary_path")
   parser.add_argument("--json")
   args = parser.parse_args(argv)
-  from spec_cascade import infer, pretrained, sweep  # pylint: disable=g-import-not-at-top
+  from spec_cascade import costs, infer, pretrained  # pylint: disable=g-import-not-at-top
   if bool(args.drafter) != bool(args.verifier):
     parser.error("give both --drafter and --verifier, or neither (the offline default pair).")
   if args.drafter:
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
   vocab_size = drafter.model.config.vocab_size
   for batch in (1, args.batch_size):
     x = rng.integers(2, vocab_size, (batch, 128)).astype(np.int32)
-    c = sweep.measure_cost_ratio(drafter, verifier, x, cache_length=args.max_decode_length + 8)
+    c = costs.measure_cost_ratio(drafter, verifier, x, cache_length=args.max_decode_length + 8)
     results[f"cost_ratio_batch{batch}"] = c
     print(f"c (drafter / verifier decode call, batch {batch}, inputs 128): {c['c']:.3f} "
           f"({c['drafter_call_s'] * 1e3:.2f} / {c['verifier_call_s'] * 1e3:.2f} ms)", flush=True)

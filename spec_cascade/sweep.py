@@ -20,7 +20,8 @@ mean (and std) over `trials` repetitions. rel_latency = wall-clock / the verifie
 same task and T (the verifier runs first; it is added to the sweep if missing).
 modelled_rel_latency = (Σ drafter_steps · c + Σ verifier_calls) / Σ verifier calls of the verifier
 alone, with c = (drafter decode-call time) / (verifier decode-call time), measured once per task
-with jitted one-token `decode_block` calls at the sweep's batch size and input length.
+with one-token `decode_block` calls run in a compiled loop, as the decode loop makes them
+(`spec_cascade.costs`), at the sweep's batch size and input length.
 
 Resuming. A point is done once its row is in results.csv (written last, atomically, after its
 predictions and metrics). Re-running the same command skips done points; the verifier's stored
@@ -144,40 +145,6 @@ def _per_task(value, task: str, name: str):
       raise ValueError(f"{name} is a per-task dict without an entry for {task!r}: {dict(value)}.")
     return value[task]
   return value
-
-
-# ----------------------------------------------------------------------------------------------
-# The cost ratio c.
-
-def measure_cost_ratio(drafter: infer.Bundle, verifier: infer.Bundle, inputs: np.ndarray,
-                       cache_length: int, reps: int = 20) -> dict[str, float]:
-  """c = (drafter decode-call time) / (verifier decode-call time), one new token per call.
-
-  inputs: int32 [B, S], the sweep's batch shape. Both calls are jitted and compiled first, then
-  timed interleaved `reps` times (medians), so machine noise hits both alike.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  x = jnp.asarray(inputs)
-  batch = x.shape[0]
-  offsets = jnp.full((batch,), cache_length // 2, jnp.int32)
-  tokens = jnp.full((batch, 1), 3, jnp.int32)
-  calls = {}
-  for name, b in (("drafter", drafter), ("verifier", verifier)):
-    encoded, mask = b.model.encode(b.params, x)
-    cache = b.model.init_cache(b.params, encoded, mask, cache_length)
-    step = jax.jit(b.model.decode_block)
-    jax.block_until_ready(step(b.params, cache, tokens, offsets))
-    calls[name] = (step, b.params, cache)
-  times = {name: [] for name in calls}
-  for _ in range(reps):
-    for name, (step, params, cache) in calls.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(step(params, cache, tokens, offsets))
-      times[name].append(time.perf_counter() - t0)
-  d, v = float(np.median(times["drafter"])), float(np.median(times["verifier"]))
-  return {"c": d / v, "drafter_call_s": d, "verifier_call_s": v, "batch_size": int(batch),
-          "input_length": int(x.shape[1]), "cache_length": int(cache_length), "reps": int(reps)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,8 +368,9 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
       ratios = json.load(f)
   if task not in ratios:
     widest = max(batches, key=lambda b: b.inputs.shape[1])
-    ratios[task] = measure_cost_ratio(drafter, verifier, widest.inputs,
-                                      settings.max_decode_length + 2, cost_ratio_reps)
+    from spec_cascade import costs  # pylint: disable=g-import-not-at-top  (imports jax)
+    ratios[task] = costs.measure_cost_ratio(drafter, verifier, widest.inputs,
+                                            settings.max_decode_length + 2, cost_ratio_reps)
     log.info("%s: cost ratio c = %.3f (drafter %.2f ms, verifier %.2f ms per call)", task,
              ratios[task]["c"], 1e3 * ratios[task]["drafter_call_s"],
              1e3 * ratios[task]["verifier_call_s"])

@@ -1,0 +1,33 @@
+"""spec_cascade.costs: per-step costs timed inside a compiled loop (structure and errors only;
+speed itself is measured by bench/, never asserted in unit tests)."""
+import numpy as np
+import pytest
+
+from pairs import make_pair, random_inputs
+from spec_cascade import costs
+
+
+@pytest.fixture(scope="module")
+def pair():
+  return make_pair()
+
+
+def test_cost_ratio_reports_both_steps_at_the_given_shape(pair):
+  drafter, verifier = pair
+  x = random_inputs(3, length=9)
+  r = costs.measure_cost_ratio(drafter, verifier, x, cache_length=12, reps=2, iters=3)
+  assert r["drafter_call_s"] > 0 and r["verifier_call_s"] > 0
+  assert r["c"] == pytest.approx(r["drafter_call_s"] / r["verifier_call_s"])
+  assert (r["batch_size"], r["input_length"], r["cache_length"]) == (3, 9, 12)
+  assert (r["reps"], r["calls_per_rep"]) == (2, 3)
+
+
+def test_call_loop_wraps_offsets_and_rejects_bad_sizes(pair):
+  drafter, _ = pair
+  x = random_inputs(2)
+  # More calls than cache positions: offsets wrap around instead of writing past the end.
+  costs.call_loop(drafter, x, k=4, cache_length=6, iters=9)()
+  with pytest.raises(ValueError, match="cache_length 3 cannot hold a block of k = 4"):
+    costs.call_loop(drafter, x, k=4, cache_length=3, iters=1)
+  with pytest.raises(ValueError, match="reps and iters"):
+    costs.measure_cost_ratio(drafter, drafter, x, cache_length=8, reps=0)
