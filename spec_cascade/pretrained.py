@@ -158,6 +158,17 @@ def save_offline_pair(dest: str | os.PathLike, drafter, verifier, vocab_model: s
   return dest
 
 
+def _trained_step(path) -> int | None:
+  """The training step recorded by the trainer's export in `path` (a MODEL_DIR or its
+  export/), or None for checkpoints that do not record one."""
+  for info in (pathlib.Path(path) / "export" / "spec_cascade_checkpoint.json",
+               pathlib.Path(path) / "spec_cascade_checkpoint.json"):
+    if info.is_file():
+      step = json.loads(info.read_text()).get("step")
+      return None if step is None else int(step)
+  return None
+
+
 def install_offline_pair(drafter_checkpoint: str, verifier_checkpoint: str,
                          dest: str | os.PathLike | None = None,
                          vocab_model: str | os.PathLike | None = None,
@@ -173,6 +184,10 @@ def install_offline_pair(drafter_checkpoint: str, verifier_checkpoint: str,
   infer.check_pair(drafter, verifier, vocab_lib.SentencePieceTokenizer(vocab_model))
   info = {"drafter_source": str(drafter_checkpoint), "verifier_source": str(verifier_checkpoint),
           "vocab_source": str(vocab_model)}
+  for name, path in (("drafter", drafter_checkpoint), ("verifier", verifier_checkpoint)):
+    step = _trained_step(path)
+    if step is not None:
+      info[f"{name}_train_steps"] = step
   return save_offline_pair(offline_pair_dir(dest), drafter, verifier, vocab_model, info, force)
 
 

@@ -353,3 +353,14 @@ def test_seqio_route_reads_the_same_examples_as_the_offline_route(env):
     assert (r["inputs"], r["targets"]) == (e.inputs, e.targets)
     assert tuple(r["input_ids"]) == e.input_ids
   assert text == direct.tokenizer.decode(direct.examples[0].input_ids)
+
+
+def test_installed_pair_records_the_training_step_of_trainer_exports(tmp_path):
+  (tmp_path / "run" / "export").mkdir(parents=True)
+  (tmp_path / "run" / "export" / "spec_cascade_checkpoint.json").write_text('{"step": 2800}')
+  (tmp_path / "ckpt").mkdir()
+  (tmp_path / "ckpt" / "spec_cascade_checkpoint.json").write_text('{"format": "x"}')
+  assert pretrained._trained_step(tmp_path / "run") == 2800  # pylint: disable=protected-access
+  assert pretrained._trained_step(tmp_path / "run" / "export") == 2800  # pylint: disable=protected-access
+  assert pretrained._trained_step(tmp_path / "ckpt") is None  # pylint: disable=protected-access
+  assert pretrained._trained_step(tmp_path / "elsewhere") is None  # pylint: disable=protected-access
