@@ -17,7 +17,9 @@ Methods (`METHODS`):
 Shared conventions. Output token t of a row sits at decoder position t + 1 (position 0 is
 BOS = 0), so the decoder input at position n is the last committed token out[n − 1]. A row's
 committed length n never exceeds `max_decode_length`; both caches hold valid keys/values for
-positions < n (plus the drafter's extra positions, which are overwritten before being read).
+positions < n (plus the drafter's extra positions, which are overwritten before being read),
+except that SpecDecode's drafter may lack position n − 1 (it skips the step on a block's last
+draft, whose distribution its target never reads) and rewrites it in the next block's first call.
 A row finishes at its first EOS (kept in the output) or at max_decode_length; later positions
 are 0. Every random draw of a row comes from fold_in(key(seed), example_id), then the loop
 step, so a row's output does not depend on the batch it sits in or on the device count.
