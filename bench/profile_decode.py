@@ -79,6 +79,8 @@ def main():
   parser.add_argument("--temperature", type=float, default=0.0)
   parser.add_argument("--top", type=int, default=25)
   parser.add_argument("--trace_dir", default=None)
+  parser.add_argument("--scope", default=None, help="list only the ops of this scope "
+                      f"({', '.join(SCOPES)}, other)")
   args = parser.parse_args()
 
   drafter, verifier = hf_peer.synthetic_pair()
@@ -128,11 +130,13 @@ def main():
   by_op = collections.Counter()
   calls = collections.Counter()
   for n, t in leaf.items():
+    if args.scope and scope_of(ops[n][1]) != args.scope:
+      continue
     name = ops[n][1]
     for noise in ("jit(decode)/", "while/body/", "closed_call/", "Transformer.decode_block/",
                   "decoder.decode_block/", "decoder._stack/", "Transformer.encode/"):
       name = name.replace(noise, "")
-    key = re.sub(r"\d+", "#", name)[:90] or n
+    key = re.sub(r"\d+", "#", name)[:90] or f"{n} (no metadata)"
     by_op[key] += t
     calls[key] += count[n]
   print(f"\n{'op (source op_name, digits as #)':90s} {'ms':>8s} {'calls':>6s} {'share':>6s}")
