@@ -51,3 +51,21 @@ def test_pair_decodes_real_text_and_spec_decode_is_exact(pair):
                max_decode_length=24)
   np.testing.assert_array_equal(s.tokens, v.tokens)
   assert s.counters["accepted"].sum() > 0
+
+
+@pytest.mark.slow
+def test_verifier_beats_drafter_on_100_validation_examples(pair):
+  # The pair exists to show a real cascade: the verifier must be clearly better while the
+  # drafter still agrees with it often enough for speculation. The project's targets (≥ 2 BLEU,
+  # ≥ 2 ROUGE-2, agreement ≥ 0.45) are met on 200 validation examples per task (MODEL_CARD.md:
+  # +3.8 BLEU, +4.0 ROUGE-2, 0.47 / 0.58); on this fixed 100-example subset the gaps are +3.7
+  # and +1.7 (summaries are short, so ROUGE-2 is noisy), hence the looser floor for ROUGE-2.
+  # Greedy decoding is deterministic; these guard the committed weights against regressions.
+  from spec_cascade import evaluate_pair  # pylint: disable=g-import-not-at-top
+  drafter, verifier, _ = pair
+  for task, min_gap in (("debian_ende", 2.0), ("debian_summarize", 1.0)):
+    r = evaluate_pair.evaluate(drafter, verifier, task, num_examples=100,
+                               vocabulary_path=pretrained.offline_vocab_path())
+    assert r["num_examples"] == 100
+    assert r["quality_gap"] >= min_gap, r
+    assert r["greedy_agreement"] >= 0.45, r
