@@ -86,7 +86,7 @@ def main():
         raise SystemExit(f"FAIL: greedy SpecDecode differs from the verifier at batch {batch}, "
                          f"γ {gamma}")
       c = s_out.counters
-      a = c["accepted"].sum() / max(c["drafted"].sum(), 1)
+      a = hf_peer.acceptance_rate(c)
       t_vk = call_cost(verifier, x, gamma + 1)
       analytic = hf_peer.analytic_bound(float(a), gamma, t_d1, t_v1, t_vk)
       tokens = v_out.lengths.sum()

@@ -25,7 +25,8 @@ One invocation, one process, everything side by side:
       E[tokens/block] = (1 − a^(γ+1)) / (1 − a),
 
   (paper §2: γ drafter steps and one verifier call per block) from the measured acceptance
-  rate a and per-call costs measured inside a compiled loop at the same batch size and cache
+  rate a (accepted drafts / acceptance tests, `acceptance_rate`) and per-call costs measured
+  inside a compiled loop at the same batch size and cache
   length (t_d(1) drafter step, t_v(k) verifier call scoring k tokens). The bound models the
   decode loop, not the encoders, so it is compared with the decode-phase speed-up
   (T_verifier − E_v) / (T_spec − E_v − E_d), where E_v, E_d are each model's encoder plus
@@ -176,6 +177,15 @@ def mismatches(ours: np.ndarray, lengths: np.ndarray, theirs: np.ndarray) -> lis
 def expected_tokens(a: float, gamma: int) -> float:
   """(1 − a^(γ+1)) / (1 − a): expected tokens per block at acceptance rate a."""
   return float(sum(a ** i for i in range(gamma + 1)))
+
+
+def acceptance_rate(counters) -> float:
+  """The per-draft acceptance probability a of the i.i.d. model behind the bound: accepted
+  drafts / acceptance tests made. A block tests drafts until its first rejection, so the tests
+  are the accepted drafts plus one per rejected block (accepted / drafted would count untested
+  drafts as rejections and understate a)."""
+  accepted = float(counters["accepted"].sum())
+  return accepted / max(accepted + float(counters["rejected"].sum()), 1.0)
 
 
 def analytic_bound(a: float, gamma: int, t_d1: float, t_v1: float, t_vk: float) -> float:
@@ -374,7 +384,7 @@ def main(argv=None):
       t_hf_a = t["hf_a"]
       hf_assisted = t_hf / t_hf_a
     c = s_out.counters
-    a = float(c["accepted"].sum() / max(c["drafted"].sum(), 1))
+    a = acceptance_rate(c)
     tok_per_block = float(c["output_tokens"].sum() / c["blocks"].sum())
     t_d1 = loop_call_cost(drafter, x, 1, cache_len=cache_len)
     t_v1 = loop_call_cost(verifier, x, 1, cache_len=cache_len)

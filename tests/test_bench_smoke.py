@@ -69,7 +69,8 @@ def test_analytic_bound():
   assert hf_peer.expected_tokens(0.5, 2) == pytest.approx(1.75)
   # Free drafter and a block verify as cheap as one step: the bound is E[tokens].
   assert hf_peer.analytic_bound(0.5, 2, 0.0, 1.0, 1.0) == pytest.approx(1.75)
-  assert hf_peer.analytic_bound(1.0, 3, 0.25, 1.0, 1.0) == pytest.approx(4 / 2)
+  # γ = 3 drafter steps at 0.25 plus one verify: the cost of 1.75 steps buys 4 tokens.
+  assert hf_peer.analytic_bound(1.0, 3, 0.25, 1.0, 1.0) == pytest.approx(4 / 1.75)
 
 
 def test_random_inputs_are_padded_token_ids():
@@ -83,3 +84,11 @@ def test_random_inputs_are_padded_token_ids():
 
 def test_compile_time_covers_every_method():
   assert set(compile_time.CASES) == set(decoding.METHODS)
+
+
+def test_acceptance_rate_counts_tests_not_drafts():
+  # Row 0: 3 accepted then a rejection (drafts after it untested); row 1: 5 of 5 accepted.
+  counters = {"accepted": np.array([3, 5]), "rejected": np.array([1, 0]),
+              "drafted": np.array([5, 5])}
+  assert hf_peer.acceptance_rate(counters) == 8 / 9
+  assert hf_peer.acceptance_rate({"accepted": np.zeros(2), "rejected": np.zeros(2)}) == 0.0
