@@ -292,9 +292,10 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       # skipped the step on its last draft, whose cache entry is missing when that draft was
       # accepted (and rewritten unchanged otherwise). At n = 0 it writes BOS at 0 and a
       # throw-away entry at 1 that the next step overwrites.
-      prev = _last_input(state.out, jnp.maximum(n - 1, 0))
+      start = jnp.maximum(n - 1, 0)
+      prev = _last_input(state.out, start)
       logits2, d_cache = decode_call("drafter", drafter, state.d_cache,
-                                     jnp.stack([prev, x0], axis=1), jnp.maximum(n - 1, 0))
+                                     jnp.stack([prev, x0], axis=1), start)
       q0 = jnp.where((n > 0)[:, None], logits2[:, 1], logits2[:, 0])
       d1 = _vsample(lambda: keys()[0], q0, knobs, spec.top_k)
       (d_cache, _), (d_logits, drafts) = jax.lax.scan(
