@@ -51,14 +51,30 @@ def op_totals(trace_file: str) -> tuple[collections.Counter, collections.Counter
 
 
 def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
-  """Instruction name → (opcode, op_name metadata) of an optimized HLO module's text."""
-  ops = {}
+  """Instruction name → (opcode, op_name metadata) of an optimized HLO module's text.
+
+  Instructions XLA created without metadata (e.g. a dot split out of a fusion by layout
+  assignment) inherit the op_name of their first user that has one, so their time is
+  attributed to the model call they belong to instead of "other".
+  """
+  ops, users = {}, collections.defaultdict(list)
   for line in hlo_text.splitlines():
-    m = re.match(r"\s*(?:ROOT )?%(\S+) = (?:\S+|\(.*?\)) ([\w-]+)\(", line)
+    m = re.match(r"\s*(?:ROOT )?%(\S+) = (?:\S+|\(.*?\)) ([\w-]+)\((.*)", line)
     if m:
       meta = re.search(r'op_name="([^"]*)"', line)
       ops[m.group(1)] = (m.group(2), meta.group(1) if meta else "")
-  return ops
+      for operand in re.findall(r"%([\w.-]+)", m.group(3).split("metadata=")[0]):
+        users[operand].append(m.group(1))
+
+  def inherited(name: str, depth: int = 0) -> str:
+    if ops[name][1] or depth > 8:
+      return ops[name][1]
+    for user in users.get(name, ()):
+      if user in ops and (found := inherited(user, depth + 1)):
+        return found
+    return ""
+
+  return {n: (op, meta or inherited(n)) for n, (op, meta) in ops.items()}
 
 
 def scope_of(op_name: str) -> str:

@@ -126,12 +126,16 @@ def dot_product_attention(q: Array, k: Array, v: Array, bias: Array,
   Keys and values are stored in the layouts the two batched matmuls read directly:
   with [B, K, H, D] XLA on CPU transposed the whole (cached) k and v at every decode
   step, which dominated the step time at batch 32 (bench/RESULTS.md).
+  Both matmuls keep heads leading ([B, H, Q, ·]) and only the small q and output are
+  transposed: asking a dot for a [B, Q, H, D] result made XLA on CPU fall back to a slow
+  kernel (3x slower attention for a 6-token verify block at batch 8, bench/RESULTS.md).
   No 1/sqrt(D) scaling: T5 folds it into the query initializer. Softmax in
   float32 so bfloat16 activations do not lose the mask.
   """
-  logits = jnp.einsum("bqhd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
+  q = jnp.transpose(q, (0, 2, 1, 3))
+  logits = jnp.einsum("bhqd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1).astype(dtype)
-  return jnp.einsum("bhqk,bhkd->bqhd", weights, v)
+  return jnp.transpose(jnp.einsum("bhqk,bhkd->bhqd", weights, v), (0, 2, 1, 3))
 
 
 class MultiHeadAttention(nn.Module):
