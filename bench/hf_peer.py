@@ -26,19 +26,23 @@ One invocation, one process, everything side by side:
 
   (paper §2: γ drafter steps and one verifier call per block) from the measured acceptance
   rate a (accepted drafts / acceptance tests, `acceptance_rate`) and per-call costs measured
-  inside a compiled loop at the same batch size and cache
-  length (t_d(1) drafter step, t_v(k) verifier call scoring k tokens). The bound models the
-  decode loop, not the encoders, so it is compared with the decode-phase speed-up
+  inside a compiled loop at the same batch size and cache length (t_d(1) drafter step, t_v(k)
+  verifier call scoring k tokens). That bound is per row: a batch decoded in lockstep runs
+  until its slowest row is done, so the benchmark also reports the batch bound
+  (`batch_bound`: the same costs and a, with the expected maximum over rows of the blocks each
+  row needs, from the i.i.d. block model, in place of tokens / E[tokens/block]). The bounds
+  model the decode loop, not the encoders, so they are compared with the decode-phase speed-up
   (T_verifier − E_v) / (T_spec − E_v − E_d), where E_v, E_d are each model's encoder plus
-  cross-attention cache, timed side by side with the runs; efficiency = decode-phase
-  speed-up / bound. The end-to-end speed-up (encoders included) is reported too. Also: the
-  bound with the measured tokens per block in place of the i.i.d. formula, and "model calls /
-  block time": one block's model calls run alternately in a compiled loop (no verification,
-  no bookkeeping) over our measured decode-loop time per block, i.e. the share of a block
-  spent in model calls.
+  cross-attention cache; efficiency = decode-phase speed-up / bound. The end-to-end speed-up
+  (encoders included) is reported too, and "model calls / block time": one block's model
+  calls run alternately in a compiled loop (no verification, no bookkeeping) over our measured
+  decode-loop time per block, i.e. the share of a block spent in model calls.
 
-All timings are medians over `--trials` interleaved rounds after one warm-up call each
-(compilation and HF's first-call overheads excluded); the machine is shared, so read the
+Timings are medians of interleaved rounds after one warm-up call each (compilation and HF's
+first-call overheads excluded), in two sets per batch size: ours vs HF (`--trials` rounds, each
+of our runs right after one of HF's), and our SpecDecode vs our verifier with the encoders and
+the per-call cost loops (`--ours_trials` rounds, no torch run in between: a run right after a
+torch run is slower, SpecDecode more than the verifier). The machine is shared, so read the
 ratios, not the ms.
 """
 from __future__ import annotations
@@ -49,7 +53,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 import flax
 import jax
@@ -62,6 +65,7 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 from spec_cascade import checkpoints, costs  # pylint: disable=g-import-not-at-top
+from spec_cascade.costs import interleaved
 from spec_cascade.decoding import EOS_ID, PAD_ID, Bundle, generate
 from spec_cascade.models import T5Model, get_config
 
@@ -194,47 +198,82 @@ def analytic_bound(a: float, gamma: int, t_d1: float, t_v1: float, t_vk: float) 
   return expected_tokens(a, gamma) * t_v1 / (gamma * t_d1 + t_vk)
 
 
+def blocks_cdf(a: float, gamma: int, n_tokens: int) -> np.ndarray:
+  """P(a row has committed its n_tokens within n blocks), n = 0..n_tokens: float [n_tokens + 1].
+
+  The i.i.d. model of the bound: a block emits t tokens with probability a^(t−1)(1 − a) for
+  t ≤ γ and a^γ for t = γ + 1 (every draft accepted plus the bonus token), and the row stops
+  at n_tokens (the last block may be cut short). Each block emits ≥ 1 token, so n_tokens
+  blocks always suffice.
+  """
+  if n_tokens == 0:
+    return np.ones(1)
+  emit = np.array([a ** (t - 1) * (1 - a) for t in range(1, gamma + 1)] + [a ** gamma])
+  alive = np.zeros(n_tokens)  # alive[m]: P(not done, m tokens committed so far)
+  alive[0] = 1.0
+  cdf = [0.0]
+  for _ in range(n_tokens):
+    nxt = np.zeros(n_tokens)
+    for t, p in enumerate(emit, start=1):
+      nxt[t:] += p * alive[:n_tokens - t]
+    alive = nxt
+    cdf.append(1.0 - alive.sum())
+  return np.clip(np.array(cdf), 0.0, 1.0)
+
+
+def expected_max_blocks(a: float, gamma: int, lengths) -> float:
+  """E[max over rows of the blocks a row needs] for rows of output lengths `lengths` [B]:
+  the loop runs until its slowest row is done, so this is the batch's block count."""
+  lengths = [int(n) for n in lengths]
+  horizon = max(lengths)
+  prob_all_done = np.ones(horizon + 1)
+  for n in lengths:
+    cdf = blocks_cdf(a, gamma, n)
+    prob_all_done *= np.concatenate([cdf, np.ones(horizon - n)])
+  return float(np.sum(1.0 - prob_all_done[:-1]))
+
+
+def batch_bound(a: float, gamma: int, lengths, t_d1: float, t_v1: float, t_vk: float) -> float:
+  """The bound for a batch decoded in lockstep: verifier-alone decoding takes max(lengths)
+  steps, SpecDecode E[max over rows of blocks] blocks (`expected_max_blocks`), each block
+  costing γ·t_d(1) + t_v(γ + 1). At batch 1 this is the paper's bound without its
+  renewal approximation (the last block of a row is cut at the row's length)."""
+  return (max(int(n) for n in lengths) * t_v1
+          / (expected_max_blocks(a, gamma, lengths) * (gamma * t_d1 + t_vk)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Measurements
 
+CALL_ITERS = 24   # model calls per timed run of a per-call cost loop
+BLOCK_ITERS = 8   # blocks per timed run of `block_call_loop`
+
 def loop_call_cost(bundle: Bundle, inputs: np.ndarray, k: int, iters: int = 24,
                    reps: int = 3, cache_len: int = 96) -> float:
-  """Seconds per decode_block call scoring k tokens, inside one compiled loop (no per-call
-  dispatch; the cache is updated in place as in the decode loop): `costs.call_loop`."""
-  run = costs.call_loop(bundle, inputs, k, cache_len, iters)
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)) / iters
+  """Seconds per decode_block call scoring k tokens inside one compiled loop, as the decode
+  loop pays it: (T(iters calls) − T(set-up)) / iters, interleaved `reps` times
+  (`costs.call_loop`)."""
+  _, t = costs.interleaved({"loop": costs.call_loop(bundle, inputs, k, cache_len, iters),
+                            "setup": costs.call_loop(bundle, inputs, k, cache_len, 0)}, reps)
+  return costs.per_call_seconds(t["loop"], t["setup"], iters)
 
 
-def encode_cost(bundle: Bundle, inputs: np.ndarray, cache_len: int):
-  """A function running what a decode does before its loop for one model — the encoder and
-  the cross-attention cache — jitted and warmed up; call it to time it."""
-  model, params = bundle
-  run = jax.jit(lambda p, x: model.init_cache(p, *model.encode(p, x), cache_len))
-  x = jnp.asarray(inputs)
-  jax.block_until_ready(run(params, x))
-  return lambda: jax.block_until_ready(run(params, x))
-
-
-def block_call_cost(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, gamma: int,
-                    iters: int = 8, reps: int = 3, cache_len: int = 96) -> float:
-  """Seconds for one block's model calls alone — SpecDecode's drafter calls (one scoring two
-  tokens, γ − 1 scoring one: `decoding._speculative_body`) then one verifier call scoring
-  γ + 1 tokens — repeated in one compiled loop. Unlike the isolated per-call costs
-  this includes what alternating two models costs (each evicts the other's weights from
-  the CPU caches), so the decode loop's own overhead is what remains on top of it."""
+def block_call_loop(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, gamma: int,
+                    iters: int = 8, cache_len: int = 96):
+  """A function running both encoders and then `iters` blocks' model calls alone, in one
+  compiled program (compiled and warmed up here; time it, subtract the encoders' set-up
+  (`costs.call_loop` with iters = 0) and divide by iters). A block's calls are SpecDecode's:
+  drafter calls (one scoring two tokens, γ − 1 scoring one: `decoding._speculative_body`),
+  then one verifier call scoring γ + 1 tokens. Unlike the isolated per-call costs this
+  includes what alternating two models costs (each evicts the other's weights from the CPU
+  caches), so the decode loop's own overhead is what remains on top of it."""
   batch = inputs.shape[0]
-  caches = []
-  for model, params in (drafter, verifier):
-    encoded, mask = model.encode(params, jnp.asarray(inputs))
-    caches.append(model.init_cache(params, encoded, mask, cache_len))
 
   @jax.jit
-  def run(d_params, v_params, d_cache, v_cache):
+  def run(d_params, v_params, inputs):
+    caches = [b.model.init_cache(p, *b.model.encode(p, inputs), cache_len)
+              for b, p in ((drafter, d_params), (verifier, v_params))]
+
     def body(i, carry):
       d_cache, v_cache, tok = carry
       offs = jnp.full((batch,), 8, jnp.int32) + (i % 8) * (gamma + 1)
@@ -250,30 +289,11 @@ def block_call_cost(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, gamma
           v_params, v_cache, jnp.concatenate([tok + 1] + toks, axis=1), offs)
       return d_cache, v_cache, (logits[:, :1, 0] > 0).astype(jnp.int32) + 2
     return jax.lax.fori_loop(0, iters, body,
-                             (d_cache, v_cache, jnp.ones((batch, 1), jnp.int32)))[2]
+                             (*caches, jnp.ones((batch, 1), jnp.int32)))[2]
 
-  args = (drafter.params, verifier.params, *caches)
+  args = (drafter.params, verifier.params, jnp.asarray(inputs))
   jax.block_until_ready(run(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)) / iters
-
-
-def interleaved(fns: dict, trials: int):
-  """Runs each fn once to warm up, then `trials` rounds calling every fn once per round
-  (so load changes on a shared machine hit all of them alike). Returns ({name: last
-  result}, {name: median seconds})."""
-  out = {k: f() for k, f in fns.items()}
-  times = {k: [] for k in fns}
-  for _ in range(trials):
-    for k, f in fns.items():
-      t0 = time.perf_counter()
-      out[k] = f()
-      times[k].append(time.perf_counter() - t0)
-  return out, {k: float(np.median(v)) for k, v in times.items()}
+  return lambda: jax.block_until_ready(run(*args))
 
 
 def hf_models(drafter: Bundle, verifier: Bundle, workdir: str):
@@ -324,7 +344,10 @@ def main(argv=None):
   parser.add_argument("--gamma", type=int, default=5)
   parser.add_argument("--max_new_tokens", type=int, default=64)
   parser.add_argument("--input_len", type=int, default=64)
-  parser.add_argument("--trials", type=int, default=3)
+  parser.add_argument("--trials", type=int, default=3,
+                      help="interleaved rounds of ours vs HF")
+  parser.add_argument("--ours_trials", type=int, default=7,
+                      help="interleaved rounds of our SpecDecode vs our verifier (and encoders)")
   parser.add_argument("--noise", type=float, default=0.02)
   parser.add_argument("--eos_gain", type=float, default=1.0)
   parser.add_argument("--seed", type=int, default=0)
@@ -358,65 +381,83 @@ def main(argv=None):
   cache_len = steps + gamma + 2
   rows = []
   print("\n| batch | tokens | HF greedy ms/step | ours verifier ms/step | ours / HF "
-        "| ours spec ms/block | accept a | tok/block | spec / ours verifier (end to end) "
-        "| spec / ours verifier (decode phase) | bound (a) | efficiency | bound (tok/block) "
-        "| efficiency (tok/block) | model calls / block time | HF assisted / HF greedy "
+        "| ours spec ms/block | accept a | tok/block | blocks (max / expected max / mean) "
+        "| spec / ours verifier (end to end) | spec / ours verifier (decode phase) "
+        "| bound, per row (paper) | efficiency, per row | bound, batch "
+        "| efficiency, batch | model calls / block time | HF assisted / HF greedy "
         "| ours spec / HF assisted |")
-  print("|" + "---|" * 17)
+  print("|" + "---|" * 18)
   for batch in (int(b) for b in args.batches.split(",")):
     x = random_inputs(batch, args.input_len, vocab, args.seed + batch)
-    fns = {"ours_v": lambda: generate(drafter, verifier, x, method="verifier", **kw),
-           "hf": lambda: hf_generate(hf_v, x, steps),
-           "ours_s": lambda: generate(drafter, verifier, x, method="spec_decode",
-                                      num_draft_tokens=gamma, **kw),
-           "enc_v": encode_cost(verifier, x, cache_len),
-           "enc_d": encode_cost(drafter, x, cache_len)}
+    ours_v = lambda: generate(drafter, verifier, x, method="verifier", **kw)
+    ours_s = lambda: generate(drafter, verifier, x, method="spec_decode", num_draft_tokens=gamma,
+                              **kw)
+    # Two interleaved sets. Ours vs HF: each of our runs right after one of HF's. Ours vs
+    # ours (the speed-up and its bound): our runs only, like the per-call costs of the bound,
+    # because a run that follows a torch run is slowed down (spec_decode more than the
+    # verifier: 66 vs 49-51 ms at batch 1, measured in one process) and that would be
+    # charged to the engine.
+    hf_fns = {"hf": lambda: hf_generate(hf_v, x, steps), "ours_v": ours_v}
     if batch == 1:
-      fns["hf_a"] = lambda: hf_generate(hf_v, x, steps, hf_d, gamma)
-    out, t = interleaved(fns, args.trials)
-    v_out, hf_tok, s_out = out["ours_v"], out["hf"], out["ours_s"]
-    t_ours_v, t_hf, t_ours_s = t["ours_v"], t["hf"], t["ours_s"]
+      hf_fns.update(hf_a=lambda: hf_generate(hf_v, x, steps, hf_d, gamma), ours_s=ours_s)
+    hf_out, th = interleaved(hf_fns, args.trials)
+    # The per-call costs of the bound run in the same rounds: each loop program encodes and
+    # then makes CALL_ITERS calls; the set-up alone (iters = 0) is each model's encoder and
+    # cache, E_v / E_d, also subtracted from the decode times for the decode-phase speed-up.
+    out, t = interleaved({"ours_v": ours_v, "ours_s": ours_s,
+                          "enc_v": costs.call_loop(verifier, x, 1, cache_len, 0),
+                          "enc_d": costs.call_loop(drafter, x, 1, cache_len, 0),
+                          "d1": costs.call_loop(drafter, x, 1, cache_len, CALL_ITERS),
+                          "v1": costs.call_loop(verifier, x, 1, cache_len, CALL_ITERS),
+                          "vk": costs.call_loop(verifier, x, gamma + 1, cache_len, CALL_ITERS),
+                          "block": block_call_loop(drafter, verifier, x, gamma, BLOCK_ITERS,
+                                                   cache_len)},
+                         args.ours_trials)
+    v_out, hf_tok, s_out = out["ours_v"], hf_out["hf"], out["ours_s"]
+    t_ours_v, t_ours_s = t["ours_v"], t["ours_s"]
     check_same(f"verifier alone, batch {batch}", v_out, hf_tok)
     check_same(f"SpecDecode, batch {batch}", s_out, hf_tok)
     hf_assisted = t_hf_a = None
     if batch == 1:
-      check_same("HF assisted generation (vs ours)", s_out, out["hf_a"])
-      t_hf_a = t["hf_a"]
-      hf_assisted = t_hf / t_hf_a
+      check_same("HF assisted generation (vs ours)", s_out, hf_out["hf_a"])
+      t_hf_a = th["hf_a"]
+      hf_assisted = th["hf"] / t_hf_a
     c = s_out.counters
     a = acceptance_rate(c)
     tok_per_block = float(c["output_tokens"].sum() / c["blocks"].sum())
-    t_d1 = loop_call_cost(drafter, x, 1, cache_len=cache_len)
-    t_v1 = loop_call_cost(verifier, x, 1, cache_len=cache_len)
-    t_vk = loop_call_cost(verifier, x, gamma + 1, cache_len=cache_len)
-    t_block = block_call_cost(drafter, verifier, x, gamma, cache_len=cache_len)
+    t_d1 = costs.per_call_seconds(t["d1"], t["enc_d"], CALL_ITERS)
+    t_v1 = costs.per_call_seconds(t["v1"], t["enc_v"], CALL_ITERS)
+    t_vk = costs.per_call_seconds(t["vk"], t["enc_v"], CALL_ITERS)
+    t_block = costs.per_call_seconds(t["block"], t["enc_v"] + t["enc_d"], BLOCK_ITERS)
     bound = analytic_bound(a, gamma, t_d1, t_v1, t_vk)
-    # The same bound with the measured tokens per block instead of the i.i.d. formula
-    # (acceptances come in runs, so the formula underestimates tokens per block).
-    bound_tok = tok_per_block * t_v1 / (gamma * t_d1 + t_vk)
+    lengths = v_out.lengths
+    bound_batch = batch_bound(a, gamma, lengths, t_d1, t_v1, t_vk)
     speedup = t_ours_v / t_ours_s
     loop_v = t_ours_v - t["enc_v"]
     loop_s = t_ours_s - t["enc_v"] - t["enc_d"]
     speedup_loop = loop_v / loop_s
     v_steps = int(v_out.counters["blocks"].max())
     blocks = int(s_out.counters["blocks"].max())
-    tokens = int(v_out.lengths.sum())
-    row = dict(batch=batch, tokens=tokens, hf_ms=t_hf / v_steps * 1e3,
-               ours_ms=t_ours_v / v_steps * 1e3, ours_vs_hf=t_hf / t_ours_v,
+    tokens = int(lengths.sum())
+    row = dict(batch=batch, tokens=tokens, hf_ms=th["hf"] / v_steps * 1e3,
+               ours_ms=t_ours_v / v_steps * 1e3, ours_vs_hf=th["hf"] / th["ours_v"],
                spec_ms=t_ours_s / blocks * 1e3, a=a, tok_per_block=tok_per_block,
                spec_speedup=speedup, spec_speedup_loop=speedup_loop, bound=bound,
-               efficiency=speedup_loop / bound, bound_tok=bound_tok,
-               efficiency_tok=speedup_loop / bound_tok, loop_share=t_block / (loop_s / blocks),
-               hf_assisted=hf_assisted,
-               spec_vs_hf_assisted=None if t_hf_a is None else t_hf_a / t_ours_s,
+               efficiency=speedup_loop / bound, bound_batch=bound_batch,
+               efficiency_batch=speedup_loop / bound_batch, blocks=blocks,
+               blocks_expected=expected_max_blocks(a, gamma, lengths),
+               blocks_mean=float(s_out.counters["blocks"].mean()),
+               loop_share=t_block / (loop_s / blocks), hf_assisted=hf_assisted,
+               spec_vs_hf_assisted=None if t_hf_a is None else t_hf_a / th["ours_s"],
                t_d1=t_d1, t_v1=t_v1, t_vk=t_vk, t_block=t_block, enc_v=t["enc_v"],
                enc_d=t["enc_d"])
     rows.append(row)
     fmt = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
     print(f"| {batch} | {tokens} | {row['hf_ms']:.2f} | {row['ours_ms']:.2f} | "
           f"{row['ours_vs_hf']:.2f}× | {row['spec_ms']:.2f} | {a:.2f} | {tok_per_block:.2f} | "
+          f"{blocks} / {row['blocks_expected']:.1f} / {row['blocks_mean']:.1f} | "
           f"{speedup:.2f}× | {speedup_loop:.2f}× | {bound:.2f} | {row['efficiency']:.2f} | "
-          f"{bound_tok:.2f} | {row['efficiency_tok']:.2f} | {row['loop_share']:.2f} | "
+          f"{bound_batch:.2f} | {row['efficiency_batch']:.2f} | {row['loop_share']:.2f} | "
           f"{fmt(hf_assisted)} | {fmt(row['spec_vs_hf_assisted'])} |", flush=True)
   print("\nper-call costs in a compiled loop (ms): "
         + "; ".join(f"batch {r['batch']}: t_d(1) {r['t_d1'] * 1e3:.2f}, t_v(1) "

@@ -17,32 +17,62 @@ import numpy as np
 
 def call_loop(bundle, inputs: np.ndarray, k: int, cache_length: int,
               iters: int) -> Callable[[], None]:
-  """A function that runs `iters` decode_block calls, each scoring k tokens per row, in one
-  compiled loop (compiled and warmed up here; call it to time it).
+  """A function that encodes `inputs`, builds the decoder cache and then runs `iters`
+  decode_block calls, each scoring k tokens per row, all in one compiled program (compiled and
+  warmed up here; call it to time it). `iters` = 0 times the set-up alone, so a call costs
+  (T(iters) − T(0)) / iters (`per_call_seconds`).
 
-  bundle: (T5Model, params); inputs: int32 [B, S] encoder tokens. Each call writes k cache
-  positions at an offset cycling through the cache, and feeds a token derived from the previous
-  call's logits (so calls cannot be reordered or skipped).
+  bundle: (T5Model, params); inputs: int32 [B, S] encoder tokens. The cache is made inside the
+  program, as in `decoding.decode`: XLA then picks the cache layouts for the loop, which it
+  cannot for a cache passed in as an argument (that cost 25-30 % more per call at batch 1 and
+  8, bench/RESULTS.md). Each call writes k cache positions at an offset cycling through the
+  cache, and feeds a token derived from the previous call's logits (so calls cannot be
+  reordered or skipped).
   """
   model, params = bundle
   batch = inputs.shape[0]
   if cache_length < k + 1:
     raise ValueError(f"cache_length {cache_length} cannot hold a block of k = {k} tokens.")
-  encoded, mask = model.encode(params, jnp.asarray(inputs))
-  cache = model.init_cache(params, encoded, mask, cache_length)
+  if iters < 0:
+    raise ValueError(f"iters must be ≥ 0, got {iters}.")
   span = cache_length - k + 1
 
   @jax.jit
-  def run(params, cache):
+  def run(params, inputs):
+    encoded, mask = model.encode(params, inputs)
+    cache = model.init_cache(params, encoded, mask, cache_length)
+
     def body(i, carry):
       cache, tok = carry
       offsets = jnp.full((batch,), i % span, jnp.int32)
       logits, cache = model.decode_block(params, cache, tok, offsets)
       return cache, (logits[..., 0] > 0).astype(jnp.int32) + 2
-    return jax.lax.fori_loop(0, iters, body, (cache, jnp.ones((batch, k), jnp.int32)))[1]
+    # The result depends on the cache, so the set-up is never optimised away at iters = 0.
+    cache, tok = jax.lax.fori_loop(0, iters, body, (cache, jnp.ones((batch, k), jnp.int32)))
+    return tok, jax.tree_util.tree_map(lambda c: c.ravel()[0], cache)
 
-  jax.block_until_ready(run(params, cache))
-  return lambda: jax.block_until_ready(run(params, cache))
+  x = jnp.asarray(inputs)
+  jax.block_until_ready(run(params, x))
+  return lambda: jax.block_until_ready(run(params, x))
+
+
+def interleaved(fns: dict, reps: int) -> tuple[dict, dict[str, float]]:
+  """Runs each fn once to warm up, then `reps` rounds calling every fn once per round (so
+  load changes on a shared machine hit all of them alike). Returns ({name: last result},
+  {name: median seconds})."""
+  out = {k: f() for k, f in fns.items()}
+  times = {k: [] for k in fns}
+  for _ in range(reps):
+    for k, f in fns.items():
+      t0 = time.perf_counter()
+      out[k] = f()
+      times[k].append(time.perf_counter() - t0)
+  return out, {k: float(np.median(v)) for k, v in times.items()}
+
+
+def per_call_seconds(loop_s: float, setup_s: float, iters: int) -> float:
+  """A call's cost from a loop's time and its set-up's (iters = 0) time; ≥ 0."""
+  return max(loop_s - setup_s, 0.0) / iters
 
 
 def measure_cost_ratio(drafter, verifier, inputs: np.ndarray, cache_length: int,
@@ -50,20 +80,23 @@ def measure_cost_ratio(drafter, verifier, inputs: np.ndarray, cache_length: int,
   """c = (drafter decode-step time) / (verifier decode-step time), one new token per row.
 
   inputs: int32 [B, S], the batch shape of interest. Each model's steps run `iters` at a time
-  in a compiled loop (`call_loop`); the two loops are timed interleaved `reps` times (medians),
-  so machine noise hits both alike.
+  in a compiled loop (`call_loop`), minus the same program's set-up (encoder and cache) timed
+  with no steps; the four programs are timed interleaved `reps` times (medians), so machine
+  noise hits all of them alike.
   """
   if reps < 1 or iters < 1:
     raise ValueError(f"reps and iters must be ≥ 1, got {reps} and {iters}.")
-  loops = {name: call_loop(b, inputs, 1, cache_length, iters)
-           for name, b in (("drafter", drafter), ("verifier", verifier))}
-  times = {name: [] for name in loops}
-  for _ in range(reps):
-    for name, run in loops.items():
-      t0 = time.perf_counter()
-      run()
-      times[name].append((time.perf_counter() - t0) / iters)
-  d, v = float(np.median(times["drafter"])), float(np.median(times["verifier"]))
+  loops = {}
+  for name, b in (("drafter", drafter), ("verifier", verifier)):
+    loops[name] = call_loop(b, inputs, 1, cache_length, iters)
+    loops[name + "_setup"] = call_loop(b, inputs, 1, cache_length, 0)
+  _, t = interleaved(loops, reps)
+  d = per_call_seconds(t["drafter"], t["drafter_setup"], iters)
+  v = per_call_seconds(t["verifier"], t["verifier_setup"], iters)
+  for name, sec in (("drafter", d), ("verifier", v)):
+    if sec <= 0.0:
+      raise RuntimeError(f"the {name}'s decode steps timed at 0 s against its set-up (machine "
+                         "too noisy or iters too small); measure again with more iters.")
   return {"c": d / v, "drafter_call_s": d, "verifier_call_s": v,
           "batch_size": int(inputs.shape[0]), "input_length": int(inputs.shape[1]),
           "cache_length": int(cache_length), "reps": int(reps), "calls_per_rep": int(iters)}

@@ -92,3 +92,31 @@ def test_acceptance_rate_counts_tests_not_drafts():
               "drafted": np.array([5, 5])}
   assert hf_peer.acceptance_rate(counters) == 8 / 9
   assert hf_peer.acceptance_rate({"accepted": np.zeros(2), "rejected": np.zeros(2)}) == 0.0
+
+
+def test_expected_max_blocks_matches_simulation():
+  # Edge cases are exact: a = 1 → blocks of γ + 1; a = 0 → one token per block.
+  assert hf_peer.expected_max_blocks(1.0, 5, [64]) == pytest.approx(11)   # ceil(64 / 6)
+  assert hf_peer.expected_max_blocks(0.0, 5, [64, 10]) == pytest.approx(64)
+  assert hf_peer.blocks_cdf(0.5, 3, 0)[0] == 1.0
+  # Mid a: Monte Carlo of the i.i.d. block model, rows of different lengths.
+  rng = np.random.default_rng(0)
+  a, gamma, lengths = 0.8, 4, [20, 30, 30, 7]
+  sims = []
+  for _ in range(20000):
+    worst = 0
+    for n in lengths:
+      done, blocks = 0, 0
+      while done < n:
+        accepted = 0
+        while accepted < gamma and rng.random() < a:
+          accepted += 1
+        done += accepted + 1
+        blocks += 1
+      worst = max(worst, blocks)
+    sims.append(worst)
+  assert hf_peer.expected_max_blocks(a, gamma, lengths) == pytest.approx(np.mean(sims), abs=0.03)
+  # More rows → more blocks (the slowest row sets the pace), and the batch bound drops.
+  one = hf_peer.batch_bound(a, gamma, [30], 0.1, 1.0, 1.5)
+  many = hf_peer.batch_bound(a, gamma, [30] * 16, 0.1, 1.0, 1.5)
+  assert many < one < hf_peer.analytic_bound(a, gamma, 0.1, 1.0, 1.5) * 1.1

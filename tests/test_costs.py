@@ -15,11 +15,11 @@ def pair():
 def test_cost_ratio_reports_both_steps_at_the_given_shape(pair):
   drafter, verifier = pair
   x = random_inputs(3, length=9)
-  r = costs.measure_cost_ratio(drafter, verifier, x, cache_length=12, reps=2, iters=3)
+  r = costs.measure_cost_ratio(drafter, verifier, x, cache_length=12, reps=3, iters=60)
   assert r["drafter_call_s"] > 0 and r["verifier_call_s"] > 0
   assert r["c"] == pytest.approx(r["drafter_call_s"] / r["verifier_call_s"])
   assert (r["batch_size"], r["input_length"], r["cache_length"]) == (3, 9, 12)
-  assert (r["reps"], r["calls_per_rep"]) == (2, 3)
+  assert (r["reps"], r["calls_per_rep"]) == (3, 60)
 
 
 def test_call_loop_wraps_offsets_and_rejects_bad_sizes(pair):
@@ -27,7 +27,23 @@ def test_call_loop_wraps_offsets_and_rejects_bad_sizes(pair):
   x = random_inputs(2)
   # More calls than cache positions: offsets wrap around instead of writing past the end.
   costs.call_loop(drafter, x, k=4, cache_length=6, iters=9)()
+  costs.call_loop(drafter, x, k=1, cache_length=6, iters=0)()  # the set-up alone
   with pytest.raises(ValueError, match="cache_length 3 cannot hold a block of k = 4"):
     costs.call_loop(drafter, x, k=4, cache_length=3, iters=1)
+  with pytest.raises(ValueError, match="iters must be ≥ 0"):
+    costs.call_loop(drafter, x, k=1, cache_length=3, iters=-1)
   with pytest.raises(ValueError, match="reps and iters"):
     costs.measure_cost_ratio(drafter, drafter, x, cache_length=8, reps=0)
+
+
+def test_per_call_seconds_subtracts_the_set_up():
+  assert costs.per_call_seconds(1.0, 0.2, 4) == pytest.approx(0.2)
+  assert costs.per_call_seconds(0.1, 0.2, 4) == 0.0  # noise never gives a negative cost
+
+
+def test_interleaved_runs_every_fn_each_round():
+  calls = []
+  out, t = costs.interleaved({"a": lambda: calls.append("a") or 1,
+                              "b": lambda: calls.append("b") or 2}, reps=3)
+  assert calls == ["a", "b"] * 4  # warm-up round + 3 timed rounds
+  assert out == {"a": 1, "b": 2} and set(t) == {"a", "b"}
