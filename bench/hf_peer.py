@@ -296,7 +296,7 @@ def block_call_loop(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, gamma
   return lambda: jax.block_until_ready(run(*args))
 
 
-def hf_models(drafter: Bundle, verifier: Bundle, workdir: str):
+def hf_models(drafter: Bundle, verifier: Bundle, workdir: str, device: str = "cpu"):
   """Exports both with export_hf, loads them in transformers, reads them back for us."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -304,7 +304,7 @@ def hf_models(drafter: Bundle, verifier: Bundle, workdir: str):
   for name, b in (("drafter", drafter), ("verifier", verifier)):
     path = os.path.join(workdir, name)
     checkpoints.export_hf(b.params, b.model.config, path)
-    hf = transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(path).eval().to(device)
     params, config = checkpoints.load_params(path)
     out[name] = (hf, Bundle(T5Model(config), params))
   del torch
@@ -324,10 +324,10 @@ def hf_generate(model, inputs: np.ndarray, max_new_tokens: int, assistant=None,
     g.num_assistant_tokens_schedule = "constant"
     g.assistant_confidence_threshold = 0.0
     kw["assistant_model"] = assistant
-  x = torch.tensor(inputs, dtype=torch.long)
+  x = torch.tensor(inputs, dtype=torch.long, device=model.device)
   with torch.inference_mode():
     out = model.generate(input_ids=x, attention_mask=x != PAD_ID, **kw)
-  return out.numpy()[:, 1:]
+  return out.cpu().numpy()[:, 1:]  # .cpu() waits for a GPU to finish
 
 
 def check_same(what: str, ours, theirs: np.ndarray) -> None:
@@ -352,11 +352,23 @@ def main(argv=None):
   parser.add_argument("--eos_gain", type=float, default=1.0)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                      help="cuda: both frameworks on the GPU (jax must see one), float32 "
+                      "matmuls at full precision in both (no TF32) so outputs can match")
   args = parser.parse_args(argv)
 
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
+  if args.device == "cuda":
+    if jax.default_backend() != "gpu" or not torch.cuda.is_available():
+      raise SystemExit(f"--device cuda needs a GPU for jax (backend: {jax.default_backend()}) "
+                       f"and torch (cuda available: {torch.cuda.is_available()}).")
+    # Both default to float32 matmuls without TF32 only if asked: jax's default on GPU may
+    # use TF32, which changes greedy outputs.
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
   transformers.logging.set_verbosity_error()
   transformers.utils.logging.disable_progress_bar()
   gamma, steps = args.gamma, args.max_new_tokens
@@ -365,9 +377,11 @@ def main(argv=None):
         f"{platform.python_version()}; jax {jax.__version__}; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); transformers {transformers.__version__}")
   print(f"# command: python bench/hf_peer.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+  print(f"# device: jax {jax.devices()[0].device_kind}; torch "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
   drafter, verifier = synthetic_pair(args.noise, args.seed, args.eos_gain)
   with tempfile.TemporaryDirectory() as tmp:
-    models = hf_models(drafter, verifier, tmp)
+    models = hf_models(drafter, verifier, tmp, args.device)
   hf_d, drafter = models["drafter"]
   hf_v, verifier = models["verifier"]
   vocab = verifier.model.config.vocab_size

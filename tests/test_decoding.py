@@ -313,3 +313,23 @@ class TestErrors:
     other, _ = make_pair(vocab=32)
     with pytest.raises(ValueError, match="one shared vocabulary"):
       generate(other, pair[1], np.ones((1, 3), np.int32), method="spec_decode")
+
+
+@pytest.mark.parametrize("shape", [(1, 4224), (3, 7, 130), (5, 64), (2, 3)])
+def test_argmax_is_the_first_maximum(shape):
+  rng = np.random.default_rng(sum(shape))
+  x = rng.normal(size=shape).astype(np.float32)
+  # Ties across and inside chunks: the first index must win, as with jnp.argmax.
+  x[..., -1] = x.max(axis=-1) + 1.0
+  x[..., shape[-1] // 2] = x[..., -1]
+  if shape[-1] > 70:
+    x[..., 70] = x[..., -1]
+  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+  x = rng.normal(size=shape).astype(np.float32)
+  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+  x[..., 0] = -np.inf
+  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+  all_inf = np.full(shape, -np.inf, np.float32)
+  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(all_inf)), 0)
+  all_nan = np.full(shape, np.nan, np.float32)
+  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(all_nan)), 0)
