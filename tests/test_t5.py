@@ -87,9 +87,12 @@ def test_rollback_never_leaks_rejected_tokens(setup):
   _, cache = step(params, cache, jnp.asarray(junk), jnp.full((b,), 3, jnp.int32))
   logits, cache = step(params, cache, jnp.asarray(dec_in[:, 3:5]), jnp.full((b,), 3, jnp.int32))
   np.testing.assert_allclose(np.asarray(logits), ref[:, 3:5], atol=TOL, rtol=0)
-  # ...and compared with a fresh cache that never saw the junk.
+  # ...and compared with a cache built by the same calls minus the junk one: bitwise equal.
+  # (The same calls, because a token's keys computed in a block of another width may differ
+  # in the last bits on GPU, where the kernel depends on the shape.)
   fresh = _fresh_cache(model, params, inputs, t + 4)
-  _, fresh = step(params, fresh, jnp.asarray(dec_in[:, :5]), jnp.zeros((b,), jnp.int32))
+  _, fresh = step(params, fresh, jnp.asarray(dec_in[:, :3]), jnp.zeros((b,), jnp.int32))
+  _, fresh = step(params, fresh, jnp.asarray(dec_in[:, 3:5]), jnp.full((b,), 3, jnp.int32))
   l1, _ = step(params, cache, jnp.asarray(dec_in[:, 5:8]), jnp.full((b,), 5, jnp.int32))
   l2, _ = step(params, fresh, jnp.asarray(dec_in[:, 5:8]), jnp.full((b,), 5, jnp.int32))
   np.testing.assert_array_equal(np.asarray(l1), np.asarray(l2))
