@@ -120,3 +120,10 @@ def test_expected_max_blocks_matches_simulation():
   one = hf_peer.batch_bound(a, gamma, [30], 0.1, 1.0, 1.5)
   many = hf_peer.batch_bound(a, gamma, [30] * 16, 0.1, 1.0, 1.5)
   assert many < one < hf_peer.analytic_bound(a, gamma, 0.1, 1.0, 1.5) * 1.1
+
+
+def test_micro_ops_forms_agree_and_run(capsys):
+  import micro_ops  # pylint: disable=g-import-not-at-top
+  micro_ops.main(["--iters", "2", "--reps", "1"])  # asserts each form against the reference
+  out = capsys.readouterr().out
+  assert "| 32 | 6 |" in out and "| 48 |" in out
