@@ -299,12 +299,14 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     # Derived inside the sampling branches only (greedy decoding never needs them).
     keys = lambda: _step_keys(row_keys, state.step, gamma + 2)
 
-    def draft_step(carry, j):
-      cache, tok = carry
+    def draft(j, cache, tok):
       logits, cache = decode_call("drafter", drafter, cache, tok[:, None], n + j)
-      nxt = _vsample(lambda: keys()[j], logits[:, 0], knobs, spec.top_k)
-      return (cache, nxt), (logits[:, 0], nxt)
+      return logits[:, 0], _vsample(lambda: keys()[j], logits[:, 0], knobs, spec.top_k), cache
 
+    # Drafting is unrolled in Python: a nested while loop (lax.scan) inside the decode loop cost
+    # ~4x the drafter's compute per block on CPU (bench/RESULTS.md). The drafter's logits stay
+    # a list: only the sampling verification stacks them (inside its branch of the cond below),
+    # so greedy SpecDecode never copies them into a [B, γ+1, V] array.
     if lazy_last:
       # The first call also writes position n − 1 (input out[n − 2]): the previous block
       # skipped the step on its last draft, whose cache entry is missing when that draft was
@@ -315,24 +317,28 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       logits2, d_cache = decode_call("drafter", drafter, state.d_cache,
                                      jnp.stack([prev, x0], axis=1), start)
       q0 = jnp.where((n > 0)[:, None], logits2[:, 1], logits2[:, 0])
-      d1 = _vsample(lambda: keys()[0], q0, knobs, spec.top_k)
-      (d_cache, _), (d_logits, drafts) = jax.lax.scan(
-          draft_step, (d_cache, d1), jnp.arange(1, gamma), unroll=True)
-      d_logits = jnp.concatenate([q0[None], d_logits, jnp.zeros_like(q0)[None]], axis=0)
-      drafts = jnp.concatenate([d1[None], drafts], axis=0)
+      q_list = [q0]
+      draft_list = [_vsample(lambda: keys()[0], q0, knobs, spec.top_k)]
+      for j in range(1, gamma):
+        q, d, d_cache = draft(j, d_cache, draft_list[-1])
+        q_list.append(q)
+        draft_list.append(d)
+      q_list.append(jnp.zeros_like(q0))  # q_γ is never read (SpecDecode's target is p̃)
     else:
       # γ drafts plus one more drafter step on the last draft: π_γ needs q_γ.
-      # Unrolled: a nested while loop inside the decode loop cost ~4x the drafter's compute
-      # per block on CPU (measured at batch 1, bench/RESULTS.md); γ+1 copies of a small
-      # drafter add ~2 s of compile time.
-      (d_cache, _), (d_logits, drafts) = jax.lax.scan(
-          draft_step, (state.d_cache, x0), jnp.arange(gamma + 1), unroll=True)
-    d_logits = jnp.swapaxes(d_logits, 0, 1)  # [B, γ+1, V] (row γ is zeros if lazy_last)
-    drafts = jnp.swapaxes(drafts, 0, 1)[:, :gamma]  # [B, γ]
+      d_cache, tok = state.d_cache, x0
+      q_list, draft_list = [], []
+      for j in range(gamma + 1):
+        q, tok, d_cache = draft(j, d_cache, tok)
+        q_list.append(q)
+        draft_list.append(tok)
+      draft_list = draft_list[:gamma]
+    drafts = jnp.stack(draft_list, axis=1)  # [B, γ]
     v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
     v_logits, v_cache = decode_call("verifier", verifier, state.v_cache, v_tokens, n)
 
     def verify():
+      d_logits = jnp.stack(q_list, axis=1)  # [B, γ+1, V] (q_γ zeros if lazy_last)
       probs = deferral.rule_inputs(d_logits, v_logits, knobs.temperature, spec.top_k,
                                    knobs.top_p)
       beta = None if spec.solve_beta else knobs.beta
