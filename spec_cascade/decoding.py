@@ -217,7 +217,8 @@ def _argmax(logits: Array, chunk: int = 64) -> Array:
   [32, 4224], and a max followed by a masked min over the whole row still 0.12 ms (the
   masked pass does not vectorise); this takes the max of each `chunk` of the row (a plain
   reduction), finds the first chunk holding the row's maximum, then the first index inside
-  that one chunk: 0.03 / 0.09 ms for [8 / 48, 4224] instead of 0.05 / 0.17 (bench/RESULTS.md).
+  that one chunk: 0.035 / 0.064 / 0.087 ms for [8 / 32 / 48, 4224] instead of 0.038 / 0.109 /
+  0.151 (bench/micro_ops.py, bench/RESULTS.md).
   """
   vocab = logits.shape[-1]
   pad = (-vocab) % chunk
