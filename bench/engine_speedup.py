@@ -103,15 +103,15 @@ def main():
       tokens = v_out.lengths.sum()
       measured = v_time / s_time
       per_block = c["output_tokens"].sum() / c["blocks"].sum()
+      c_col, analytic_col, eff_col = f"{'–':>5}", f"{'–':>8}", f"{'–':>6}"
+      analytic = None
       if mesh is None:
         t_vk = call_cost(verifier, x, gamma + 1)
         analytic = hf_peer.analytic_bound(float(a), gamma, t_d1, t_v1, t_vk)
-        extra = f"{t_d1 / t_v1:5.2f}", f"{analytic:8.2f}", f"{measured / analytic:6.2f}"
-      else:
-        analytic = None
-        extra = f"{'–':>5}", f"{'–':>8}", f"{'–':>6}"
-      print(f"{batch:5d} {gamma:2d} {a:6.2f} {per_block:8.2f} {extra[0]} {tokens / v_time:11.0f} "
-            f"{tokens / s_time:10.0f} {measured:7.2f} {extra[1]} {extra[2]}", flush=True)
+        c_col, analytic_col = f"{t_d1 / t_v1:5.2f}", f"{analytic:8.2f}"
+        eff_col = f"{measured / analytic:6.2f}"
+      print(f"{batch:5d} {gamma:2d} {a:6.2f} {per_block:8.2f} {c_col} {tokens / v_time:11.0f} "
+            f"{tokens / s_time:10.0f} {measured:7.2f} {analytic_col} {eff_col}", flush=True)
       rows.append((batch, gamma, a, measured, analytic))
   return rows
 

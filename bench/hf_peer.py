@@ -31,8 +31,8 @@ One invocation, one process, everything side by side:
   (its decode phase / steps), the baseline itself; efficiency = speed-up / bound is then the
   time SpecDecode's loop would take if it paid only for its model calls over the time it takes.
   (t_v(1) from a call loop is printed too, with the bounds it would give.) That bound is per
-  row: a batch decoded in lockstep runs
-  until its slowest row is done, so the benchmark also reports the batch bound
+  row: a batch decoded in lockstep runs until its slowest row is done, so the benchmark also
+  reports the batch bound
   (`batch_bound`: the same costs and a, with the expected maximum over rows of the blocks each
   row needs, from the i.i.d. block model, in place of tokens / E[tokens/block]). The bounds
   model the decode loop, not the encoders, so they are compared with the decode-phase speed-up
@@ -69,7 +69,6 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 from spec_cascade import checkpoints, costs  # pylint: disable=g-import-not-at-top
-from spec_cascade.costs import interleaved
 from spec_cascade.decoding import EOS_ID, PAD_ID, Bundle, generate
 from spec_cascade.models import T5Model, get_config
 
@@ -426,11 +425,11 @@ def main(argv=None):
     hf_fns = {"hf": lambda: hf_generate(hf_v, x, steps), "ours_v": ours_v}
     if batch == 1:
       hf_fns.update(hf_a=lambda: hf_generate(hf_v, x, steps, hf_d, gamma), ours_s=ours_s)
-    hf_out, th = interleaved(hf_fns, args.trials)
+    hf_out, th = costs.interleaved(hf_fns, args.trials)
     # The per-call costs of the bound run in the same rounds: each loop program encodes and
     # then makes CALL_ITERS calls; the set-up alone (iters = 0) is each model's encoder and
     # cache, E_v / E_d, also subtracted from the decode times for the decode-phase speed-up.
-    out, t = interleaved({"ours_v": ours_v, "ours_s": ours_s,
+    out, t = costs.interleaved({"ours_v": ours_v, "ours_s": ours_s,
                           "enc_v": costs.call_loop(verifier, x, 1, cache_len, 0),
                           "enc_d": costs.call_loop(drafter, x, 1, cache_len, 0),
                           "d1": costs.call_loop(drafter, x, 1, cache_len, CALL_ITERS),
@@ -488,8 +487,7 @@ def main(argv=None):
                loop_share=t_block / (loop_s / blocks), hf_assisted=hf_assisted,
                spec_vs_hf_assisted=None if t_hf_a is None else t_hf_a / th["ours_s"],
                t_d1=t_d1, t_v1=t_v1, t_v_step=t_v_step, bounds_call_loop=bounds_call_loop,
-               t_vk=t_vk, t_block=t_block, t_drafts=t_drafts,
-               enc_v=t["enc_v"],
+               t_vk=t_vk, t_block=t_block, t_drafts=t_drafts, enc_v=t["enc_v"],
                enc_d=t["enc_d"])
     rows.append(row)
     fmt = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
