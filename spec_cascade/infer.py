@@ -419,6 +419,7 @@ class DecodeSettings:
   fallback_threshold: float = 0.6
   bild_max_window: int | None = None  # None: γ
   token_cascade_window: int = 8
+  shrink_batch: bool = True  # decoding.generate's: go on with a quarter batch once most are done
 
 
 def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
@@ -431,7 +432,8 @@ def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | N
             seed=settings.seed, max_decode_length=settings.max_decode_length,
             fallback_threshold=settings.fallback_threshold,
             bild_max_window=settings.bild_max_window or max(gamma, 1),
-            token_cascade_window=settings.token_cascade_window, alpha=0.0)
+            token_cascade_window=settings.token_cascade_window,
+            shrink_batch=settings.shrink_batch, alpha=0.0)
   if method.alpha_kind == "bild":
     kw["rollback_threshold"] = float(alpha)
   elif method.alpha_kind == "rule":
@@ -446,7 +448,8 @@ def program_key(method: MethodSpec, settings: DecodeSettings, num_draft_tokens: 
   spec = decoding.make_spec(kw["method"], kw["rule"], num_draft_tokens=kw["num_draft_tokens"],
                             max_decode_length=kw["max_decode_length"], top_k=kw["top_k"],
                             token_cascade_window=kw["token_cascade_window"],
-                            bild_max_window=kw["bild_max_window"])
+                            bild_max_window=kw["bild_max_window"],
+                            shrink_batch=kw["shrink_batch"])
   return (spec, tuple(shape))
 
 
@@ -657,8 +660,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
           vocabulary_path: str | None = None, metric: str | None = None,
           dtype: str = "float32", activation_dtype: str | None = None,
           drafter_config=None, verifier_config=None, model_parallel: int = 1,
-          use_mesh: bool | None = None, warmup: bool = True, progress: bool = True
-          ) -> dict[str, Any]:
+          use_mesh: bool | None = None, warmup: bool = True, progress: bool = True,
+          shrink_batch: bool = True) -> dict[str, Any]:
   """Decodes a task split with one method at one (α, T, γ); writes predictions and metrics.
 
   Files in output_dir: config.gin (operative gin config), predictions.jsonl (per example: input,
@@ -678,7 +681,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   settings = DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
                             top_k=int(top_k), top_p=float(top_p),
                             fallback_threshold=float(fallback_threshold),
-                            bild_max_window=bild_max_window)
+                            bild_max_window=bild_max_window, shrink_batch=bool(shrink_batch))
   kw = engine_kwargs(ms, settings, alpha, temperature, num_draft_tokens)
   decoding.make_knobs(decoding.make_spec(kw["method"], kw["rule"]), alpha=kw["alpha"],
                       temperature=kw["temperature"], top_p=kw["top_p"])  # validates early

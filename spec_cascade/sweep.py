@@ -258,8 +258,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
               metric: str | None = None, dtype: str = "float32",
               activation_dtype: str | None = None, drafter_config=None, verifier_config=None,
               model_parallel: int = 1, use_mesh: bool | None = None,
-              cost_ratio_reps: int = 20, write_report: bool = True, progress: bool = True
-              ) -> list[ResultRow]:
+              cost_ratio_reps: int = 20, write_report: bool = True, progress: bool = True,
+              shrink_batch: bool = True) -> list[ResultRow]:
   """Runs (or resumes) a sweep and returns the full results table.
 
   task: one task name or a list (offline tasks, or registered seqio tasks).
@@ -332,7 +332,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
                         _per_task(max_decode_length, t, "max_decode_length")),
                     input_bucket=input_bucket, seed=seed, top_k=top_k, top_p=top_p,
                     fallback_threshold=fallback_threshold, bild_max_window=bild_max_window,
-                    cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer)
+                    cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer,
+                    shrink_batch=shrink_batch)
     finally:
       if outer is not None:
         outer.close()
@@ -348,12 +349,14 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
 def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab: str | None,
               output_dir: str, results_path: str, metric: str, *, split: str, batch_size: int,
               trials: int, num_examples, lengths, input_bucket, seed, top_k, top_p,
-              fallback_threshold, bild_max_window, cost_ratio_reps, progress, outer) -> None:
+              fallback_threshold, bild_max_window, cost_ratio_reps, progress, outer,
+              shrink_batch) -> None:
   input_length, max_decode_length = lengths
   settings = infer.DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
                                   top_k=int(top_k), top_p=float(top_p),
                                   fallback_threshold=float(fallback_threshold),
-                                  bild_max_window=bild_max_window)
+                                  bild_max_window=bild_max_window,
+                                  shrink_batch=bool(shrink_batch))
   data = infer.load_task(task, split, num_examples, seed, vocab, input_length)
   infer.check_pair(drafter, verifier, data.tokenizer)
   batches = infer.make_batches(data, batch_size, input_bucket)

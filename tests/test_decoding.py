@@ -242,6 +242,64 @@ def test_sampled_output_independent_of_batch_composition(pair):
       np.testing.assert_allclose(part.counters[name], full.counters[name][lo:hi], rtol=1e-6)
 
 
+def test_stage_sizes():
+  assert decoding.stage_sizes(32, True) == (32, 8)
+  assert decoding.stage_sizes(10, True) == (10, 2)
+  assert decoding.stage_sizes(8, True) == (8, 2)
+  assert decoding.stage_sizes(7, True) == (7,)
+  assert decoding.stage_sizes(1, True) == (1,)
+  assert decoding.stage_sizes(32, False) == (32,)
+
+
+def _assert_same_outputs(a, b):
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  for name in decoding.COUNTER_FIELDS:
+    np.testing.assert_allclose(a.counters[name], b.counters[name], rtol=1e-6, err_msg=name)
+
+
+def _shrunk_and_whole(pair, method, rule, temperature):
+  drafter, verifier = pair
+  x = random_inputs(8, seed=6)
+  kw = dict(method=method, rule=rule, alpha=0.3, temperature=temperature, num_draft_tokens=3,
+            max_decode_length=MAXLEN, seed=2, example_ids=np.arange(40, 48))
+  return (generate(drafter, verifier, x, **kw),
+          generate(drafter, verifier, x, shrink_batch=False, **kw))
+
+
+def test_shrinking_the_batch_changes_no_output(pair):
+  """Rows gathered into a quarter-size batch (8 → 2) once most are done keep their tokens,
+  counters and random draws (keys move with the rows)."""
+  shrunk, whole = _shrunk_and_whole(pair, "spec_cascade", "token_v3", 1.0)
+  _assert_same_outputs(shrunk, whole)
+  # The second stage runs only once at most 2 rows are left with work to do.
+  steps = np.sort(whole.counters["blocks"])[::-1]
+  assert steps[0] > steps[2], steps
+
+
+@pytest.fixture
+def shrink_to_six(monkeypatch):
+  """Stages (8, 6): rows move to the second stage as soon as two are done, so every method
+  (also those whose rows mostly run to the length cap) runs both stages."""
+  monkeypatch.setattr(decoding, "stage_sizes", lambda b, shrink: (b, 6) if shrink else (b,))
+  decoding.compiled_decode.cache_clear()  # programs traced with the real stages
+  yield
+  decoding.compiled_decode.cache_clear()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,rule,temperature", [
+    ("verifier", None, 0.0), ("drafter", None, 1.0), ("spec_decode", None, 0.0),
+    ("spec_decode", None, 1.0), ("spec_cascade", "token_v3", 1.0), ("token_cascade", None, 1.0),
+    ("oracle", "opt", 1.0), ("seq_cascade", None, 1.0), ("bild", None, 0.0)])
+def test_every_method_keeps_its_outputs_across_stages(pair, shrink_to_six, method, rule,
+                                                      temperature):
+  shrunk, whole = _shrunk_and_whole(pair, method, rule, temperature)
+  _assert_same_outputs(shrunk, whole)
+  steps = np.sort(whole.counters["blocks"])[::-1]
+  assert steps[0] > steps[6], steps
+
+
 def test_alpha_temperature_sweep_compiles_once(pair):
   drafter, verifier = pair
   x = random_inputs(2)
