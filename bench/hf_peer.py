@@ -35,7 +35,7 @@ One invocation, one process, everything side by side:
   reports the batch bound
   (`batch_bound`: the same costs and a, with the expected maximum over rows of the blocks each
   row needs, from the i.i.d. block model, in place of tokens / E[tokens/block]): what a
-  lockstep loop could reach. The engine shrinks a batch of ≥ 8 to a quarter once that few rows
+  lockstep loop could reach. The engine shrinks a batch of ≥ 16 to a quarter once that few rows
   are left (`decoding.stage_sizes`), so its tail blocks cost less than the batch bound assumes;
   SpecDecode with `shrink_batch=False` is timed too ("spec lockstep / spec shrinking"). The bounds
   model the decode loop, not the encoders, so they are compared with the decode-phase speed-up

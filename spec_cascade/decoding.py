@@ -23,7 +23,7 @@ draft, whose distribution its target never reads) and rewrites it in the next bl
 A row finishes at its first EOS (kept in the output) or at max_decode_length; later positions
 are 0. Every random draw of a row comes from fold_in(key(seed), example_id), then the loop
 step, so a row's output does not depend on the batch it sits in or on the device count.
-A batch of ≥ 8 rows runs in two stages (`stage_sizes`, `_run`): once at most a quarter of its
+A batch of ≥ 16 rows runs in two stages (`stage_sizes`, `_run`): once at most a quarter of its
 rows are still decoding, those rows (caches, keys and all) go on in a quarter-size batch, so
 the tail waiting for the slowest rows does not pay for the finished ones.
 """
@@ -507,14 +507,15 @@ def _init_state(batch: int, buf_len: int, d_cache, v_cache, done=None) -> Decode
 
 
 def stage_sizes(batch: int, shrink: bool) -> tuple[int, ...]:
-  """Batch sizes of the decode loop's stages: (B,), or (B, B // 4) when shrinking and B ≥ 8.
+  """Batch sizes of the decode loop's stages: (B,), or (B, B // 4) when shrinking and B ≥ 16.
 
-  Each stage is its own while loop (a copy of the body in the program: compile time ×2), so
-  one shrink only. On the 2-core CPU with the synthetic pair (greedy SpecDecode, γ 5) it
-  took most of what shrinking can give: batch 32 → (32, 8) 1.09× faster, (32, 16) 1.08×,
-  (32, 16, 8) 1.09×; batch 8 → (8, 2) 1.06×, (8, 4) 1.03× (bench/RESULTS.md).
+  Each stage is its own while loop (a copy of the body in the program), so compilation takes
+  twice as long (SpecDecode at batch 8: 4.5 → 9.5 s) and one shrink only. On the 2-core CPU
+  with the synthetic pair (greedy SpecDecode, γ 5), batch 32: (32, 8) 1.09× faster, (32, 16)
+  1.08×, (32, 16, 8) 1.09×; batch 8: (8, 2) 1.06×, (8, 4) 1.03× — not worth doubling the
+  compile time below 16 rows (bench/RESULTS.md).
   """
-  return (batch, batch // 4) if shrink and batch >= 8 else (batch,)
+  return (batch, batch // 4) if shrink and batch >= 16 else (batch,)
 
 
 def _per_row(state: DecodeState) -> DecodeState:

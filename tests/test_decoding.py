@@ -244,9 +244,10 @@ def test_sampled_output_independent_of_batch_composition(pair):
 
 def test_stage_sizes():
   assert decoding.stage_sizes(32, True) == (32, 8)
-  assert decoding.stage_sizes(10, True) == (10, 2)
-  assert decoding.stage_sizes(8, True) == (8, 2)
-  assert decoding.stage_sizes(7, True) == (7,)
+  assert decoding.stage_sizes(18, True) == (18, 4)
+  assert decoding.stage_sizes(16, True) == (16, 4)
+  assert decoding.stage_sizes(15, True) == (15,)
+  assert decoding.stage_sizes(8, True) == (8,)
   assert decoding.stage_sizes(1, True) == (1,)
   assert decoding.stage_sizes(32, False) == (32,)
 
@@ -258,23 +259,23 @@ def _assert_same_outputs(a, b):
     np.testing.assert_allclose(a.counters[name], b.counters[name], rtol=1e-6, err_msg=name)
 
 
-def _shrunk_and_whole(pair, method, rule, temperature):
+def _shrunk_and_whole(pair, method, rule, temperature, batch):
   drafter, verifier = pair
-  x = random_inputs(8, seed=6)
+  x = random_inputs(batch, seed=6)
   kw = dict(method=method, rule=rule, alpha=0.3, temperature=temperature, num_draft_tokens=3,
-            max_decode_length=MAXLEN, seed=2, example_ids=np.arange(40, 48))
+            max_decode_length=MAXLEN, seed=2, example_ids=np.arange(40, 40 + batch))
   return (generate(drafter, verifier, x, **kw),
           generate(drafter, verifier, x, shrink_batch=False, **kw))
 
 
 def test_shrinking_the_batch_changes_no_output(pair):
-  """Rows gathered into a quarter-size batch (8 → 2) once most are done keep their tokens,
+  """Rows gathered into a quarter-size batch (16 → 4) once most are done keep their tokens,
   counters and random draws (keys move with the rows)."""
-  shrunk, whole = _shrunk_and_whole(pair, "spec_cascade", "token_v3", 1.0)
+  shrunk, whole = _shrunk_and_whole(pair, "spec_cascade", "token_v3", 1.0, batch=16)
   _assert_same_outputs(shrunk, whole)
-  # The second stage runs only once at most 2 rows are left with work to do.
+  # The second stage runs only once at most 4 rows are left with work to do.
   steps = np.sort(whole.counters["blocks"])[::-1]
-  assert steps[0] > steps[2], steps
+  assert steps[0] > steps[4], steps
 
 
 @pytest.fixture
@@ -294,7 +295,7 @@ def shrink_to_six(monkeypatch):
     ("oracle", "opt", 1.0), ("seq_cascade", None, 1.0), ("bild", None, 0.0)])
 def test_every_method_keeps_its_outputs_across_stages(pair, shrink_to_six, method, rule,
                                                       temperature):
-  shrunk, whole = _shrunk_and_whole(pair, method, rule, temperature)
+  shrunk, whole = _shrunk_and_whole(pair, method, rule, temperature, batch=8)
   _assert_same_outputs(shrunk, whole)
   steps = np.sort(whole.counters["blocks"])[::-1]
   assert steps[0] > steps[6], steps
@@ -327,7 +328,12 @@ _MULTI_DEVICE = textwrap.dedent("""
     mesh = parallel.make_mesh() if {n} > 1 else None
     out = generate(d, v, x, method="spec_cascade", rule="token_v3", alpha=0.2, temperature=1.0,
                    num_draft_tokens=3, max_decode_length=12, seed=1, mesh=mesh)
-    print(json.dumps({{"tokens": out.tokens.tolist(), "accepted": out.counters["accepted"].tolist()}}))
+    # 16 rows: the batch shrinks to 4 (one row per device) for the slowest rows.
+    big = generate(d, v, random_inputs(16, seed=6), method="spec_cascade", rule="token_v3",
+                   alpha=0.3, temperature=1.0, num_draft_tokens=3, max_decode_length=16, seed=2,
+                   mesh=mesh)
+    print(json.dumps({{"tokens": out.tokens.tolist(), "accepted": out.counters["accepted"].tolist(),
+                      "big": big.tokens.tolist(), "big_blocks": big.counters["blocks"].tolist()}}))
 """)
 
 
@@ -347,6 +353,8 @@ def _run_on_devices(n):
 def test_identical_outputs_on_one_and_four_devices():
   one, four = _run_on_devices(1), _run_on_devices(4)
   assert one == four
+  steps = sorted(one["big_blocks"], reverse=True)
+  assert steps[0] > steps[4], steps  # the second stage ran
 
 
 class TestErrors:
