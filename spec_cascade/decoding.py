@@ -167,9 +167,10 @@ def _row_keys(seed: Array, example_ids: Array) -> Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(example_ids)
 
 
-def _step_keys(row_keys: Array, step: Array, num: int) -> Array:
-  """[num, B] keys for this loop step."""
-  keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), num))(row_keys)
+def _step_keys(row_keys: Array, steps: Array, num: int) -> Array:
+  """[num, B] keys for each row's step `steps` [B] (its own count of loop steps, so a row's
+  draws do not depend on when it entered the batch)."""
+  keys = jax.vmap(lambda k, s: jax.random.split(jax.random.fold_in(k, s), num))(row_keys, steps)
   return jnp.swapaxes(keys, 0, 1)
 
 
@@ -273,7 +274,7 @@ def _autoregressive_body(model: T5Model, params, which: str, spec: DecodeSpec, k
     x = _last_input(state.out, n)
     cache = state.d_cache if which == "drafter" else state.v_cache
     logits, cache = decode_call(which, Bundle(model, params), cache, x[:, None], n)
-    keys = lambda: _step_keys(row_keys, state.step, 1)[0]
+    keys = lambda: _step_keys(row_keys, state.counters.blocks, 1)[0]
     tok = _vsample(keys, logits[:, 0], knobs, spec.top_k)
     out, length, done, _ = _commit(state, tok[:, None], jnp.ones_like(n), spec.max_decode_length)
     counters = state.counters.add(active, blocks=1, **{
@@ -302,7 +303,7 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     n = state.length
     x0 = _last_input(state.out, n)
     # Derived inside the sampling branches only (greedy decoding never needs them).
-    keys = lambda: _step_keys(row_keys, state.step, gamma + 2)
+    keys = lambda: _step_keys(row_keys, state.counters.blocks, gamma + 2)
 
     def draft(j, cache, tok):
       logits, cache = decode_call("drafter", drafter, cache, tok[:, None], n + j)
@@ -402,7 +403,7 @@ def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, kno
     active = ~state.done
     n, m = state.length, state.verified
     x = _last_input(state.out, n)
-    keys = _step_keys(row_keys, state.step, 1)[0]
+    keys = _step_keys(row_keys, state.counters.blocks, 1)[0]
     d_logits, d_cache = decode_call("drafter", drafter, state.d_cache, x[:, None], n)
     d_logits = d_logits[:, 0]
     if oracle:
@@ -498,6 +499,23 @@ def _bild_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs
 # ----------------------------------------------------------------------------------------------
 # The compiled program
 
+def _make_body(spec: DecodeSpec, drafter: Bundle | None, verifier: Bundle | None,
+               knobs: Knobs):
+  """make_body(row_keys [B]) → the loop body of a one-loop method (all but seq_cascade)."""
+  method = spec.method
+  if method in ("drafter", "verifier"):
+    b = drafter if method == "drafter" else verifier
+    return lambda keys: _autoregressive_body(b.model, b.params, method, spec, knobs, keys)
+  if method in ("token_cascade", "oracle"):
+    return lambda keys: _token_cascade_body(drafter, verifier, spec, knobs, keys,
+                                            oracle=method == "oracle")
+  if method in ("spec_decode", "spec_decode_lossy", "spec_cascade"):
+    return lambda keys: _speculative_body(drafter, verifier, spec, knobs, keys)
+  if method == "bild":
+    return lambda _: _bild_body(drafter, verifier, spec, knobs)
+  raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}.")
+
+
 def _init_state(batch: int, buf_len: int, d_cache, v_cache, done=None) -> DecodeState:
   return DecodeState(
       out=jnp.zeros((batch, buf_len), jnp.int32), length=jnp.zeros((batch,), jnp.int32),
@@ -591,25 +609,12 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
       return b.model.init_cache(b.params, encoded, mask, cache_len)
 
   method = spec.method
-  if method in ("drafter", "verifier"):
-    b = drafter if method == "drafter" else verifier
-    state = _init_state(batch, buf_len, fresh_cache(drafter) if method == "drafter" else None,
-                        fresh_cache(verifier) if method == "verifier" else None)
-    state = _run(lambda keys: _autoregressive_body(b.model, b.params, method, spec, knobs, keys),
-                 state, row_keys, sizes)
-  elif method in ("token_cascade", "oracle"):
-    state = _init_state(batch, buf_len, fresh_cache(drafter), fresh_cache(verifier))
-    state = _run(lambda keys: _token_cascade_body(drafter, verifier, spec, knobs, keys,
-                                                  oracle=method == "oracle"),
-                 state, row_keys, sizes)
-  elif method in ("spec_decode", "spec_decode_lossy", "spec_cascade"):
-    state = _init_state(batch, buf_len, fresh_cache(drafter), fresh_cache(verifier))
-    state = _run(lambda keys: _speculative_body(drafter, verifier, spec, knobs, keys), state,
-                 row_keys, sizes)
-  elif method == "bild":
-    state = _init_state(batch, buf_len, fresh_cache(drafter), fresh_cache(verifier))
-    state = _run(lambda _: _bild_body(drafter, verifier, spec, knobs), state, row_keys, sizes)
-  elif method == "seq_cascade":
+  if method != "seq_cascade":
+    state = _init_state(batch, buf_len,
+                        fresh_cache(drafter) if method in _USES_DRAFTER else None,
+                        fresh_cache(verifier) if method in _USES_VERIFIER else None)
+    state = _run(_make_body(spec, drafter, verifier, knobs), state, row_keys, sizes)
+  else:
     first = _init_state(batch, buf_len, fresh_cache(drafter), None)
     first = _run(lambda keys: _autoregressive_body(drafter.model, drafter.params, "drafter",
                                                    spec, knobs, keys, track_logq=True),
@@ -628,10 +633,124 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
     state = first.replace(out=jnp.where(defer[:, None], second.out, first.out),
                           length=jnp.where(defer, second.length, first.length),
                           counters=counters)
-  else:
-    raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}.")
   counters = state.counters.replace(output_tokens=state.length)
   return DecodeResult(tokens=state.out[:, :max_len], lengths=state.length, counters=counters)
+
+
+@flax.struct.dataclass
+class StreamState:
+  """Continuous batching: `slots` rows decode a stream of N examples.
+
+  slots: DecodeState [B] of the rows being decoded; example: int32 [B] stream index of each
+  slot's example (N once the slot has nothing left to do); next: int32 [] the next example
+  to start; out [N, L + W], length [N], counters [N]: the finished examples' results.
+  """
+  slots: DecodeState
+  example: Array
+  next: Array
+  out: Array
+  length: Array
+  counters: Counters
+
+
+def _refill_cache(cache: DecoderCache | None, pool: DecoderCache | None, slot_ids: Array,
+                  new_ids: Array, count: Array) -> DecoderCache | None:
+  """Copies example new_ids[j]'s encoder side (cross keys/values, encoder mask) from `pool`
+  [N, ...] into slot slot_ids[j] of `cache` [B, ...], for j < count. The slot's
+  self-attention cache is left as is: positions past a row's length are never read."""
+  if cache is None:
+    return None
+
+  def put(j, c):
+    row = lambda dst, src: jax.lax.dynamic_update_slice_in_dim(
+        dst, jax.lax.dynamic_slice_in_dim(src, new_ids[j], 1, 0), slot_ids[j], 0)
+    return c.replace(cross_k=tuple(map(row, c.cross_k, pool.cross_k)),
+                     cross_v=tuple(map(row, c.cross_v, pool.cross_v)),
+                     encoder_mask=row(c.encoder_mask, pool.encoder_mask))
+  # A loop over the refilled slots only (usually none or one per step): a select over all
+  # slots would copy every layer's cross keys/values at every step.
+  return jax.lax.fori_loop(0, count, put, cache)
+
+
+def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec,
+                  slots: int, d_params, v_params, inputs: Array, example_ids: Array,
+                  seed: Array, knobs: Knobs) -> DecodeResult:
+  """Decodes N examples through `slots` rows (continuous batching). Pure; jit it with
+  `spec`, `slots` and the models static.
+
+  The first `slots` examples start together; whenever rows finish, their results are written
+  out and the next examples take their slots (encoder side copied in, counters reset), so a
+  step never waits for a batch's slowest row while examples are left. Each example's tokens
+  and counters are those `decode` gives it (its draws depend on its example id and its own
+  step count only), up to float rounding across batch compositions.
+  inputs: int32 [N, S] (N ≥ slots); example_ids: int32 [N]. Returns DecodeResult [N, ...].
+  Not for seq_cascade (two passes over a fixed batch).
+  """
+  n = inputs.shape[0]
+  if spec.method == "seq_cascade" or not 1 <= slots <= n:
+    raise ValueError(f"decode_stream needs a one-loop method and 1 ≤ slots ≤ N; got method "
+                     f"{spec.method!r}, slots {slots}, N {n}.")
+  max_len = spec.max_decode_length
+  width = _block_width(spec)
+  cache_len, buf_len = max_len + width + 1, max_len + width
+  drafter = Bundle(d_model, d_params) if d_model is not None else None
+  verifier = Bundle(v_model, v_params) if v_model is not None else None
+  all_keys = _row_keys(seed, example_ids)
+
+  def caches(b: Bundle | None, used: bool):
+    """(slot cache [B], pool [N]: every example's encoder side), or (None, None)."""
+    if b is None or not used:
+      return None, None
+    with jax.named_scope("encode_drafter" if b is drafter else "encode_verifier"):
+      encoded, mask = b.model.encode(b.params, inputs)
+      pool = b.model.init_cache(b.params, encoded, mask, 1)
+      return b.model.init_cache(b.params, encoded[:slots], mask[:slots], cache_len), pool
+
+  d_cache, d_pool = caches(drafter, spec.method in _USES_DRAFTER)
+  v_cache, v_pool = caches(verifier, spec.method in _USES_VERIFIER)
+  make_body = _make_body(spec, drafter, verifier, knobs)
+
+  def step(st: StreamState) -> StreamState:
+    s = make_body(all_keys[jnp.minimum(st.example, n - 1)])(st.slots)
+    finished = s.done & (st.example < n)
+    dest = jnp.where(finished, st.example, n)  # n: out of range, the write is dropped
+    put = lambda full, part: full.at[dest].set(part, mode="drop")
+    out, length = put(st.out, s.out), put(st.length, s.length)
+    counters = jax.tree_util.tree_map(put, st.counters, s.counters)
+    # Finished slots take the next examples, in slot order.
+    new = st.next + jnp.cumsum(finished) - 1
+    refill = finished & (new < n)
+    count = jnp.sum(refill, dtype=jnp.int32)
+    order = jnp.argsort(~refill, stable=True)  # the refilled slots first
+    r = refill[:, None]
+    slots_state = s.replace(
+        out=jnp.where(r, 0, s.out), length=jnp.where(refill, 0, s.length),
+        done=s.done & ~refill, verified=jnp.where(refill, 0, s.verified),
+        aux=jnp.where(refill, 0.0, s.aux),
+        counters=jax.tree_util.tree_map(lambda c: jnp.where(refill, 0, c).astype(c.dtype),
+                                        s.counters),
+        d_cache=_refill_cache(s.d_cache, d_pool, order, new[order], count),
+        v_cache=_refill_cache(s.v_cache, v_pool, order, new[order], count))
+    example = jnp.where(refill, new, jnp.where(finished, n, st.example))
+    return StreamState(slots=slots_state, example=example, next=st.next + count, out=out,
+                       length=length, counters=counters)
+
+  init = StreamState(slots=_init_state(slots, buf_len, d_cache, v_cache),
+                     example=jnp.arange(slots, dtype=jnp.int32), next=jnp.int32(slots),
+                     out=jnp.zeros((n, buf_len), jnp.int32), length=jnp.zeros((n,), jnp.int32),
+                     counters=Counters.zeros(n))
+  st = jax.lax.while_loop(lambda st: jnp.any(st.example < n), step, init)
+  counters = st.counters.replace(output_tokens=st.length)
+  return DecodeResult(tokens=st.out[:, :max_len], lengths=st.length, counters=counters)
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_stream(d_config: T5Config | None, v_config: T5Config | None, spec: DecodeSpec,
+                    slots: int):
+  """The jitted `decode_stream` for one (models, spec, slots)."""
+  d_model = T5Model(d_config) if d_config is not None else None
+  v_model = T5Model(v_config) if v_config is not None else None
+  return jax.jit(functools.partial(decode_stream, d_model, v_model, spec, slots))
 
 
 @functools.lru_cache(maxsize=64)
@@ -731,7 +850,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
              top_p: float = 1.0, seed: int = 0, example_ids=None, max_decode_length: int = 64,
              fallback_threshold: float = 0.6, rollback_threshold: float = 3.0,
              bild_max_window: int = 10, token_cascade_window: int = 8,
-             shrink_batch: bool = True, mesh=None) -> GenerateOutput:
+             shrink_batch: bool = True, slots: int | None = None, mesh=None
+             ) -> GenerateOutput:
   """Decodes `inputs` [B, S] with `method`; see the module docstring for the methods.
 
   drafter / verifier: `Bundle(T5Model, params)` (either may be None when the method does not
@@ -739,8 +859,12 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   reuses the compiled program. example_ids [B] (default 0..B-1) seed each row's randomness.
   mesh: optional `jax.sharding.Mesh` with a 'data' axis; the batch is split over it (padded to
   a multiple of its size) and the parameters follow `spec_cascade.parallel` rules.
-  shrink_batch: as rows finish, go on with the active rows gathered into a batch half (then a
-  quarter) the size (`stage_sizes`); False keeps the whole batch in every call.
+  shrink_batch: a batch of ≥ 16 rows goes on as a quarter-size batch once at most that many
+  rows are still decoding (`stage_sizes`; outputs unchanged, compilation ×2); False keeps the
+  whole batch in every call.
+  slots: decode the B inputs through this many rows at a time (continuous batching,
+  `decode_stream`): a finished row's slot takes the next input at once, so no step waits for a
+  batch's slowest row. Same outputs as without; not for seq_cascade or with a mesh.
   """
   spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
                    max_decode_length=max_decode_length, top_k=top_k, beta=beta,
@@ -762,6 +886,16 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
     if dv != vv:
       raise ValueError(f"drafter vocab_size {dv} != verifier vocab_size {vv}: speculative and "
                        "cascade methods need one shared vocabulary.")
+  stream = slots is not None and slots < batch
+  if slots is not None:
+    if not isinstance(slots, (int, np.integer)) or slots < 1:
+      raise ValueError(f"slots must be a positive int (rows decoded at a time), got {slots!r}.")
+    if stream and method == "seq_cascade":
+      raise ValueError("slots (continuous batching) does not apply to seq_cascade, which "
+                       "decodes a fixed batch twice; leave slots=None.")
+    if stream and mesh is not None:
+      raise ValueError("slots (continuous batching) does not support a mesh yet; pass "
+                       "mesh=None or slots=None.")
   use_d = drafter if method in _USES_DRAFTER else None
   use_v = verifier if method in _USES_VERIFIER else None
   d_params = use_d.params if use_d else None
@@ -773,8 +907,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
     inputs, ids = parallel.shard_batch(mesh, inputs), parallel.shard_batch(mesh, ids)
     d_params = parallel.shard_params(mesh, d_params) if d_params is not None else None
     v_params = parallel.shard_params(mesh, v_params) if v_params is not None else None
-  fn = compiled_decode(use_d.model.config if use_d else None,
-                       use_v.model.config if use_v else None, spec)
+  configs = (use_d.model.config if use_d else None, use_v.model.config if use_v else None)
+  fn = compiled_stream(*configs, spec, int(slots)) if stream else compiled_decode(*configs, spec)
   t0 = time.perf_counter()
   res = jax.block_until_ready(fn(d_params, v_params, jnp.asarray(inputs), jnp.asarray(ids),
                                  jnp.int32(seed), knobs))

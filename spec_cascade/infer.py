@@ -667,7 +667,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   Files in output_dir: config.gin (operative gin config), predictions.jsonl (per example: input,
   target, prediction, counters), metrics.json (scores, summed counters, rates, timings).
   `alpha` is the method's lenience (a rule's α, BiLD's rollback threshold); methods without one
-  ignore it, methods with one need it. Returns the metrics dict.
+  ignore it, methods with one need it. shrink_batch: see `decoding.generate`. Returns the
+  metrics dict.
   """
   ms = resolve_method(method)
   check_task(task)

@@ -301,6 +301,33 @@ def test_every_method_keeps_its_outputs_across_stages(pair, shrink_to_six, metho
   assert steps[0] > steps[6], steps
 
 
+def test_stream_through_slots_equals_one_batch(pair):
+  """Continuous batching: 12 examples through 4 slots, refilled as rows finish, give every
+  example the tokens, counters and random draws it gets in one batch of 12."""
+  drafter, verifier = pair
+  x = random_inputs(12, seed=6)
+  kw = dict(method="spec_cascade", rule="token_v3", alpha=0.3, temperature=1.0,
+            num_draft_tokens=3, max_decode_length=MAXLEN, seed=2, example_ids=np.arange(40, 52))
+  batch = generate(drafter, verifier, x, **kw)
+  stream = generate(drafter, verifier, x, slots=4, **kw)
+  _assert_same_outputs(stream, batch)
+  assert len(set(batch.lengths.tolist())) > 2  # slots really are refilled at different steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,rule,temperature", [
+    ("verifier", None, 0.0), ("drafter", None, 1.0), ("spec_decode", None, 0.0),
+    ("spec_decode", None, 1.0), ("spec_decode_lossy", None, 1.0), ("token_cascade", None, 1.0),
+    ("oracle", "opt", 1.0), ("bild", None, 0.0)])
+def test_every_one_loop_method_streams(pair, method, rule, temperature):
+  drafter, verifier = pair
+  x = random_inputs(10, seed=3)
+  kw = dict(method=method, rule=rule, alpha=0.3, temperature=temperature, num_draft_tokens=4,
+            max_decode_length=MAXLEN, seed=7)
+  _assert_same_outputs(generate(drafter, verifier, x, slots=3, **kw),
+                       generate(drafter, verifier, x, **kw))
+
+
 def test_alpha_temperature_sweep_compiles_once(pair):
   drafter, verifier = pair
   x = random_inputs(2)
@@ -379,6 +406,21 @@ class TestErrors:
     other, _ = make_pair(vocab=32)
     with pytest.raises(ValueError, match="one shared vocabulary"):
       generate(other, pair[1], np.ones((1, 3), np.int32), method="spec_decode")
+
+  @pytest.mark.parametrize("slots", [0, -2, 1.5])
+  def test_bad_slots(self, pair, slots):
+    with pytest.raises(ValueError, match="slots must be a positive int"):
+      generate(*pair, np.ones((3, 3), np.int32), method="verifier", slots=slots)
+
+  def test_slots_with_a_mesh(self, pair):
+    from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ValueError, match="does not support a mesh"):
+      generate(*pair, np.ones((3, 3), np.int32), method="verifier", slots=2,
+               mesh=parallel.make_mesh())
+
+  def test_slots_with_seq_cascade(self, pair):
+    with pytest.raises(ValueError, match="does not apply to seq_cascade"):
+      generate(*pair, np.ones((3, 3), np.int32), method="seq_cascade", alpha=0.3, slots=2)
 
 
 @pytest.mark.parametrize("shape", [(1, 4224), (3, 7, 130), (5, 64), (2, 3)])
