@@ -371,8 +371,9 @@ def load_task(task: str, split: str = "validation", num_examples: int | None = N
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-  """positions: int [n_real] indices into TaskData.examples; inputs: int32 [B, S];
-  example_ids: int32 [B] (each row's random stream); rows past n_real are copies."""
+  """positions: int [n_real] indices into TaskData.examples; inputs: int32 [R, S] (R = the
+  batch size, or a multiple of it for a stream decoded that many rows at a time);
+  example_ids: int32 [R] (each row's random stream); rows past n_real are copies."""
   positions: np.ndarray
   inputs: np.ndarray
   example_ids: np.ndarray
@@ -382,22 +383,32 @@ class Batch:
     return len(self.positions)
 
 
-def make_batches(data: TaskData, batch_size: int, input_bucket: int | None = None) -> list[Batch]:
-  """Length-sorted batches of exactly `batch_size` rows (see the module docstring)."""
+def make_batches(data: TaskData, batch_size: int, input_bucket: int | None = None,
+                 stream_batches: int = 1) -> list[Batch]:
+  """Length-sorted batches of exactly `batch_size` rows (see the module docstring).
+
+  stream_batches > 1: each Batch holds that many consecutive batches (the last one fewer), to
+  be decoded `batch_size` rows at a time with continuous batching (`engine_kwargs` passes
+  slots = batch_size)."""
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+  if not isinstance(stream_batches, (int, np.integer)) or stream_batches < 1:
+    raise ValueError(f"stream_batches must be a positive int (1: plain batches), got "
+                     f"{stream_batches!r}.")
   if input_bucket is not None and (not isinstance(input_bucket, (int, np.integer))
                                    or input_bucket < 1):
     raise ValueError(f"input_bucket must be a positive int or None, got {input_bucket!r}.")
   order = sorted(range(len(data.examples)), key=lambda p: (len(data.examples[p].input_ids), p))
   batches = []
-  for start in range(0, len(order), batch_size):
-    pos = np.asarray(order[start:start + batch_size])
+  step = batch_size * stream_batches
+  for start in range(0, len(order), step):
+    pos = np.asarray(order[start:start + step])
     longest = max(len(data.examples[p].input_ids) for p in pos)
     width = (data.input_length if input_bucket is None
              else min(data.input_length, _round_up(longest, input_bucket)))
-    rows = list(pos) + [pos[-1]] * (batch_size - len(pos))
-    inputs = np.zeros((batch_size, width), np.int32)
+    num_rows = _round_up(len(pos), batch_size)
+    rows = list(pos) + [pos[-1]] * (num_rows - len(pos))
+    inputs = np.zeros((num_rows, width), np.int32)
     for r, p in enumerate(rows):
       x = data.examples[p].input_ids
       inputs[r, :len(x)] = x
@@ -420,6 +431,27 @@ class DecodeSettings:
   bild_max_window: int | None = None  # None: γ
   token_cascade_window: int = 8
   shrink_batch: bool = True  # decoding.generate's: go on with a quarter batch once most are done
+  slots: int | None = None  # decoding.generate's: rows at a time for a stream (make_batches)
+
+
+def stream_slots(batch_size: int, stream_batches: int, method: MethodSpec) -> int | None:
+  """DecodeSettings.slots for `stream_batches` (None: plain batches). ValueError for a method
+  that cannot stream."""
+  if not isinstance(stream_batches, (int, np.integer)) or stream_batches < 1:
+    raise ValueError(f"stream_batches must be a positive int (1: plain batches), got "
+                     f"{stream_batches!r}.")
+  if stream_batches == 1:
+    return None
+  if method.engine_method == "seq_cascade":
+    raise ValueError(f"method {method.name!r} decodes a fixed batch twice and cannot stream; "
+                     "use stream_batches=1.")
+  return int(batch_size)
+
+
+def check_stream(settings: DecodeSettings, mesh) -> None:
+  if settings.slots is not None and mesh is not None:
+    raise ValueError("stream_batches > 1 (continuous batching) does not support a device mesh "
+                     "yet; use stream_batches=1, or use_mesh=False on one device.")
 
 
 def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
@@ -433,7 +465,7 @@ def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | N
             fallback_threshold=settings.fallback_threshold,
             bild_max_window=settings.bild_max_window or max(gamma, 1),
             token_cascade_window=settings.token_cascade_window,
-            shrink_batch=settings.shrink_batch, alpha=0.0)
+            shrink_batch=settings.shrink_batch, slots=settings.slots, alpha=0.0)
   if method.alpha_kind == "bild":
     kw["rollback_threshold"] = float(alpha)
   elif method.alpha_kind == "rule":
@@ -450,7 +482,7 @@ def program_key(method: MethodSpec, settings: DecodeSettings, num_draft_tokens: 
                             token_cascade_window=kw["token_cascade_window"],
                             bild_max_window=kw["bild_max_window"],
                             shrink_batch=kw["shrink_batch"])
-  return (spec, tuple(shape))
+  return (spec, tuple(shape), kw["slots"])
 
 
 @dataclasses.dataclass
@@ -661,14 +693,16 @@ def infer(task: str, output_dir: str, method: str = "verifier",
           dtype: str = "float32", activation_dtype: str | None = None,
           drafter_config=None, verifier_config=None, model_parallel: int = 1,
           use_mesh: bool | None = None, warmup: bool = True, progress: bool = True,
-          shrink_batch: bool = True) -> dict[str, Any]:
+          shrink_batch: bool = True, stream_batches: int = 1) -> dict[str, Any]:
   """Decodes a task split with one method at one (α, T, γ); writes predictions and metrics.
 
   Files in output_dir: config.gin (operative gin config), predictions.jsonl (per example: input,
   target, prediction, counters), metrics.json (scores, summed counters, rates, timings).
   `alpha` is the method's lenience (a rule's α, BiLD's rollback threshold); methods without one
-  ignore it, methods with one need it. shrink_batch: see `decoding.generate`. Returns the
-  metrics dict.
+  ignore it, methods with one need it. shrink_batch: see `decoding.generate`.
+  stream_batches > 1: decode that many batches' worth of examples per call, batch_size rows at
+  a time with continuous batching (`make_batches`, `decoding.generate(slots=...)`; same
+  outputs; not for seq_cascade nor with a mesh). Returns the metrics dict.
   """
   ms = resolve_method(method)
   check_task(task)
@@ -682,7 +716,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   settings = DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
                             top_k=int(top_k), top_p=float(top_p),
                             fallback_threshold=float(fallback_threshold),
-                            bild_max_window=bild_max_window, shrink_batch=bool(shrink_batch))
+                            bild_max_window=bild_max_window, shrink_batch=bool(shrink_batch),
+                            slots=stream_slots(batch_size, stream_batches, ms))
   kw = engine_kwargs(ms, settings, alpha, temperature, num_draft_tokens)
   decoding.make_knobs(decoding.make_spec(kw["method"], kw["rule"]), alpha=kw["alpha"],
                       temperature=kw["temperature"], top_p=kw["top_p"])  # validates early
@@ -692,8 +727,9 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   vocab = vocabulary_path or checkpoint_vocabulary(verifier_checkpoint or drafter_checkpoint)
   data = load_task(task, split, num_examples, seed, vocab, input_length)
   check_pair(drafter, verifier, data.tokenizer)
-  batches = make_batches(data, batch_size, input_bucket)
+  batches = make_batches(data, batch_size, input_bucket, stream_batches)
   mesh = make_mesh(model_parallel, use_mesh)
+  check_stream(settings, mesh)
   if is_writer():
     os.makedirs(output_dir, exist_ok=True)
     write_config(output_dir)

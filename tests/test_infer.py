@@ -88,6 +88,19 @@ def test_batches_are_length_sorted_fixed_shape_and_cover_every_example_once(env)
     infer.make_batches(data, 0)
 
 
+def test_stream_batches_group_consecutive_batches(env):
+  data = infer.load_task(TASK, "validation", 11, 0, str(env.vocab))
+  plain = infer.make_batches(data, 4)
+  streams = infer.make_batches(data, 4, stream_batches=2)
+  assert [b.inputs.shape[0] for b in streams] == [8, 4] and [b.num_real for b in streams] == [8, 3]
+  np.testing.assert_array_equal(np.concatenate([b.positions for b in streams]),
+                                np.concatenate([b.positions for b in plain]))
+  np.testing.assert_array_equal(streams[0].inputs, np.concatenate([plain[0].inputs,
+                                                                   plain[1].inputs]))
+  with pytest.raises(ValueError, match="stream_batches"):
+    infer.make_batches(data, 4, stream_batches=0)
+
+
 def test_rates_follow_the_paper_definitions():
   tot = {"output_tokens": 40, "drafted": 30, "accepted": 24, "rejected": 5, "deferred": 10.0,
          "verifier_calls": 8, "drafter_steps": 36}
@@ -209,12 +222,33 @@ def test_infer_with_the_verifier_alone_needs_no_drafter(pair_env, tmp_path):
   assert m["alpha"] is None and m["deferral_rate"] == 1.0 and m["counters"]["drafter_steps"] == 0
 
 
+@pytest.mark.slow
+def test_infer_streaming_gives_the_same_predictions(pair_env, tmp_path):
+  """stream_batches=2: 6 examples through 2 rows at a time (continuous batching) — the same
+  predictions and counters as plain batches of 2."""
+  runs = {}
+  for k in (1, 2):
+    out = tmp_path / f"s{k}"
+    assert infer.main(_infer_flags(out, "--gin.METHOD='spec_cascade_token_v3'", "--gin.ALPHA=0.3",
+                                   "--gin.TEMPERATURE=1.0", "--gin.NUM_DRAFT_TOKENS=3",
+                                   "--gin.BATCH_SIZE=2",
+                                   f"--gin.infer_script.infer.stream_batches={k}")) == 0
+    with open(out / "predictions.jsonl", encoding="utf-8") as f:
+      runs[k] = [json.loads(line) for line in f]
+  assert [r["prediction"] for r in runs[1]] == [r["prediction"] for r in runs[2]]
+  assert [r["counters"] for r in runs[1]] == [r["counters"] for r in runs[2]]
+
+
 @pytest.mark.parametrize("extra,match", [
     (["--gin.METHOD='spec_cascade_chow'"], "needs alpha"),
     (["--gin.METHOD='spec_cascade_chow'", "--gin.ALPHA=3.0"], "outside the range"),
     (["--gin.METHOD='nope'"], "unknown method 'nope'"),
     (["--gin.METHOD='verifier'", "--gin.MIXTURE_OR_TASK_NAME='debian_nope'"],
      "unknown task 'debian_nope'"),
+    (["--gin.METHOD='seq_cascade'", "--gin.ALPHA=0.3",
+      "--gin.infer_script.infer.stream_batches=2"], "cannot stream"),
+    (["--gin.METHOD='verifier'", "--gin.infer_script.infer.stream_batches=0"],
+     "stream_batches must be a positive int"),
 ])
 def test_infer_rejects_bad_settings(tmp_path, capsys, extra, match):
   # Checked before any model is loaded (the checkpoint paths do not even exist).
