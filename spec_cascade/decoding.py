@@ -21,8 +21,9 @@ positions < n (plus the drafter's extra positions, which are overwritten before 
 except that SpecDecode's drafter may lack position n − 1 (it skips the step on a block's last
 draft, whose distribution its target never reads) and rewrites it in the next block's first call.
 A row finishes at its first EOS (kept in the output) or at max_decode_length; later positions
-are 0. Every random draw of a row comes from fold_in(key(seed), example_id), then the loop
-step, so a row's output does not depend on the batch it sits in or on the device count.
+are 0. Every random draw of a row comes from fold_in(key(seed), example_id), then the row's
+own step count, so a row's output does not depend on the batch it sits in, on when it entered
+it (`decode_stream`) or on the device count.
 A batch of ≥ 16 rows runs in two stages (`stage_sizes`, `_run`): once at most a quarter of its
 rows are still decoding, those rows (caches, keys and all) go on in a quarter-size batch, so
 the tail waiting for the slowest rows does not pay for the finished ones.
@@ -549,8 +550,8 @@ def _run(make_body, state: DecodeState, row_keys: Array, sizes: tuple[int, ...]
   every model call. After stage i, while more than sizes[i+1] rows are active, the active
   rows are gathered (caches included) into a batch of sizes[i+1] and the loop goes on with
   that; finished rows keep their results in the returned full-size state. Per-row results are
-  unchanged (a row's keys move with it; the loop step stays global), up to float rounding: a
-  matmul over fewer rows may round differently in the last bit.
+  unchanged (a row's keys move with it and its draws follow its own step count), up to float
+  rounding: a matmul over fewer rows may round differently in the last bit.
   Returns the state with every row, at its original index (caches from the last stage only).
   """
   full, rows = state, jnp.arange(sizes[0])
