@@ -19,8 +19,8 @@ if [ "$1" = -c ]; then echo "[data] fake"; exit 0; fi
 dir=""; for a in "$@"; do case "$a" in --gin.MODEL_DIR=*) dir="${a#--gin.MODEL_DIR=}";; esac; done
 dir="${dir//\'/}"; name="$(basename "$dir")"
 mode=all; case "${XLA_FLAGS:-}" in *intra_op_parallelism_threads=1*) mode=pinned;; esac
-echo "start $mode" >> "$dir/events"
 trap 'echo "checkpoint $mode" >> "$dir/events"; exit 143' TERM
+echo "start $mode" >> "$dir/events"
 finish() { mkdir -p "$dir/export"; echo '{}' > "$dir/export/spec_cascade_checkpoint.json"; echo "done $mode" >> "$dir/events"; exit 0; }
 if [ "$name" = drafter ]; then sleep 1; finish; fi
 if [ "$mode" = all ]; then sleep 1; finish; fi
@@ -73,6 +73,16 @@ def test_stop_stops_both_runs(tmp_path, fake_venv):
                                            ''))
   subprocess.run(["bash", str(SCRIPT), str(out)], check=True, capture_output=True, env=env,
                  timeout=60, cwd=ROOT)
+  # Stop only once both runs have started (and set their SIGTERM handler): on a loaded machine
+  # the launch can take longer than the script's return.
+  for name in ("drafter", "verifier"):
+    events = out / name / "events"
+    for _ in range(300):
+      if events.exists() and "start pinned" in events.read_text():
+        break
+      subprocess.run(["sleep", "0.1"], check=True)
+    else:
+      pytest.fail(f"{name} did not start within 30 s")
   subprocess.run(["bash", str(SCRIPT), str(out), "--stop"], check=True, capture_output=True,
                  env=env, timeout=60, cwd=ROOT)
   for name in ("drafter", "verifier"):
