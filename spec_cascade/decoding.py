@@ -584,6 +584,13 @@ def _block_width(spec: DecodeSpec) -> int:
   return 1
 
 
+def _lengths(spec: DecodeSpec) -> tuple[int, int]:
+  """(cache length, output buffer length): room for max_decode_length plus the widest block
+  (a block may run past the last position before EOS / the cap cuts it)."""
+  width = _block_width(spec)
+  return spec.max_decode_length + width + 1, spec.max_decode_length + width
+
+
 def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d_params,
            v_params, inputs: Array, example_ids: Array, seed: Array, knobs: Knobs
            ) -> DecodeResult:
@@ -594,9 +601,7 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
   """
   batch = inputs.shape[0]
   max_len = spec.max_decode_length
-  width = _block_width(spec)
-  cache_len = max_len + width + 1
-  buf_len = max_len + width
+  cache_len, buf_len = _lengths(spec)
   row_keys = _row_keys(seed, example_ids)
   sizes = stage_sizes(batch, spec.shrink_batch)
   drafter = Bundle(d_model, d_params) if d_model is not None else None
@@ -692,8 +697,7 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
     raise ValueError(f"decode_stream needs a one-loop method and 1 ≤ slots ≤ N; got method "
                      f"{spec.method!r}, slots {slots}, N {n}.")
   max_len = spec.max_decode_length
-  width = _block_width(spec)
-  cache_len, buf_len = max_len + width + 1, max_len + width
+  cache_len, buf_len = _lengths(spec)
   drafter = Bundle(d_model, d_params) if d_model is not None else None
   verifier = Bundle(v_model, v_params) if v_model is not None else None
   all_keys = _row_keys(seed, example_ids)

@@ -383,6 +383,12 @@ class Batch:
     return len(self.positions)
 
 
+def _check_stream_batches(stream_batches) -> None:
+  if not isinstance(stream_batches, (int, np.integer)) or stream_batches < 1:
+    raise ValueError(f"stream_batches must be a positive int (1: plain batches), got "
+                     f"{stream_batches!r}.")
+
+
 def make_batches(data: TaskData, batch_size: int, input_bucket: int | None = None,
                  stream_batches: int = 1) -> list[Batch]:
   """Length-sorted batches of exactly `batch_size` rows (see the module docstring).
@@ -392,9 +398,7 @@ def make_batches(data: TaskData, batch_size: int, input_bucket: int | None = Non
   slots = batch_size)."""
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-  if not isinstance(stream_batches, (int, np.integer)) or stream_batches < 1:
-    raise ValueError(f"stream_batches must be a positive int (1: plain batches), got "
-                     f"{stream_batches!r}.")
+  _check_stream_batches(stream_batches)
   if input_bucket is not None and (not isinstance(input_bucket, (int, np.integer))
                                    or input_bucket < 1):
     raise ValueError(f"input_bucket must be a positive int or None, got {input_bucket!r}.")
@@ -437,9 +441,7 @@ class DecodeSettings:
 def stream_slots(batch_size: int, stream_batches: int, method: MethodSpec) -> int | None:
   """DecodeSettings.slots for `stream_batches` (None: plain batches). ValueError for a method
   that cannot stream."""
-  if not isinstance(stream_batches, (int, np.integer)) or stream_batches < 1:
-    raise ValueError(f"stream_batches must be a positive int (1: plain batches), got "
-                     f"{stream_batches!r}.")
+  _check_stream_batches(stream_batches)
   if stream_batches == 1:
     return None
   if method.engine_method == "seq_cascade":
