@@ -537,40 +537,34 @@ def stage_sizes(batch: int, shrink: bool) -> tuple[int, ...]:
   return (batch, batch // 4) if shrink and batch >= 16 else (batch,)
 
 
-def _per_row(state: DecodeState) -> DecodeState:
-  """The state's per-row fields (batch-leading arrays), without the loop step."""
-  return state.replace(step=None)
-
-
 def _run(make_body, state: DecodeState, row_keys: Array, sizes: tuple[int, ...]
          ) -> DecodeState:
   """Runs make_body(row_keys) until every row is done, shrinking the batch between stages.
 
   A lockstep loop runs until its slowest row is done, and finished rows still go through
-  every model call. After stage i, while more than sizes[i+1] rows are active, the active
-  rows are gathered (caches included) into a batch of sizes[i+1] and the loop goes on with
-  that; finished rows keep their results in the returned full-size state. Per-row results are
-  unchanged (a row's keys move with it and its draws follow its own step count), up to float
-  rounding: a matmul over fewer rows may round differently in the last bit.
-  Returns the state with every row, at its original index (caches from the last stage only).
+  every model call. Once at most sizes[i+1] rows are active, the active rows are gathered
+  (caches included) into a batch of sizes[i+1] and the loop goes on with that; finished rows
+  keep their results in the returned full-size state. Per-row results are unchanged (a row's
+  keys move with it and its draws follow its own step count), up to float rounding: a matmul
+  over fewer rows may round differently in the last bit.
+  Returns the state with every row at its original index (caches: the first stage's).
   """
-  full, rows = state, jnp.arange(sizes[0])
-  for i, size in enumerate(sizes):
-    nxt = sizes[i + 1] if i + 1 < len(sizes) else 0
-    state = jax.lax.while_loop(lambda s, nxt=nxt: jnp.sum(~s.done) > nxt, make_body(row_keys),
-                               state)
-    if i == 0 and nxt == 0:
-      return state
-    written = jax.tree_util.tree_map(lambda f, p: f.at[rows].set(p),
-                                     _per_row(full).replace(d_cache=None, v_cache=None),
-                                     _per_row(state).replace(d_cache=None, v_cache=None))
-    full = written.replace(step=state.step, d_cache=state.d_cache, v_cache=state.v_cache)
-    if nxt:
-      # Active rows first, in their order; the next stage keeps `nxt` rows (≥ the active).
-      keep = jnp.argsort(state.done, stable=True)[:nxt]
-      state = jax.tree_util.tree_map(lambda x: x[keep], _per_row(state)).replace(
-          step=state.step)
-      rows, row_keys = rows[keep], row_keys[keep]
+  leaves = sizes[1:] + (0,)  # each stage runs while more rows than this are active
+  loop = lambda s, keys, leave: jax.lax.while_loop(lambda s: jnp.sum(~s.done) > leave,
+                                                   make_body(keys), s)
+  full = state = loop(state, row_keys, leaves[0])
+  rows = jnp.arange(sizes[0])  # each row of `state`: its index in `full`
+  per_row = lambda s: s.replace(step=None, d_cache=None, v_cache=None)
+  for size, leave in zip(sizes[1:], leaves[1:]):
+    # Active rows first, in their order; the stage keeps `size` rows (≥ the active ones).
+    keep = jnp.argsort(state.done, stable=True)[:size]
+    rows, row_keys = rows[keep], row_keys[keep]
+    state = loop(jax.tree_util.tree_map(lambda x: x[keep], state.replace(step=None)).replace(
+        step=state.step), row_keys, leave)
+    full = jax.tree_util.tree_map(lambda f, p: f.at[rows].set(p), per_row(full),
+                                  per_row(state)).replace(step=state.step,
+                                                          d_cache=full.d_cache,
+                                                          v_cache=full.v_cache)
   return full
 
 

@@ -450,12 +450,6 @@ def stream_slots(batch_size: int, stream_batches: int, method: MethodSpec) -> in
   return int(batch_size)
 
 
-def check_stream(settings: DecodeSettings, mesh) -> None:
-  if settings.slots is not None and mesh is not None:
-    raise ValueError("stream_batches > 1 (continuous batching) does not support a device mesh "
-                     "yet; use stream_batches=1, or use_mesh=False on one device.")
-
-
 def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
                   temperature: float, num_draft_tokens: int) -> dict[str, Any]:
   """Keyword arguments of `decoding.generate` for one operating point."""
@@ -731,7 +725,6 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   check_pair(drafter, verifier, data.tokenizer)
   batches = make_batches(data, batch_size, input_bucket, stream_batches)
   mesh = make_mesh(model_parallel, use_mesh)
-  check_stream(settings, mesh)
   if is_writer():
     os.makedirs(output_dir, exist_ok=True)
     write_config(output_dir)
