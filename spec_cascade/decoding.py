@@ -537,8 +537,8 @@ def stage_sizes(batch: int, shrink: bool) -> tuple[int, ...]:
   return (batch, batch // 4) if shrink and batch >= 16 else (batch,)
 
 
-def _run(make_body, state: DecodeState, row_keys: Array, sizes: tuple[int, ...]
-         ) -> DecodeState:
+def _run(make_body, state: DecodeState, row_keys: Array, sizes: tuple[int, ...],
+         started: bool = False) -> DecodeState:
   """Runs make_body(row_keys) until every row is done, shrinking the batch between stages.
 
   A lockstep loop runs until its slowest row is done, and finished rows still go through
@@ -547,12 +547,13 @@ def _run(make_body, state: DecodeState, row_keys: Array, sizes: tuple[int, ...]
   keep their results in the returned full-size state. Per-row results are unchanged (a row's
   keys move with it and its draws follow its own step count), up to float rounding: a matmul
   over fewer rows may round differently in the last bit.
+  started: the first stage has already run elsewhere (a stream's tail, `decode_stream`).
   Returns the state with every row at its original index (caches: the first stage's).
   """
   leaves = sizes[1:] + (0,)  # each stage runs while more rows than this are active
   loop = lambda s, keys, leave: jax.lax.while_loop(lambda s: jnp.sum(~s.done) > leave,
                                                    make_body(keys), s)
-  full = state = loop(state, row_keys, leaves[0])
+  full = state = state if started else loop(state, row_keys, leaves[0])
   rows = jnp.arange(sizes[0])  # each row of `state`: its index in `full`
   per_row = lambda s: s.replace(step=None, d_cache=None, v_cache=None)
   for size, leave in zip(sizes[1:], leaves[1:]):
@@ -682,7 +683,9 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
   out and the next examples take their slots (encoder side copied in, counters reset), so a
   step never waits for a batch's slowest row while examples are left. Each example's tokens
   and counters are those `decode` gives it (its draws depend on its example id and its own
-  step count only), up to float rounding across batch compositions.
+  step count only), up to float rounding across batch compositions. With
+  `spec.shrink_batch` and ≥ 16 slots, the tail (queue empty, a quarter of the slots busy)
+  finishes in a quarter-size batch (`stage_sizes`, `_run`).
   inputs: int32 [N, S] (N ≥ slots); example_ids: int32 [N]. Returns DecodeResult [N, ...].
   Not for seq_cascade (two passes over a fixed batch).
   """
@@ -708,14 +711,19 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
   d_cache, d_pool = caches(drafter, spec.method in _USES_DRAFTER)
   v_cache, v_pool = caches(verifier, spec.method in _USES_VERIFIER)
   make_body = _make_body(spec, drafter, verifier, knobs)
+  slot_keys = lambda st: all_keys[jnp.minimum(st.example, n - 1)]
 
-  def step(st: StreamState) -> StreamState:
-    s = make_body(all_keys[jnp.minimum(st.example, n - 1)])(st.slots)
-    finished = s.done & (st.example < n)
+  def write(st: StreamState, s: DecodeState, finished: Array):
+    """(out, length, counters) of the stream with the `finished` slots' results written."""
     dest = jnp.where(finished, st.example, n)  # n: out of range, the write is dropped
     put = lambda full, part: full.at[dest].set(part, mode="drop")
-    out, length = put(st.out, s.out), put(st.length, s.length)
-    counters = jax.tree_util.tree_map(put, st.counters, s.counters)
+    return (put(st.out, s.out), put(st.length, s.length),
+            jax.tree_util.tree_map(put, st.counters, s.counters))
+
+  def step(st: StreamState) -> StreamState:
+    s = make_body(slot_keys(st))(st.slots)
+    finished = s.done & (st.example < n)
+    out, length, counters = write(st, s, finished)
     # Finished slots take the next examples, in slot order.
     new = st.next + jnp.cumsum(finished) - 1
     refill = finished & (new < n)
@@ -738,26 +746,59 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
                      example=jnp.arange(slots, dtype=jnp.int32), next=jnp.int32(slots),
                      out=jnp.zeros((n, buf_len), jnp.int32), length=jnp.zeros((n,), jnp.int32),
                      counters=Counters.zeros(n))
-  st = jax.lax.while_loop(lambda st: jnp.any(st.example < n), step, init)
+  # Once the queue is empty the stream is a lockstep batch of its last examples: with
+  # shrink_batch it stops at a quarter of the slots active and `_run` gathers those into a
+  # quarter-size batch, as `decode` does for a batch's slowest rows.
+  sizes = stage_sizes(slots, spec.shrink_batch)
+  tail = sizes[1] if len(sizes) > 1 else 0
+  st = jax.lax.while_loop(
+      lambda st: (st.next < n) | (jnp.sum(st.example < n) > tail), step, init)
+  if tail:
+    s = _run(make_body, st.slots, slot_keys(st), sizes, started=True)
+    out, length, counters = write(st, s, st.example < n)
+    st = st.replace(out=out, length=length, counters=counters)
   counters = st.counters.replace(output_tokens=st.length)
   return DecodeResult(tokens=st.out[:, :max_len], lengths=st.length, counters=counters)
 
 
+def _jit(fn, mesh):
+  """jax.jit(fn), or with a data-parallel mesh ('model' of size 1) jit of a `jax.shard_map`
+  in which each device runs fn on its own contiguous share of the examples.
+
+  No collective runs inside the decode loop, so each device's loop stops when its own rows
+  are done instead of stepping in lockstep with the slowest row of the whole batch (which
+  the same loop partitioned by XLA would do: its loop condition is global). Inputs, ids and
+  every output are split over 'data'; parameters, seed and knobs are replicated."""
+  if mesh is None:
+    return jax.jit(fn)
+  rep, data = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("data")
+  # check_vma=False: the loop state mixes values that start replicated (step counters, the
+  # stream's queue position) with per-device ones, which while_loop's carry check rejects.
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(rep, rep, data, data, rep, rep),
+                               out_specs=data, check_vma=False))
+
+
+def _models(d_config: T5Config | None, v_config: T5Config | None):
+  return (T5Model(d_config) if d_config is not None else None,
+          T5Model(v_config) if v_config is not None else None)
+
+
 @functools.lru_cache(maxsize=32)
 def compiled_stream(d_config: T5Config | None, v_config: T5Config | None, spec: DecodeSpec,
-                    slots: int):
-  """The jitted `decode_stream` for one (models, spec, slots)."""
-  d_model = T5Model(d_config) if d_config is not None else None
-  v_model = T5Model(v_config) if v_config is not None else None
-  return jax.jit(functools.partial(decode_stream, d_model, v_model, spec, slots))
+                    slots: int, mesh=None):
+  """The jitted `decode_stream` for one (models, spec, slots); with a data-parallel mesh,
+  each device streams its share of the examples through slots / D rows (`_jit`)."""
+  size = 1 if mesh is None else mesh.shape["data"]
+  return _jit(functools.partial(decode_stream, *_models(d_config, v_config), spec,
+                                slots // size), mesh)
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_decode(d_config: T5Config | None, v_config: T5Config | None, spec: DecodeSpec):
-  """The jitted `decode` for one (models, spec); cached so repeated calls reuse it."""
-  d_model = T5Model(d_config) if d_config is not None else None
-  v_model = T5Model(v_config) if v_config is not None else None
-  return jax.jit(functools.partial(decode, d_model, v_model, spec))
+def compiled_decode(d_config: T5Config | None, v_config: T5Config | None, spec: DecodeSpec,
+                    mesh=None):
+  """The jitted `decode` for one (models, spec[, data-parallel mesh: `_jit`]); cached so
+  repeated calls reuse it."""
+  return _jit(functools.partial(decode, *_models(d_config, v_config), spec), mesh)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -856,14 +897,18 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   drafter / verifier: `Bundle(T5Model, params)` (either may be None when the method does not
   use it). alpha, beta, temperature, top_p and the BiLD thresholds are traced: changing them
   reuses the compiled program. example_ids [B] (default 0..B-1) seed each row's randomness.
-  mesh: optional `jax.sharding.Mesh` with a 'data' axis; the batch is split over it (padded to
-  a multiple of its size) and the parameters follow `spec_cascade.parallel` rules.
+  mesh: optional `jax.sharding.Mesh` with 'data' and 'model' axes; the batch is split over
+  'data' (padded to a multiple of its size). Data parallel ('model' of size 1): each device
+  decodes rows d, d + D, ... in its own loop (`_jit`), stopping when its rows are done. With
+  'model' > 1 the parameters are split by the `spec_cascade.parallel` rules and XLA
+  partitions one loop over the mesh.
   shrink_batch: a batch of ≥ 16 rows goes on as a quarter-size batch once at most that many
   rows are still decoding (`stage_sizes`; outputs unchanged, compilation ×2); False keeps the
   whole batch in every call.
   slots: decode the B inputs through this many rows at a time (continuous batching,
   `decode_stream`): a finished row's slot takes the next input at once, so no step waits for a
-  batch's slowest row. Same outputs as without; not for seq_cascade or with a mesh.
+  batch's slowest row. Same outputs as without; not for seq_cascade. With a mesh (data
+  parallel only), slots must be a multiple of its 'data' size: each device streams its share.
   """
   spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
                    max_decode_length=max_decode_length, top_k=top_k, beta=beta,
@@ -893,26 +938,36 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
       raise ValueError("slots (continuous batching) does not apply to seq_cascade, which "
                        "decodes a fixed batch twice; leave slots=None.")
     if stream and mesh is not None:
-      raise ValueError("slots (continuous batching) does not support a mesh yet; pass "
-                       "mesh=None or slots=None.")
+      from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
+      parallel.check_stream_mesh(mesh, slots)
   use_d = drafter if method in _USES_DRAFTER else None
   use_v = verifier if method in _USES_VERIFIER else None
   d_params = use_d.params if use_d else None
   v_params = use_v.params if use_v else None
   ids = ids.astype(np.int32)
+  order, per_device = None, mesh is not None and mesh.shape["model"] == 1
   if mesh is not None:
     from spec_cascade import parallel
-    inputs, ids, _ = parallel.pad_batch(mesh, inputs, ids)
+    if per_device:
+      # Device d decodes rows d, d + D, ...: inputs sorted by length spread evenly.
+      inputs, ids, order = parallel.interleave_batch(mesh, inputs, ids)
+    else:
+      inputs, ids, _ = parallel.pad_batch(mesh, inputs, ids)
     inputs, ids = parallel.shard_batch(mesh, inputs), parallel.shard_batch(mesh, ids)
     d_params = parallel.shard_params(mesh, d_params) if d_params is not None else None
     v_params = parallel.shard_params(mesh, v_params) if v_params is not None else None
   configs = (use_d.model.config if use_d else None, use_v.model.config if use_v else None)
-  fn = compiled_stream(*configs, spec, int(slots)) if stream else compiled_decode(*configs, spec)
+  # The mesh goes in only when set: lru_cache keys f(x) and f(x, None) apart.
+  on = (mesh,) if per_device else ()
+  fn = (compiled_stream(*configs, spec, int(slots), *on) if stream
+        else compiled_decode(*configs, spec, *on))
   t0 = time.perf_counter()
   res = jax.block_until_ready(fn(d_params, v_params, jnp.asarray(inputs), jnp.asarray(ids),
                                  jnp.int32(seed), knobs))
   wall = time.perf_counter() - t0
-  # Rows past `batch` are the mesh's padding.
-  counters = {f: np.asarray(getattr(res.counters, f))[:batch] for f in COUNTER_FIELDS}
-  return GenerateOutput(tokens=np.asarray(res.tokens)[:batch],
-                        lengths=np.asarray(res.lengths)[:batch], counters=counters, wall_s=wall)
+  # Back to the input order; rows past `batch` are the mesh's padding.
+  rows = (lambda x: np.asarray(x)[:batch]) if order is None else (
+      lambda x: np.asarray(x)[np.argsort(order)][:batch])
+  counters = {f: rows(getattr(res.counters, f)) for f in COUNTER_FIELDS}
+  return GenerateOutput(tokens=rows(res.tokens), lengths=rows(res.lengths), counters=counters,
+                        wall_s=wall)

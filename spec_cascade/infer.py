@@ -698,7 +698,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   ignore it, methods with one need it. shrink_batch: see `decoding.generate`.
   stream_batches > 1: decode that many batches' worth of examples per call, batch_size rows at
   a time with continuous batching (`make_batches`, `decoding.generate(slots=...)`; same
-  outputs; not for seq_cascade nor with a mesh). Returns the metrics dict.
+  outputs; not for seq_cascade; on a mesh, batch_size must be a multiple of its data size and
+  model_parallel 1). Returns the metrics dict.
   """
   ms = resolve_method(method)
   check_task(task)

@@ -105,3 +105,24 @@ def pad_batch(mesh: Mesh, inputs: np.ndarray, ids: np.ndarray):
     inputs = np.concatenate([inputs, np.zeros((pad, inputs.shape[1]), inputs.dtype)])
     ids = np.concatenate([ids, -np.ones((pad,), ids.dtype)])
   return inputs, ids, pad
+
+
+def check_stream_mesh(mesh: Mesh, slots: int) -> None:
+  """ValueError unless continuous batching with `slots` rows can run on `mesh`."""
+  if mesh.shape["model"] != 1:
+    raise ValueError(f"continuous batching (slots) splits examples over 'data' only; this mesh "
+                     f"has model={mesh.shape['model']}. Use a data-parallel mesh (model=1) or "
+                     "slots=None.")
+  if slots % mesh.shape["data"]:
+    raise ValueError(f"slots={slots} must be a multiple of the mesh's data size "
+                     f"{mesh.shape['data']} (each device decodes slots / data rows).")
+
+
+def interleave_batch(mesh: Mesh, inputs: np.ndarray, ids: np.ndarray):
+  """Pads like `pad_batch`, then orders rows so that device d's contiguous share of axis 0
+  holds rows d, d + D, d + 2D, ... (D = the 'data' size). Returns (inputs, ids, order) with
+  new row i = old row order[i]; `np.argsort(order)` puts results back."""
+  inputs, ids, _ = pad_batch(mesh, inputs, ids)
+  size = mesh.shape["data"]
+  order = np.arange(inputs.shape[0]).reshape(-1, size).T.ravel()
+  return inputs[order], ids[order], order

@@ -1,4 +1,5 @@
-"""The benchmark scripts' pure helpers (bench/hf_peer.py, bench/compile_time.py): fast checks."""
+"""The benchmark scripts' pure helpers (bench/hf_peer.py, bench/compile_time.py): fast checks;
+bench/stream_speedup.py end to end on a few examples (slow)."""
 import os
 import sys
 
@@ -127,3 +128,12 @@ def test_micro_ops_forms_agree_and_run(capsys):
   micro_ops.main(["--iters", "2", "--reps", "1"])  # asserts each form against the reference
   out = capsys.readouterr().out
   assert "| 32 | 6 |" in out and "| 48 |" in out
+
+
+@pytest.mark.slow
+def test_stream_speedup_runs_and_checks_outputs(capsys):
+  import stream_speedup  # pylint: disable=g-import-not-at-top
+  stream_speedup.main(["--examples", "6", "--rows", "2", "--trials", "1",
+                       "--max_decode_length", "6", "--gamma", "2"])
+  rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| 2 |")]
+  assert len(rows) == 1 and rows[0].count("×") == 2, rows

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -283,9 +284,11 @@ def shrink_to_six(monkeypatch):
   """Stages (8, 6): rows move to the second stage as soon as two are done, so every method
   (also those whose rows mostly run to the length cap) runs both stages."""
   monkeypatch.setattr(decoding, "stage_sizes", lambda b, shrink: (b, 6) if shrink else (b,))
-  decoding.compiled_decode.cache_clear()  # programs traced with the real stages
+  for fn in (decoding.compiled_decode, decoding.compiled_stream):
+    fn.cache_clear()  # programs traced with the real stages
   yield
-  decoding.compiled_decode.cache_clear()
+  for fn in (decoding.compiled_decode, decoding.compiled_stream):
+    fn.cache_clear()
 
 
 @pytest.mark.slow
@@ -328,6 +331,42 @@ def test_every_one_loop_method_streams(pair, method, rule, temperature):
                        generate(drafter, verifier, x, **kw))
 
 
+def test_stream_tail_shrinks_with_unchanged_outputs(pair, monkeypatch):
+  """20 examples through 16 slots: once the queue is empty and at most 4 slots are busy, the
+  last examples finish in a batch of 4 (the real stage policy); outputs as in one batch."""
+  drafter, verifier = pair
+  started = []
+  run = decoding._run  # pylint: disable=protected-access
+  monkeypatch.setattr(decoding, "_run", lambda *a, **k: started.append(
+      k.get("started", False)) or run(*a, **k))
+  decoding.compiled_stream.cache_clear()
+  x = random_inputs(20, seed=8)
+  kw = dict(method="spec_cascade", rule="token_v3", alpha=0.3, temperature=1.0,
+            num_draft_tokens=3, max_decode_length=MAXLEN, seed=4)
+  stream = generate(drafter, verifier, x, slots=16, **kw)
+  assert started == [True]  # traced: the tail goes through the shrinking stage
+  unshrunk = generate(drafter, verifier, x, slots=16, shrink_batch=False, **kw)
+  assert started == [True]  # no tail stage without shrink_batch
+  decoding.compiled_stream.cache_clear()
+  _assert_same_outputs(stream, generate(drafter, verifier, x, shrink_batch=False, **kw))
+  _assert_same_outputs(unshrunk, stream)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,rule,temperature", [
+    ("verifier", None, 0.0), ("spec_decode", None, 1.0), ("spec_cascade", "token_v3", 1.0),
+    ("token_cascade", None, 1.0), ("bild", None, 0.0)])
+def test_stream_tail_keeps_outputs_for_every_method(pair, shrink_to_six, method, rule,
+                                                     temperature):
+  """Stages (8, 6): a stream of 12 through 8 slots hands its last 6 rows to a second stage."""
+  drafter, verifier = pair
+  x = random_inputs(12, seed=5)
+  kw = dict(method=method, rule=rule, alpha=0.3, temperature=temperature, num_draft_tokens=3,
+            max_decode_length=MAXLEN, seed=6)
+  _assert_same_outputs(generate(drafter, verifier, x, slots=8, **kw),
+                       generate(drafter, verifier, x, shrink_batch=False, **kw))
+
+
 def test_alpha_temperature_sweep_compiles_once(pair):
   drafter, verifier = pair
   x = random_inputs(2)
@@ -359,8 +398,18 @@ _MULTI_DEVICE = textwrap.dedent("""
     big = generate(d, v, random_inputs(16, seed=6), method="spec_cascade", rule="token_v3",
                    alpha=0.3, temperature=1.0, num_draft_tokens=3, max_decode_length=16, seed=2,
                    mesh=mesh)
+    # Data and model parallel (2 x 2): the loop partitioned by XLA instead of one per device.
+    mp = generate(d, v, x, method="spec_cascade", rule="token_v3", alpha=0.2, temperature=1.0,
+                  num_draft_tokens=3, max_decode_length=12, seed=1,
+                  mesh=parallel.make_mesh(model=2) if {n} > 1 else None)
+    # Continuous batching: 10 inputs (padded to 12) through one slot per device.
+    st = generate(d, v, random_inputs(10, seed=4), method="spec_decode", temperature=1.0,
+                  num_draft_tokens=3, max_decode_length=12, seed=3, slots=4, mesh=mesh)
     print(json.dumps({{"tokens": out.tokens.tolist(), "accepted": out.counters["accepted"].tolist(),
-                      "big": big.tokens.tolist(), "big_blocks": big.counters["blocks"].tolist()}}))
+                      "big": big.tokens.tolist(), "big_blocks": big.counters["blocks"].tolist(),
+                      "mp": mp.tokens.tolist(), "stream": st.tokens.tolist(),
+                      "stream_lengths": st.lengths.tolist(),
+                      "stream_blocks": st.counters["blocks"].tolist()}}))
 """)
 
 
@@ -412,11 +461,24 @@ class TestErrors:
     with pytest.raises(ValueError, match="slots must be a positive int"):
       generate(*pair, np.ones((3, 3), np.int32), method="verifier", slots=slots)
 
-  def test_slots_with_a_mesh(self, pair):
+  def test_interleave_batch_spreads_rows_over_devices(self):
     from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
-    with pytest.raises(ValueError, match="does not support a mesh"):
-      generate(*pair, np.ones((3, 3), np.int32), method="verifier", slots=2,
-               mesh=parallel.make_mesh())
+    mesh = types.SimpleNamespace(shape={"data": 3, "model": 1})
+    x = np.arange(7, dtype=np.int32)[:, None] + 1
+    inputs, ids, order = parallel.interleave_batch(mesh, x, np.arange(7, dtype=np.int32))
+    # Padded to 9; device d's share (3 rows each) holds rows d, d + 3, d + 6.
+    assert order.tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]
+    assert ids.tolist() == [0, 3, 6, 1, 4, -1, 2, 5, -1]
+    assert inputs[:, 0].tolist() == [1, 4, 7, 2, 5, 0, 3, 6, 0]
+    assert inputs[np.argsort(order)][:7, 0].tolist() == list(range(1, 8))
+
+  def test_slots_on_a_mesh_that_cannot_stream(self):
+    from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
+    with pytest.raises(ValueError, match="splits examples over 'data' only.*model=2"):
+      parallel.check_stream_mesh(types.SimpleNamespace(shape={"data": 2, "model": 2}), 4)
+    with pytest.raises(ValueError, match="slots=3 must be a multiple of the mesh's data size 2"):
+      parallel.check_stream_mesh(types.SimpleNamespace(shape={"data": 2, "model": 1}), 3)
+    parallel.check_stream_mesh(types.SimpleNamespace(shape={"data": 2, "model": 1}), 4)
 
   def test_slots_with_seq_cascade(self, pair):
     with pytest.raises(ValueError, match="does not apply to seq_cascade"):
