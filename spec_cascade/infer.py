@@ -751,6 +751,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
       "wallclock_s": run.wall_s, "compile_s": compile_seconds(first, run) if first else None,
       "tokens_per_s": tot["output_tokens"] / run.wall_s if run.wall_s > 0 else None,
       "engine": {k: v for k, v in kw.items()},
+      "mesh": None if mesh is None else dict(mesh.shape),
   }
   if is_writer():
     write_jsonl(os.path.join(output_dir, "predictions.jsonl"),

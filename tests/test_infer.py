@@ -4,6 +4,8 @@ import glob
 import json
 import math
 import os
+import subprocess
+import sys
 
 import gin
 import jax
@@ -237,6 +239,31 @@ def test_infer_streaming_gives_the_same_predictions(pair_env, tmp_path):
       runs[k] = [json.loads(line) for line in f]
   assert [r["prediction"] for r in runs[1]] == [r["prediction"] for r in runs[2]]
   assert [r["counters"] for r in runs[1]] == [r["counters"] for r in runs[2]]
+
+
+@pytest.mark.slow
+def test_infer_streams_on_a_two_device_mesh(pair_env, tmp_path):
+  """Two CPU devices (a data-parallel mesh: each streams its share of every call's examples
+  through one slot): the same predictions and counters as one device in plain batches."""
+  flags = lambda out, k: _infer_flags(
+      out, "--gin.METHOD='spec_cascade_token_v3'", "--gin.ALPHA=0.3", "--gin.TEMPERATURE=1.0",
+      "--gin.NUM_DRAFT_TOKENS=3", "--gin.BATCH_SIZE=2", f"--gin.infer_script.infer.stream_batches={k}")
+  assert infer.main(flags(tmp_path / "one", 1)) == 0
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-m", "spec_cascade.infer", *flags(tmp_path / "two", 3)],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  runs = {}
+  for name in ("one", "two"):
+    with open(tmp_path / name / "predictions.jsonl", encoding="utf-8") as f:
+      runs[name] = [json.loads(line) for line in f]
+  assert [r["prediction"] for r in runs["one"]] == [r["prediction"] for r in runs["two"]]
+  for a, b in zip(runs["one"], runs["two"]):
+    assert a["counters"] == pytest.approx(b["counters"], rel=1e-5)  # float sums may round
+  assert json.loads((tmp_path / "two" / "metrics.json").read_text())["mesh"] == {
+      "data": 2, "model": 1}
+  assert json.loads((tmp_path / "one" / "metrics.json").read_text())["mesh"] is None
 
 
 @pytest.mark.parametrize("extra,match", [
