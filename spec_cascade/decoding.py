@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec_cascade import deferral, sampling
+from spec_cascade import deferral, parallel, sampling
 from spec_cascade.models.configs import T5Config
 from spec_cascade.models.t5 import DecoderCache, T5Model
 
@@ -938,7 +938,6 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
       raise ValueError("slots (continuous batching) does not apply to seq_cascade, which "
                        "decodes a fixed batch twice; leave slots=None.")
     if stream and mesh is not None:
-      from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
       parallel.check_stream_mesh(mesh, slots)
   use_d = drafter if method in _USES_DRAFTER else None
   use_v = verifier if method in _USES_VERIFIER else None
@@ -947,7 +946,6 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   ids = ids.astype(np.int32)
   order, per_device = None, mesh is not None and mesh.shape["model"] == 1
   if mesh is not None:
-    from spec_cascade import parallel
     if per_device:
       # Device d decodes rows d, d + D, ...: inputs sorted by length spread evenly.
       inputs, ids, order = parallel.interleave_batch(mesh, inputs, ids)
