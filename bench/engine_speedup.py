@@ -38,6 +38,7 @@ import hf_peer  # pylint: disable=g-import-not-at-top,wrong-import-position  (ad
 from hf_peer import loop_call_cost as call_cost  # pylint: disable=g-import-not-at-top
 
 from spec_cascade.decoding import generate  # pylint: disable=g-import-not-at-top
+from spec_cascade.models import T5Model  # pylint: disable=g-import-not-at-top
 
 
 def timed(fn, trials: int):
@@ -58,6 +59,11 @@ def main():
   parser.add_argument("--max_decode_length", type=int, default=48)
   parser.add_argument("--trials", type=int, default=3)
   parser.add_argument("--noise", type=float, default=0.02)
+  parser.add_argument("--matmul_dtype", default=None, choices=[None, "bfloat16"],
+                      help="T5Config.matmul_dtype for both models: bfloat16 matmul inputs, "
+                      "float32 accumulation (greedy SpecDecode then equals the verifier only "
+                      "up to bfloat16 rounding: the rows that agree are reported, not "
+                      "required)")
   parser.add_argument("--mesh", action="store_true",
                       help="data-parallel over all jax devices (see the module docstring)")
   args = parser.parse_args()
@@ -76,10 +82,13 @@ def main():
       raise SystemExit("--pair offline needs spec_cascade.pretrained (the committed offline "
                        f"pair), which this checkout does not have ({e}).") from e
     drafter, verifier, make_inputs = pretrained.offline_pair_for_bench()
+  if args.matmul_dtype:
+    drafter, verifier = (hf_peer.Bundle(T5Model(b.model.config.replace(
+        matmul_dtype=args.matmul_dtype)), b.params) for b in (drafter, verifier))
   print(f"jax {jax.__version__}; {jax.device_count()} device(s), mesh={args.mesh}; "
         f"pair={args.pair}; drafter {drafter.model.num_params()/1e6:.1f}M "
         f"params, verifier {verifier.model.num_params()/1e6:.1f}M; greedy; "
-        f"max_decode_length={args.max_decode_length}")
+        f"max_decode_length={args.max_decode_length}; matmul_dtype={args.matmul_dtype}")
   print(f"{'batch':>5} {'γ':>2} {'accept':>6} {'tok/call':>8} {'c':>5} {'verif tok/s':>11} "
         f"{'spec tok/s':>10} {'speedup':>7} {'analytic':>8} {'effic.':>6}")
   rows = []
@@ -95,9 +104,12 @@ def main():
     for gamma in (int(g) for g in args.gammas.split(",")):
       s_out, s_time = timed(lambda: generate(drafter, verifier, x, method="spec_decode",
                                              num_draft_tokens=gamma, **kw), args.trials)
-      if not np.array_equal(s_out.tokens, v_out.tokens):
+      same = float(np.mean([np.array_equal(a, b) for a, b in zip(s_out.tokens, v_out.tokens)]))
+      if same < 1.0 and not args.matmul_dtype:
         raise SystemExit(f"FAIL: greedy SpecDecode differs from the verifier at batch {batch}, "
                          f"γ {gamma}")
+      if same < 1.0:
+        print(f"  (bfloat16 rounding: {same:.0%} of rows identical to the verifier's)")
       c = s_out.counters
       a = hf_peer.acceptance_rate(c)
       tokens = v_out.lengths.sum()

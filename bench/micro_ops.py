@@ -1,4 +1,4 @@
-"""Two small ops of the decode loop, in the forms we tried, each timed inside a compiled loop.
+"""Small ops of the decode loop, in the forms we tried, each timed inside a compiled loop.
 
     python bench/micro_ops.py [--reps 5] [--iters 300]
 
@@ -6,7 +6,9 @@
   vs the earlier form whose second einsum produced [B, Q, H, D] directly, for a verifier block
   (mini: 4 heads × 64, cache 71) of Q = 1 and 6 tokens at batch 1, 8 and 32;
 * argmax: `decoding._argmax` (64-wide chunks) vs a max followed by a masked min over the whole
-  row (the earlier form) and `jnp.argmax`, for [B, 4224] rows.
+  row (the earlier form) and `jnp.argmax`, for [B, 4224] rows;
+* dense: a float32 matmul vs bfloat16 inputs with a bfloat16 result and with a float32 result
+  (`layers.matmul`, what T5Config.matmul_dtype='bfloat16' runs), for a verifier output layer.
 
 Each op runs `iters` times in one `lax.fori_loop` (its input nudged by the carry so nothing is
 hoisted); medians over `reps` runs; results are checked against the reference form.
@@ -94,6 +96,22 @@ def main(argv=None):
          for f in (lambda x: jnp.argmax(x, axis=-1), argmax_masked_min,
                    decoding._argmax)]  # pylint: disable=protected-access
     print(f"| {rows} | {t[0] * 1e3:.4f} | {t[1] * 1e3:.4f} | {t[2] * 1e3:.4f} |", flush=True)
+  print("\n| dense: rows × 256 @ 256 × 4224 | float32 ms | bf16 → bf16 ms | bf16 → float32 "
+        "(`layers.matmul`) ms | float32 / bf16 → float32 |")
+  print("|---|---|---|---|---|")
+  w = jnp.asarray(rng.normal(size=(256, 4224)), jnp.float32)
+  w16 = w.astype(jnp.bfloat16)
+  for rows in (1, 8, 48, 192):
+    x = jnp.asarray(rng.normal(size=(rows, 256)), jnp.float32)
+    forms = (lambda x, w: x @ w, lambda x, w: x.astype(jnp.bfloat16) @ w,
+             lambda x, w: layers.matmul(x, w, jnp.float32, jnp.bfloat16))
+    ref = np.asarray(forms[0](x, w))
+    for f in forms[1:]:  # bfloat16 inputs: 8 bits of mantissa, so about 1 % of the scale
+      np.testing.assert_allclose(np.asarray(f(x, w16), np.float32), ref,
+                                 atol=0.02 * np.abs(ref).max())
+    t = [time_in_loop(f, (x, ww), args.iters, args.reps) for f, ww in zip(forms, (w, w16, w16))]
+    print(f"| {rows} | {t[0] * 1e3:.4f} | {t[1] * 1e3:.4f} | {t[2] * 1e3:.4f} | "
+          f"{t[0] / t[2]:.2f}× |", flush=True)
 
 
 if __name__ == "__main__":

@@ -148,12 +148,15 @@ def _resolve_checkpoint_dir(path: str) -> str:
 
 
 def load_bundle(path: str, config=None, dtype: str = "float32",
-                activation_dtype: str | None = None) -> Bundle:
+                activation_dtype: str | None = None, matmul_dtype: str | None = None
+                ) -> Bundle:
   """Loads a model: a trainer MODEL_DIR / export, one of our checkpoints, T5X or Hugging Face.
 
   config: optional T5Config (needed only where a checkpoint lacks one and shapes cannot tell).
   dtype: parameter dtype ('float32' on CPU; 'bfloat16' as T5X restores for inference).
   activation_dtype: overrides the config's activation dtype.
+  matmul_dtype: overrides the config's matmul input dtype (T5Config.matmul_dtype; 'bfloat16'
+  runs a bfloat16 checkpoint's matmuls faster on CPUs with AMX / AVX512-BF16).
   """
   from spec_cascade.models import T5Model  # pylint: disable=g-import-not-at-top
   if not path:
@@ -164,6 +167,8 @@ def load_bundle(path: str, config=None, dtype: str = "float32",
                                         dtype=dtype)
   if activation_dtype:
     cfg = cfg.replace(dtype=activation_dtype)
+  if matmul_dtype:
+    cfg = cfg.replace(matmul_dtype=matmul_dtype)
   return Bundle(T5Model(cfg), params)
 
 
@@ -183,8 +188,8 @@ def check_pair(drafter: Bundle | None, verifier: Bundle | None, tokenizer=None) 
 
 def load_models(drafter_checkpoint: str | None, verifier_checkpoint: str | None,
                 methods: Sequence[MethodSpec], dtype: str = "float32",
-                activation_dtype: str | None = None, drafter_config=None, verifier_config=None
-                ) -> tuple[Bundle | None, Bundle | None]:
+                activation_dtype: str | None = None, drafter_config=None, verifier_config=None,
+                matmul_dtype: str | None = None) -> tuple[Bundle | None, Bundle | None]:
   """Loads the models the methods need (the drafter is not needed for 'verifier' alone, etc.)."""
   need_d = any(m.engine_method != "verifier" for m in methods)
   need_v = any(m.engine_method != "drafter" for m in methods)
@@ -192,10 +197,10 @@ def load_models(drafter_checkpoint: str | None, verifier_checkpoint: str | None,
                             (need_v, verifier_checkpoint, "VERIFIER_CHECKPOINT_PATH")):
     if need and not path:
       raise ValueError(f"methods {[m.name for m in methods]} need {macro}; it is not set.")
-  drafter = (load_bundle(drafter_checkpoint, drafter_config, dtype, activation_dtype)
-             if need_d else None)
-  verifier = (load_bundle(verifier_checkpoint, verifier_config, dtype, activation_dtype)
-              if need_v else None)
+  drafter = (load_bundle(drafter_checkpoint, drafter_config, dtype, activation_dtype,
+                         matmul_dtype) if need_d else None)
+  verifier = (load_bundle(verifier_checkpoint, verifier_config, dtype, activation_dtype,
+                          matmul_dtype) if need_v else None)
   check_pair(drafter, verifier)
   return drafter, verifier
 
@@ -687,6 +692,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
           fallback_threshold: float = 0.6, bild_max_window: int | None = None,
           vocabulary_path: str | None = None, metric: str | None = None,
           dtype: str = "float32", activation_dtype: str | None = None,
+          matmul_dtype: str | None = None,
           drafter_config=None, verifier_config=None, model_parallel: int = 1,
           use_mesh: bool | None = None, warmup: bool = True, progress: bool = True,
           shrink_batch: bool = True, stream_batches: int = 1) -> dict[str, Any]:
@@ -695,7 +701,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   Files in output_dir: config.gin (operative gin config), predictions.jsonl (per example: input,
   target, prediction, counters), metrics.json (scores, summed counters, rates, timings).
   `alpha` is the method's lenience (a rule's α, BiLD's rollback threshold); methods without one
-  ignore it, methods with one need it. shrink_batch: see `decoding.generate`.
+  ignore it, methods with one need it. shrink_batch: see `decoding.generate`. dtype,
+  activation_dtype, matmul_dtype: see `load_bundle`.
   stream_batches > 1: decode that many batches' worth of examples per call, batch_size rows at
   a time with continuous batching (`make_batches`, `decoding.generate(slots=...)`; same
   outputs; not for seq_cascade; on a mesh, batch_size must be a multiple of its data size and
@@ -720,7 +727,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
                       temperature=kw["temperature"], top_p=kw["top_p"])  # validates early
   the_metric = metric_name(task, metric)
   drafter, verifier = load_models(drafter_checkpoint, verifier_checkpoint, [ms], dtype,
-                                  activation_dtype, drafter_config, verifier_config)
+                                  activation_dtype, drafter_config, verifier_config,
+                                  matmul_dtype)
   vocab = vocabulary_path or checkpoint_vocabulary(verifier_checkpoint or drafter_checkpoint)
   data = load_task(task, split, num_examples, seed, vocab, input_length)
   check_pair(drafter, verifier, data.tokenizer)

@@ -256,8 +256,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
               top_p: float = 1.0, fallback_threshold: float = 0.6,
               bild_max_window: int | None = None, vocabulary_path: str | None = None,
               metric: str | None = None, dtype: str = "float32",
-              activation_dtype: str | None = None, drafter_config=None, verifier_config=None,
-              model_parallel: int = 1, use_mesh: bool | None = None,
+              activation_dtype: str | None = None, matmul_dtype: str | None = None,
+              drafter_config=None, verifier_config=None, model_parallel: int = 1, use_mesh: bool | None = None,
               cost_ratio_reps: int = 20, write_report: bool = True, progress: bool = True,
               shrink_batch: bool = True) -> list[ResultRow]:
   """Runs (or resumes) a sweep and returns the full results table.
@@ -314,7 +314,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
     all_run = [p.method for ps in pending.values() for p in ps]
     drafter, verifier = infer.load_models(drafter_checkpoint, verifier_checkpoint,
                                           all_run + [infer.resolve_method("verifier")], dtype,
-                                          activation_dtype, drafter_config, verifier_config)
+                                          activation_dtype, drafter_config, verifier_config,
+                                          matmul_dtype)
     mesh = infer.make_mesh(model_parallel, use_mesh)
     vocab = vocabulary_path or infer.checkpoint_vocabulary(verifier_checkpoint)
     outer = None

@@ -170,6 +170,10 @@ def test_load_bundle_reads_a_trainer_export(tmp_path):
   assert b.model.config == drafter.model.config
   for x, y in zip(jax.tree_util.tree_leaves(b.params), jax.tree_util.tree_leaves(drafter.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  b16 = infer.load_bundle(str(tmp_path / "model"), dtype="bfloat16", matmul_dtype="bfloat16")
+  assert b16.model.config == drafter.model.config.replace(matmul_dtype="bfloat16")
+  assert {np.asarray(x).dtype for x in jax.tree_util.tree_leaves(b16.params)} == {
+      np.dtype(jnp.bfloat16)}
 
 
 def test_tokenizer_larger_than_the_models_vocab_is_refused(env):

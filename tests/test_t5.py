@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spec_cascade.models import T5Model, get_config, shift_right
+from spec_cascade.models import T5Model, get_config, layers, shift_right
 from spec_cascade.models.configs import NAMED_CONFIGS, PUBLISHED_PARAMS
 
 TOL = 1e-4
@@ -126,6 +126,29 @@ def test_bfloat16_activations_close_to_float32(setup):
   assert np.abs(np.asarray(logits) - ref).max() < 0.1 * np.abs(ref).max()
 
 
+def test_bfloat16_matmuls_with_float32_activations(setup):
+  """matmul_dtype='bfloat16': each dense layer's inputs rounded to bfloat16, products summed in
+  float32 — the same as rounding the inputs by hand and multiplying in float32."""
+  model, params, inputs, dec_in, ref = setup
+  bf = T5Model(model.config.replace(matmul_dtype="bfloat16"))
+  logits = np.asarray(bf.forward(params, inputs, jnp.asarray(dec_in)))
+  assert logits.dtype == np.float32
+  err = np.abs(logits - ref).max()
+  assert 0 < err < 0.05 * np.abs(ref).max()  # bfloat16 rounding: close, not equal
+  x = jax.random.normal(jax.random.key(1), (5, 48))
+  w = jax.random.normal(jax.random.key(2), (48, 7))
+  by_hand = np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32) @
+                       w.astype(jnp.bfloat16).astype(jnp.float32))
+  got = layers.matmul(x, w, jnp.float32, jnp.bfloat16)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), by_hand, rtol=1e-5, atol=1e-5)
+  # bfloat16 activations: accumulated in float32, then rounded once.
+  got16 = layers.matmul(x, w, jnp.bfloat16, None)
+  assert got16.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got16), np.asarray(jnp.asarray(by_hand,
+                                                                          jnp.bfloat16)))
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
 def test_param_counts_match_published_sizes(name):
   count = T5Model(get_config(name)).num_params()
@@ -191,5 +214,7 @@ class TestErrors:
   def test_bad_config(self):
     with pytest.raises(ValueError, match="dtype"):
       get_config("tiny").replace(dtype="int8")
+    with pytest.raises(ValueError, match="T5Config.matmul_dtype='int8'.*'bfloat16'"):
+      get_config("tiny").replace(matmul_dtype="int8")
     with pytest.raises(ValueError, match="Unknown T5 size 'huge'"):
       get_config("huge")

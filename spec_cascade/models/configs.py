@@ -15,7 +15,11 @@ class T5Config:
   `mlp_activations=('gelu', 'linear')` with `logits_via_embedding=False` is T5 v1.1
   (gated-GELU, untied output layer); `('relu',)` with `logits_via_embedding=True` is
   T5 v1.0 (ReLU MLP, output tied to the embedding and scaled by emb_dim**-0.5).
-  `dtype` is the activation dtype; parameters are always float32.
+  `dtype` is the activation dtype; parameters are always float32. `matmul_dtype` (None: the
+  activation dtype) is what the dense layers' matmuls take their inputs in, accumulating in
+  float32: 'bfloat16' with float32 activations runs a bfloat16 checkpoint's matmuls at
+  bfloat16 speed on CPUs with AMX / AVX512-BF16 while norms, softmax and residuals stay in
+  float32 (bench/RESULTS.md).
   """
   vocab_size: int = 32128
   emb_dim: int = 512
@@ -28,6 +32,7 @@ class T5Config:
   dropout_rate: float = 0.0
   logits_via_embedding: bool = False
   dtype: str = "float32"
+  matmul_dtype: str | None = None
   relpos_num_buckets: int = 32
   relpos_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
@@ -48,6 +53,9 @@ class T5Config:
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"T5Config.dtype={self.dtype!r}: use 'float32' (CPU) or 'bfloat16' "
                        "(TPU/GPU).")
+    if self.matmul_dtype not in (None, "float32", "bfloat16", "float16"):
+      raise ValueError(f"T5Config.matmul_dtype={self.matmul_dtype!r}: use None (the "
+                       "activation dtype), 'float32', 'bfloat16' or 'float16'.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1).")
 

@@ -41,17 +41,29 @@ class RMSNorm(nn.Module):
     return (x32 * jax.lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
 
 
+def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None) -> Array:
+  """x @ w with both cast to matmul_dtype (default: dtype), accumulated in float32, → dtype.
+
+  Asking for a float32 result keeps bfloat16 inputs on XLA CPU's fast kernels (a bf16 × bf16
+  → bf16 dot is no faster there than float32; → float32 is 1.3–3× faster on a CPU with AMX /
+  AVX512-BF16, bench/RESULTS.md) and accumulates in float32 on every backend, as TPUs do.
+  """
+  mm = dtype if matmul_dtype is None else matmul_dtype
+  return jnp.dot(x.astype(mm), w.astype(mm), preferred_element_type=jnp.float32).astype(dtype)
+
+
 class Dense(nn.Module):
   """x @ kernel with a 2-D float32 kernel [in, out] (T5X DenseGeneral layout)."""
   features: int
   kernel_init: Initializer
   dtype: jnp.dtype = jnp.float32
+  matmul_dtype: jnp.dtype | None = None  # see `matmul`
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                         jnp.float32)
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    return matmul(x, kernel, self.dtype, self.matmul_dtype)
 
 
 class Embed(nn.Module):
@@ -59,6 +71,7 @@ class Embed(nn.Module):
   num_embeddings: int
   features: int
   dtype: jnp.dtype = jnp.float32
+  matmul_dtype: jnp.dtype | None = None  # of `attend`, see `matmul`
 
   def setup(self):
     self.embedding = self.param("embedding", nn.initializers.normal(stddev=1.0),
@@ -68,7 +81,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
-    return jnp.dot(x.astype(self.dtype), self.embedding.T.astype(self.dtype))
+    return matmul(x, self.embedding.T, self.dtype, self.matmul_dtype)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool,
@@ -144,6 +157,7 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   out_features: int
   dtype: jnp.dtype = jnp.float32
+  matmul_dtype: jnp.dtype | None = None  # of the projections, see `matmul`
 
   def setup(self):
     inner = self.num_heads * self.head_dim
@@ -153,10 +167,11 @@ class MultiHeadAttention(nn.Module):
     def query_init(*args):
       return kinit(*args) / depth_scaling
 
-    self.query = Dense(inner, query_init, self.dtype)
-    self.key = Dense(inner, kinit, self.dtype)
-    self.value = Dense(inner, kinit, self.dtype)
-    self.out = Dense(self.out_features, kinit, self.dtype)
+    dense = lambda n, init: Dense(n, init, self.dtype, self.matmul_dtype)
+    self.query = dense(inner, query_init)
+    self.key = dense(inner, kinit)
+    self.value = dense(inner, kinit)
+    self.out = dense(self.out_features, kinit)
 
   def _split(self, x: Array) -> Array:
     return x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
@@ -188,6 +203,7 @@ class MlpBlock(nn.Module):
   out_features: int
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  matmul_dtype: jnp.dtype | None = None  # see `matmul`
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -195,7 +211,8 @@ class MlpBlock(nn.Module):
     h = None
     for i, name in enumerate(self.activations):
       dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
-      y = _act(name)(Dense(self.mlp_dim, kinit, self.dtype, name=dense_name)(x))
+      y = _act(name)(Dense(self.mlp_dim, kinit, self.dtype, self.matmul_dtype,
+                           name=dense_name)(x))
       h = y if h is None else h * y
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-    return Dense(self.out_features, kinit, self.dtype, name="wo")(h)
+    return Dense(self.out_features, kinit, self.dtype, self.matmul_dtype, name="wo")(h)

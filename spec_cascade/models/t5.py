@@ -68,6 +68,11 @@ def _dtype(cfg: T5Config):
   return jnp.dtype(cfg.dtype)
 
 
+def _mm(cfg: T5Config):
+  """The dtype the dense layers' matmuls take their inputs in (None: the activations')."""
+  return None if cfg.matmul_dtype is None else jnp.dtype(cfg.matmul_dtype)
+
+
 def _padding_bias(mask: Array) -> Array:
   """mask [B, K] bool → additive bias [B, 1, 1, K]."""
   return jnp.where(mask, 0.0, layers._NEG_INF)[:, None, None, :].astype(jnp.float32)
@@ -81,12 +86,12 @@ class EncoderLayer(nn.Module):
     cfg, dt = self.config, _dtype(self.config)
     drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(x)
-    h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.emb_dim, dt,
+    h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.emb_dim, dt, _mm(cfg),
                                   name="attention")(h, h, bias)
     x = x + drop(h, deterministic=deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
     h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.emb_dim, cfg.dropout_rate, dt,
-                        name="mlp")(h, deterministic)
+                        _mm(cfg), name="mlp")(h, deterministic)
     return x + drop(h, deterministic=deterministic)
 
 
@@ -119,13 +124,13 @@ class DecoderLayer(nn.Module):
     eps = cfg.layer_norm_epsilon
     self.pre_self_attention_layer_norm = layers.RMSNorm(eps, dt)
     self.self_attention = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim,
-                                                    cfg.emb_dim, dt)
+                                                    cfg.emb_dim, dt, _mm(cfg))
     self.pre_cross_attention_layer_norm = layers.RMSNorm(eps, dt)
     self.encoder_decoder_attention = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim,
-                                                               cfg.emb_dim, dt)
+                                                               cfg.emb_dim, dt, _mm(cfg))
     self.pre_mlp_layer_norm = layers.RMSNorm(eps, dt)
     self.mlp = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.emb_dim,
-                               cfg.dropout_rate, dt)
+                               cfg.dropout_rate, dt, _mm(cfg))
     self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
   def cross_kv(self, encoded: Array) -> tuple[Array, Array]:
@@ -172,7 +177,7 @@ class Decoder(nn.Module):
     if not cfg.logits_via_embedding:
       self.logits_dense = layers.Dense(
           cfg.vocab_size, nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-          dt)
+          dt, _mm(cfg))
 
   def cross_kv(self, encoded: Array):
     """encoded [B, S, d] → per-layer tuples of keys [B, H, D, S], values [B, H, S, D]."""
@@ -231,7 +236,7 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, _dtype(cfg))
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, _dtype(cfg), _mm(cfg))
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
