@@ -31,6 +31,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +61,8 @@ def main():
   parser.add_argument("--trials", type=int, default=3)
   parser.add_argument("--noise", type=float, default=0.02)
   parser.add_argument("--matmul_dtype", default=None, choices=[None, "bfloat16"],
-                      help="T5Config.matmul_dtype for both models: bfloat16 matmul inputs, "
-                      "float32 accumulation (greedy SpecDecode then equals the verifier only "
+                      help="T5Config.matmul_dtype for both models, parameters stored in it: "
+                      "bfloat16 matmul inputs, float32 accumulation (greedy SpecDecode then equals the verifier only "
                       "up to bfloat16 rounding: the rows that agree are reported, not "
                       "required)")
   parser.add_argument("--mesh", action="store_true",
@@ -82,9 +83,11 @@ def main():
       raise SystemExit("--pair offline needs spec_cascade.pretrained (the committed offline "
                        f"pair), which this checkout does not have ({e}).") from e
     drafter, verifier, make_inputs = pretrained.offline_pair_for_bench()
-  if args.matmul_dtype:
-    drafter, verifier = (hf_peer.Bundle(T5Model(b.model.config.replace(
-        matmul_dtype=args.matmul_dtype)), b.params) for b in (drafter, verifier))
+  if args.matmul_dtype:  # parameters stored in it too, as a bfloat16 checkpoint restores
+    drafter, verifier = (hf_peer.Bundle(
+        T5Model(b.model.config.replace(matmul_dtype=args.matmul_dtype)),
+        jax.tree_util.tree_map(lambda p: jnp.asarray(p, args.matmul_dtype), b.params))
+        for b in (drafter, verifier))
   print(f"jax {jax.__version__}; {jax.device_count()} device(s), mesh={args.mesh}; "
         f"pair={args.pair}; drafter {drafter.model.num_params()/1e6:.1f}M "
         f"params, verifier {verifier.model.num_params()/1e6:.1f}M; greedy; "
