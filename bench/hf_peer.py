@@ -354,6 +354,23 @@ def check_same(what: str, ours, theirs: np.ndarray) -> None:
                      f"{len(bad)} row(s):\n  " + "\n  ".join(bad[:5]))
 
 
+def stream_calls(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, rows: int, gamma: int,
+                 **kw) -> dict:
+  """Our verifier and SpecDecode (γ = gamma) over inputs [N, S], `rows` rows at a time, two
+  ways: '... stream' is one `generate(slots=rows)` call (continuous batching), '... batches'
+  one call per consecutive batch of `rows`. Each value is a callable returning the list of
+  GenerateOutputs, in input order; kw goes to every `generate` call."""
+  spec = dict(method="spec_decode", num_draft_tokens=gamma)
+  batches = [inputs[i:i + rows] for i in range(0, len(inputs), rows)]
+  return {
+      "verifier stream": lambda: [generate(drafter, verifier, inputs, method="verifier",
+                                           slots=rows, **kw)],
+      "spec stream": lambda: [generate(drafter, verifier, inputs, slots=rows, **spec, **kw)],
+      "verifier batches": lambda: [generate(drafter, verifier, b, method="verifier", **kw)
+                                   for b in batches],
+      "spec batches": lambda: [generate(drafter, verifier, b, **spec, **kw) for b in batches]}
+
+
 def stream_table(args, drafter: Bundle, verifier: Bundle, hf_v, rows) -> None:
   """Decoding a stream of examples (`--stream` batches' worth) with `batch` rows at a time:
   ours with continuous batching (`generate(slots=batch)`: a finished row's slot takes the next
@@ -375,28 +392,24 @@ def stream_table(args, drafter: Bundle, verifier: Bundle, hf_v, rows) -> None:
       continue
     xs = random_inputs(batch * args.stream, args.input_len, vocab, args.seed + 1000 + batch)
     chunks = [xs[i:i + batch] for i in range(0, len(xs), batch)]
-    ours_v = lambda: generate(drafter, verifier, xs, method="verifier", slots=batch, **kw)
-    ours_s = lambda: generate(drafter, verifier, xs, method="spec_decode", slots=batch,
-                              num_draft_tokens=gamma, **kw)
-    in_batches = lambda: [generate(drafter, verifier, c, method="spec_decode",
-                                   num_draft_tokens=gamma, **kw) for c in chunks]
-    v_in_batches = lambda: [generate(drafter, verifier, c, method="verifier", **kw)
-                            for c in chunks]
+    calls = stream_calls(drafter, verifier, xs, batch, gamma, **kw)
+    ours_v, ours_s = calls["verifier stream"], calls["spec stream"]
     hf_out, th = costs.interleaved(
         {"hf": lambda: [hf_generate(hf_v, c, steps) for c in chunks], "ours_v": ours_v},
         args.trials)
     cache_len = steps + gamma + 2
     out, t = costs.interleaved(
-        {"ours_v": ours_v, "ours_s": ours_s, "in_batches": in_batches,
-         "v_in_batches": v_in_batches,
+        {"ours_v": ours_v, "ours_s": ours_s, "in_batches": calls["spec batches"],
+         "v_in_batches": calls["verifier batches"],
          "enc_v": costs.call_loop(verifier, xs, 1, cache_len, 0),
          "enc_d": costs.call_loop(drafter, xs, 1, cache_len, 0)}, args.ours_trials)
     for name in ("ours_v", "ours_s"):
+      whole = out[name][0]
       for i, theirs in enumerate(hf_out["hf"]):
         part = slice(i * batch, (i + 1) * batch)
         check_same(f"{name} streamed, batch {batch}, examples {i * batch}..",
-                   dataclasses.replace(out[name], tokens=out[name].tokens[part],
-                                       lengths=out[name].lengths[part]), theirs)
+                   dataclasses.replace(whole, tokens=whole.tokens[part],
+                                       lengths=whole.lengths[part]), theirs)
     loop_v = t["ours_v"] - t["enc_v"]
     loop_s = t["ours_s"] - t["enc_v"] - t["enc_d"]
     speedup_loop = loop_v / loop_s

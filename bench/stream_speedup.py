@@ -26,22 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_peer  # pylint: disable=g-import-not-at-top,wrong-import-position  (adds the repo root)
 
 from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
-from spec_cascade.decoding import generate  # pylint: disable=g-import-not-at-top
 
 
 def run(drafter, verifier, inputs: np.ndarray, rows: int, trials: int, mesh=None,
         max_decode_length: int = 64, gamma: int = 5) -> dict[str, float]:
   """Median seconds of {verifier, spec} × {batches, stream} on `inputs` [N, S]."""
-  kw = dict(temperature=0.0, num_draft_tokens=gamma, max_decode_length=max_decode_length,
-            mesh=mesh)
-  n = inputs.shape[0]
-  fns = {}
-  for method, name in (("verifier", "verifier"), ("spec_decode", "spec")):
-    fns[f"{name} batches"] = lambda m=method: [
-        generate(drafter, verifier, inputs[i:i + rows], method=m, **kw)
-        for i in range(0, n, rows)]
-    fns[f"{name} stream"] = lambda m=method: [
-        generate(drafter, verifier, inputs, method=m, slots=rows, **kw)]
+  fns = hf_peer.stream_calls(drafter, verifier, inputs, rows, gamma, temperature=0.0,
+                             max_decode_length=max_decode_length, mesh=mesh)
   out = {k: f() for k, f in fns.items()}  # warm-up (compiles) and the outputs to compare
   tokens = {k: np.concatenate([o.tokens for o in v]) for k, v in out.items()}
   for k, v in tokens.items():

@@ -586,6 +586,19 @@ def _lengths(spec: DecodeSpec) -> tuple[int, int]:
   return spec.max_decode_length + width + 1, spec.max_decode_length + width
 
 
+def _bundles(d_model: T5Model | None, v_model: T5Model | None, d_params, v_params):
+  """(drafter, verifier) Bundles, None where a model is not given."""
+  return (Bundle(d_model, d_params) if d_model is not None else None,
+          Bundle(v_model, v_params) if v_model is not None else None)
+
+
+def _encode(b: Bundle, which: str, inputs: Array) -> tuple[Array, Array]:
+  """b's encoder over inputs [B, S] under the `encode_<which>` scope (bench/profile_decode.py
+  attributes time by these scopes) → (encoded [B, S, d], mask [B, S])."""
+  with jax.named_scope(f"encode_{which}"):
+    return b.model.encode(b.params, inputs)
+
+
 def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d_params,
            v_params, inputs: Array, example_ids: Array, seed: Array, knobs: Knobs
            ) -> DecodeResult:
@@ -599,15 +612,13 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
   cache_len, buf_len = _lengths(spec)
   row_keys = _row_keys(seed, example_ids)
   sizes = stage_sizes(batch, spec.shrink_batch)
-  drafter = Bundle(d_model, d_params) if d_model is not None else None
-  verifier = Bundle(v_model, v_params) if v_model is not None else None
+  drafter, verifier = _bundles(d_model, v_model, d_params, v_params)
 
   def fresh_cache(b: Bundle | None):
     if b is None:
       return None
-    with jax.named_scope("encode_drafter" if b is drafter else "encode_verifier"):
-      encoded, mask = b.model.encode(b.params, inputs)
-      return b.model.init_cache(b.params, encoded, mask, cache_len)
+    encoded, mask = _encode(b, "drafter" if b is drafter else "verifier", inputs)
+    return b.model.init_cache(b.params, encoded, mask, cache_len)
 
   method = spec.method
   if method != "seq_cascade":
@@ -695,18 +706,16 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
                      f"{spec.method!r}, slots {slots}, N {n}.")
   max_len = spec.max_decode_length
   cache_len, buf_len = _lengths(spec)
-  drafter = Bundle(d_model, d_params) if d_model is not None else None
-  verifier = Bundle(v_model, v_params) if v_model is not None else None
+  drafter, verifier = _bundles(d_model, v_model, d_params, v_params)
   all_keys = _row_keys(seed, example_ids)
 
   def caches(b: Bundle | None, used: bool):
     """(slot cache [B], pool [N]: every example's encoder side), or (None, None)."""
     if b is None or not used:
       return None, None
-    with jax.named_scope("encode_drafter" if b is drafter else "encode_verifier"):
-      encoded, mask = b.model.encode(b.params, inputs)
-      pool = b.model.init_cache(b.params, encoded, mask, 1)
-      return b.model.init_cache(b.params, encoded[:slots], mask[:slots], cache_len), pool
+    encoded, mask = _encode(b, "drafter" if b is drafter else "verifier", inputs)
+    pool = b.model.init_cache(b.params, encoded, mask, 1)
+    return b.model.init_cache(b.params, encoded[:slots], mask[:slots], cache_len), pool
 
   d_cache, d_pool = caches(drafter, spec.method in _USES_DRAFTER)
   v_cache, v_pool = caches(verifier, spec.method in _USES_VERIFIER)
@@ -964,8 +973,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
                                  jnp.int32(seed), knobs))
   wall = time.perf_counter() - t0
   # Back to the input order; rows past `batch` are the mesh's padding.
-  rows = (lambda x: np.asarray(x)[:batch]) if order is None else (
-      lambda x: np.asarray(x)[np.argsort(order)][:batch])
+  back = slice(None) if order is None else np.argsort(order)
+  rows = lambda x: np.asarray(x)[back][:batch]
   counters = {f: rows(getattr(res.counters, f)) for f in COUNTER_FIELDS}
   return GenerateOutput(tokens=rows(res.tokens), lengths=rows(res.lengths), counters=counters,
                         wall_s=wall)
