@@ -599,6 +599,40 @@ def _encode(b: Bundle, which: str, inputs: Array) -> tuple[Array, Array]:
     return b.model.encode(b.params, inputs)
 
 
+
+# seq_cascade: the drafter decodes every row; rows whose length-normalised confidence
+# exp(Σ log q / length) is below 1 − α are decoded again by the verifier.
+
+def _seq_first_body(spec: DecodeSpec, drafter: Bundle, knobs: Knobs):
+  return lambda keys: _autoregressive_body(drafter.model, drafter.params, "drafter", spec,
+                                           knobs, keys, track_logq=True)
+
+
+def _seq_second_body(spec: DecodeSpec, verifier: Bundle, knobs: Knobs):
+  return lambda keys: _autoregressive_body(verifier.model, verifier.params, "verifier", spec,
+                                           knobs, keys)
+
+
+def _seq_second_keys(row_keys: Array) -> Array:
+  """The verifier pass's keys [B]: its own stream per row, apart from the drafter pass's."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, 1))(row_keys)
+
+
+def _seq_defer(logq_sum: Array, length: Array, knobs: Knobs) -> Array:
+  """bool [B]: rows the verifier decodes again (Chow on the sequence's mean log q)."""
+  return jnp.exp(logq_sum / jnp.maximum(length, 1)) < 1.0 - knobs.alpha
+
+
+def _seq_merge(defer: Array, first, second):
+  """(out, length, counters) of seq_cascade from its two passes' (out, length, counters):
+  a deferred row's tokens are the verifier's, and its counters add both passes' work."""
+  (o1, n1, c1), (o2, n2, c2) = first, second
+  counters = c1.replace(
+      verifier_calls=c2.verifier_calls, blocks=c1.blocks + c2.blocks,
+      deferred=jnp.where(defer, n2, 0).astype(jnp.float32))
+  return jnp.where(defer[:, None], o2, o1), jnp.where(defer, n2, n1), counters
+
+
 def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d_params,
            v_params, inputs: Array, example_ids: Array, seed: Array, knobs: Knobs
            ) -> DecodeResult:
@@ -628,34 +662,26 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
     state = _run(_make_body(spec, drafter, verifier, knobs), state, row_keys, sizes)
   else:
     first = _init_state(batch, buf_len, fresh_cache(drafter), None)
-    first = _run(lambda keys: _autoregressive_body(drafter.model, drafter.params, "drafter",
-                                                   spec, knobs, keys, track_logq=True),
-                 first, row_keys, sizes)
-    confidence = jnp.exp(first.aux / jnp.maximum(first.length, 1))
-    defer = confidence < 1.0 - knobs.alpha
+    first = _run(_seq_first_body(spec, drafter, knobs), first, row_keys, sizes)
+    defer = _seq_defer(first.aux, first.length, knobs)
     second = _init_state(batch, buf_len, None, fresh_cache(verifier), done=~defer)
-    v_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(row_keys)
-    second = _run(lambda keys: _autoregressive_body(verifier.model, verifier.params, "verifier",
-                                                    spec, knobs, keys),
-                  second, v_keys, sizes)
-    c1, c2 = first.counters, second.counters
-    counters = c1.replace(
-        verifier_calls=c2.verifier_calls, blocks=c1.blocks + c2.blocks,
-        deferred=jnp.where(defer, second.length, 0).astype(jnp.float32))
-    state = first.replace(out=jnp.where(defer[:, None], second.out, first.out),
-                          length=jnp.where(defer, second.length, first.length),
-                          counters=counters)
+    second = _run(_seq_second_body(spec, verifier, knobs), second, _seq_second_keys(row_keys),
+                  sizes)
+    out, length, counters = _seq_merge(defer, (first.out, first.length, first.counters),
+                                       (second.out, second.length, second.counters))
+    state = first.replace(out=out, length=length, counters=counters)
   counters = state.counters.replace(output_tokens=state.length)
   return DecodeResult(tokens=state.out[:, :max_len], lengths=state.length, counters=counters)
 
 
 @flax.struct.dataclass
 class StreamState:
-  """Continuous batching: `slots` rows decode a stream of N examples.
+  """Continuous batching: `slots` rows decode a queue of examples out of N.
 
-  slots: DecodeState [B] of the rows being decoded; example: int32 [B] stream index of each
-  slot's example (N once the slot has nothing left to do); next: int32 [] the next example
-  to start; out [N, L + W], length [N], counters [N]: the finished examples' results.
+  slots: DecodeState [B] of the rows being decoded; example: int32 [B] the example each slot
+  decodes (N once the slot has nothing left to do); next: int32 [] the queue position of the
+  next example to start; out [N, L + W], length [N], counters [N], aux [N]: the finished
+  examples' results (zero for examples not in the queue).
   """
   slots: DecodeState
   example: Array
@@ -663,6 +689,7 @@ class StreamState:
   out: Array
   length: Array
   counters: Counters
+  aux: Array
 
 
 def _refill_cache(cache: DecoderCache | None, pool: DecoderCache | None, slot_ids: Array,
@@ -684,6 +711,72 @@ def _refill_cache(cache: DecoderCache | None, pool: DecoderCache | None, slot_id
   return jax.lax.fori_loop(0, count, put, cache)
 
 
+def _stream(make_body, spec: DecodeSpec, keys: Array, d_caches, v_caches,
+            queue: Array | None = None, count: Array | None = None) -> StreamState:
+  """Runs the examples queue[0], ..., queue[count - 1] (default: all N in order) through the
+  slots of the caches, refilling each slot as its example finishes.
+
+  make_body(row_keys [B]) → loop body; keys: [N] each example's row key; d_caches / v_caches:
+  (slot cache [B] holding the first B queued examples' encoder side, pool [N] of every
+  example's), or (None, None) for a model the method does not use.
+  """
+  n = keys.shape[0]
+  slot_cache = d_caches[0] if d_caches[0] is not None else v_caches[0]
+  slots = slot_cache.encoder_mask.shape[0]
+  _, buf_len = _lengths(spec)
+  queue = jnp.arange(n, dtype=jnp.int32) if queue is None else queue
+  count = jnp.int32(n) if count is None else count
+  slot_keys = lambda st: keys[jnp.minimum(st.example, n - 1)]
+
+  def write(st: StreamState, s: DecodeState, finished: Array):
+    """st with the `finished` slots' results written out."""
+    dest = jnp.where(finished, st.example, n)  # n: out of range, the write is dropped
+    put = lambda full, part: full.at[dest].set(part, mode="drop")
+    return st.replace(out=put(st.out, s.out), length=put(st.length, s.length),
+                      counters=jax.tree_util.tree_map(put, st.counters, s.counters),
+                      aux=put(st.aux, s.aux))
+
+  def step(st: StreamState) -> StreamState:
+    s = make_body(slot_keys(st))(st.slots)
+    finished = s.done & (st.example < n)
+    st = write(st, s, finished)
+    # Finished slots take the next queued examples, in slot order.
+    pos = st.next + jnp.cumsum(finished) - 1
+    refill = finished & (pos < count)
+    new = queue[jnp.clip(pos, 0, n - 1)]
+    refilled = jnp.sum(refill, dtype=jnp.int32)
+    order = jnp.argsort(~refill, stable=True)  # the refilled slots first
+    r = refill[:, None]
+    slots_state = s.replace(
+        out=jnp.where(r, 0, s.out), length=jnp.where(refill, 0, s.length),
+        done=s.done & ~refill, verified=jnp.where(refill, 0, s.verified),
+        aux=jnp.where(refill, 0.0, s.aux),
+        counters=jax.tree_util.tree_map(lambda c: jnp.where(refill, 0, c).astype(c.dtype),
+                                        s.counters),
+        d_cache=_refill_cache(s.d_cache, d_caches[1], order, new[order], refilled),
+        v_cache=_refill_cache(s.v_cache, v_caches[1], order, new[order], refilled))
+    example = jnp.where(refill, new, jnp.where(finished, n, st.example))
+    return st.replace(slots=slots_state, example=example, next=st.next + refilled)
+
+  queued = jnp.arange(slots) < count
+  init = StreamState(
+      slots=_init_state(slots, buf_len, d_caches[0], v_caches[0], done=~queued),
+      example=jnp.where(queued, queue[:slots], n), next=jnp.minimum(count, slots),
+      out=jnp.zeros((n, buf_len), jnp.int32), length=jnp.zeros((n,), jnp.int32),
+      counters=Counters.zeros(n), aux=jnp.zeros((n,), jnp.float32))
+  # Once the queue is empty the stream is a lockstep batch of its last examples: with
+  # shrink_batch it stops at a quarter of the slots active and `_run` gathers those into a
+  # quarter-size batch, as `decode` does for a batch's slowest rows.
+  sizes = stage_sizes(slots, spec.shrink_batch)
+  tail = sizes[1] if len(sizes) > 1 else 0
+  st = jax.lax.while_loop(
+      lambda st: (st.next < count) | (jnp.sum(st.example < n) > tail), step, init)
+  if tail:
+    s = _run(make_body, st.slots, slot_keys(st), sizes, started=True)
+    st = write(st, s, st.example < n)
+  return st
+
+
 def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec,
                   slots: int, d_params, v_params, inputs: Array, example_ids: Array,
                   seed: Array, knobs: Knobs) -> DecodeResult:
@@ -696,78 +789,45 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
   and counters are those `decode` gives it (its draws depend on its example id and its own
   step count only), up to float rounding across batch compositions. With
   `spec.shrink_batch` and ≥ 16 slots, the tail (queue empty, a quarter of the slots busy)
-  finishes in a quarter-size batch (`stage_sizes`, `_run`).
+  finishes in a quarter-size batch (`stage_sizes`, `_run`). seq_cascade streams twice: the
+  drafter through every example, then the verifier through the deferred ones only.
   inputs: int32 [N, S] (N ≥ slots); example_ids: int32 [N]. Returns DecodeResult [N, ...].
-  Not for seq_cascade (two passes over a fixed batch).
   """
   n = inputs.shape[0]
-  if spec.method == "seq_cascade" or not 1 <= slots <= n:
-    raise ValueError(f"decode_stream needs a one-loop method and 1 ≤ slots ≤ N; got method "
-                     f"{spec.method!r}, slots {slots}, N {n}.")
+  if not 1 <= slots <= n:
+    raise ValueError(f"decode_stream needs 1 ≤ slots ≤ N; got slots {slots}, N {n}.")
   max_len = spec.max_decode_length
-  cache_len, buf_len = _lengths(spec)
+  cache_len, _ = _lengths(spec)
   drafter, verifier = _bundles(d_model, v_model, d_params, v_params)
   all_keys = _row_keys(seed, example_ids)
 
-  def caches(b: Bundle | None, used: bool):
-    """(slot cache [B], pool [N]: every example's encoder side), or (None, None)."""
+  def caches(b: Bundle | None, used: bool, first=slice(None, slots)):
+    """(slot cache [B] of examples `first`, pool [N]: every example's encoder side), or
+    (None, None)."""
     if b is None or not used:
       return None, None
     encoded, mask = _encode(b, "drafter" if b is drafter else "verifier", inputs)
     pool = b.model.init_cache(b.params, encoded, mask, 1)
-    return b.model.init_cache(b.params, encoded[:slots], mask[:slots], cache_len), pool
+    return b.model.init_cache(b.params, encoded[first], mask[first], cache_len), pool
 
-  d_cache, d_pool = caches(drafter, spec.method in _USES_DRAFTER)
-  v_cache, v_pool = caches(verifier, spec.method in _USES_VERIFIER)
-  make_body = _make_body(spec, drafter, verifier, knobs)
-  slot_keys = lambda st: all_keys[jnp.minimum(st.example, n - 1)]
-
-  def write(st: StreamState, s: DecodeState, finished: Array):
-    """(out, length, counters) of the stream with the `finished` slots' results written."""
-    dest = jnp.where(finished, st.example, n)  # n: out of range, the write is dropped
-    put = lambda full, part: full.at[dest].set(part, mode="drop")
-    return (put(st.out, s.out), put(st.length, s.length),
-            jax.tree_util.tree_map(put, st.counters, s.counters))
-
-  def step(st: StreamState) -> StreamState:
-    s = make_body(slot_keys(st))(st.slots)
-    finished = s.done & (st.example < n)
-    out, length, counters = write(st, s, finished)
-    # Finished slots take the next examples, in slot order.
-    new = st.next + jnp.cumsum(finished) - 1
-    refill = finished & (new < n)
-    count = jnp.sum(refill, dtype=jnp.int32)
-    order = jnp.argsort(~refill, stable=True)  # the refilled slots first
-    r = refill[:, None]
-    slots_state = s.replace(
-        out=jnp.where(r, 0, s.out), length=jnp.where(refill, 0, s.length),
-        done=s.done & ~refill, verified=jnp.where(refill, 0, s.verified),
-        aux=jnp.where(refill, 0.0, s.aux),
-        counters=jax.tree_util.tree_map(lambda c: jnp.where(refill, 0, c).astype(c.dtype),
-                                        s.counters),
-        d_cache=_refill_cache(s.d_cache, d_pool, order, new[order], count),
-        v_cache=_refill_cache(s.v_cache, v_pool, order, new[order], count))
-    example = jnp.where(refill, new, jnp.where(finished, n, st.example))
-    return StreamState(slots=slots_state, example=example, next=st.next + count, out=out,
-                       length=length, counters=counters)
-
-  init = StreamState(slots=_init_state(slots, buf_len, d_cache, v_cache),
-                     example=jnp.arange(slots, dtype=jnp.int32), next=jnp.int32(slots),
-                     out=jnp.zeros((n, buf_len), jnp.int32), length=jnp.zeros((n,), jnp.int32),
-                     counters=Counters.zeros(n))
-  # Once the queue is empty the stream is a lockstep batch of its last examples: with
-  # shrink_batch it stops at a quarter of the slots active and `_run` gathers those into a
-  # quarter-size batch, as `decode` does for a batch's slowest rows.
-  sizes = stage_sizes(slots, spec.shrink_batch)
-  tail = sizes[1] if len(sizes) > 1 else 0
-  st = jax.lax.while_loop(
-      lambda st: (st.next < n) | (jnp.sum(st.example < n) > tail), step, init)
-  if tail:
-    s = _run(make_body, st.slots, slot_keys(st), sizes, started=True)
-    out, length, counters = write(st, s, st.example < n)
-    st = st.replace(out=out, length=length, counters=counters)
-  counters = st.counters.replace(output_tokens=st.length)
-  return DecodeResult(tokens=st.out[:, :max_len], lengths=st.length, counters=counters)
+  if spec.method != "seq_cascade":
+    st = _stream(_make_body(spec, drafter, verifier, knobs), spec, all_keys,
+                 caches(drafter, spec.method in _USES_DRAFTER),
+                 caches(verifier, spec.method in _USES_VERIFIER))
+    out, length, counters = st.out, st.length, st.counters
+  else:
+    first = _stream(_seq_first_body(spec, drafter, knobs), spec, all_keys,
+                    caches(drafter, True), (None, None))
+    defer = _seq_defer(first.aux, first.length, knobs)
+    # Only the deferred examples go through the verifier, in their order.
+    queue = jnp.argsort(~defer, stable=True).astype(jnp.int32)
+    second = _stream(_seq_second_body(spec, verifier, knobs), spec, _seq_second_keys(all_keys),
+                     (None, None), caches(verifier, True, queue[:slots]), queue,
+                     jnp.sum(defer, dtype=jnp.int32))
+    out, length, counters = _seq_merge(defer, (first.out, first.length, first.counters),
+                                       (second.out, second.length, second.counters))
+  counters = counters.replace(output_tokens=length)
+  return DecodeResult(tokens=out[:, :max_len], lengths=length, counters=counters)
 
 
 def _jit(fn, mesh):
@@ -916,7 +976,7 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   whole batch in every call.
   slots: decode the B inputs through this many rows at a time (continuous batching,
   `decode_stream`): a finished row's slot takes the next input at once, so no step waits for a
-  batch's slowest row. Same outputs as without; not for seq_cascade. With a mesh (data
+  batch's slowest row. Same outputs as without. With a mesh (data
   parallel only), slots must be a multiple of its 'data' size: each device streams its share.
   """
   spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
@@ -943,9 +1003,6 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   if slots is not None:
     if not isinstance(slots, (int, np.integer)) or slots < 1:
       raise ValueError(f"slots must be a positive int (rows decoded at a time), got {slots!r}.")
-    if stream and method == "seq_cascade":
-      raise ValueError("slots (continuous batching) does not apply to seq_cascade, which "
-                       "decodes a fixed batch twice; leave slots=None.")
     if stream and mesh is not None:
       parallel.check_stream_mesh(mesh, slots)
   use_d = drafter if method in _USES_DRAFTER else None

@@ -443,16 +443,10 @@ class DecodeSettings:
   slots: int | None = None  # decoding.generate's: rows at a time for a stream (make_batches)
 
 
-def stream_slots(batch_size: int, stream_batches: int, method: MethodSpec) -> int | None:
-  """DecodeSettings.slots for `stream_batches` (None: plain batches). ValueError for a method
-  that cannot stream."""
+def stream_slots(batch_size: int, stream_batches: int) -> int | None:
+  """DecodeSettings.slots for `stream_batches` (None: plain batches); every method streams."""
   _check_stream_batches(stream_batches)
-  if stream_batches == 1:
-    return None
-  if method.engine_method == "seq_cascade":
-    raise ValueError(f"method {method.name!r} decodes a fixed batch twice and cannot stream; "
-                     "use stream_batches=1.")
-  return int(batch_size)
+  return None if stream_batches == 1 else int(batch_size)
 
 
 def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
@@ -705,7 +699,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   activation_dtype, matmul_dtype: see `load_bundle`.
   stream_batches > 1: decode that many batches' worth of examples per call, batch_size rows at
   a time with continuous batching (`make_batches`, `decoding.generate(slots=...)`; same
-  outputs; not for seq_cascade; on a mesh, batch_size must be a multiple of its data size and
+  outputs; seq_cascade streams the drafter over every example, then the verifier over the
+  deferred ones; on a mesh, batch_size must be a multiple of its data size and
   model_parallel 1). Returns the metrics dict.
   """
   ms = resolve_method(method)
@@ -721,7 +716,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
                             top_k=int(top_k), top_p=float(top_p),
                             fallback_threshold=float(fallback_threshold),
                             bild_max_window=bild_max_window, shrink_batch=bool(shrink_batch),
-                            slots=stream_slots(batch_size, stream_batches, ms))
+                            slots=stream_slots(batch_size, stream_batches))
   kw = engine_kwargs(ms, settings, alpha, temperature, num_draft_tokens)
   decoding.make_knobs(decoding.make_spec(kw["method"], kw["rule"]), alpha=kw["alpha"],
                       temperature=kw["temperature"], top_p=kw["top_p"])  # validates early

@@ -291,9 +291,27 @@ def shrink_to_six(monkeypatch):
     fn.cache_clear()
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.975, 1.0])
+def test_seq_cascade_streams_the_deferred_examples_only(pair, alpha):
+  """seq_cascade through 3 slots: the drafter streams every example, the verifier only the
+  deferred ones (all at α = 0, 4 of 11 at α = 0.975, none at α = 1); the same tokens, counters
+  and draws as one batch, and no verifier call for an example that was not deferred."""
+  drafter, verifier = pair
+  x = random_inputs(11, seed=9)
+  kw = dict(method="seq_cascade", alpha=alpha, temperature=1.0, max_decode_length=MAXLEN,
+            seed=5, example_ids=np.arange(20, 31))
+  stream = generate(drafter, verifier, x, slots=3, **kw)
+  _assert_same_outputs(stream, generate(drafter, verifier, x, **kw))
+  deferred = stream.counters["deferred"] > 0
+  np.testing.assert_array_equal(stream.counters["verifier_calls"] > 0, deferred)
+  assert deferred.sum() == {0.0: 11, 0.975: 4, 1.0: 0}[alpha]  # both kinds, all, none
+  np.testing.assert_array_equal(stream.counters["drafter_steps"] > 0, True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method,rule,temperature", [
-    ("verifier", None, 0.0), ("drafter", None, 1.0), ("spec_decode", None, 0.0),
+    ("seq_cascade", None, 0.0), ("verifier", None, 0.0), ("drafter", None, 1.0),
+    ("spec_decode", None, 0.0),
     ("spec_decode", None, 1.0), ("spec_cascade", "token_v3", 1.0), ("token_cascade", None, 1.0),
     ("oracle", "opt", 1.0), ("seq_cascade", None, 1.0), ("bild", None, 0.0)])
 def test_every_method_keeps_its_outputs_across_stages(pair, shrink_to_six, method, rule,
@@ -480,9 +498,6 @@ class TestErrors:
       parallel.check_stream_mesh(types.SimpleNamespace(shape={"data": 2, "model": 1}), 3)
     parallel.check_stream_mesh(types.SimpleNamespace(shape={"data": 2, "model": 1}), 4)
 
-  def test_slots_with_seq_cascade(self, pair):
-    with pytest.raises(ValueError, match="does not apply to seq_cascade"):
-      generate(*pair, np.ones((3, 3), np.int32), method="seq_cascade", alpha=0.3, slots=2)
 
 
 @pytest.mark.parametrize("shape", [(1, 4224), (3, 7, 130), (5, 64), (2, 3)])

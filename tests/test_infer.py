@@ -229,13 +229,14 @@ def test_infer_with_the_verifier_alone_needs_no_drafter(pair_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_infer_streaming_gives_the_same_predictions(pair_env, tmp_path):
+@pytest.mark.parametrize("method", ["spec_cascade_token_v3", "seq_cascade"])
+def test_infer_streaming_gives_the_same_predictions(pair_env, tmp_path, method):
   """stream_batches=2: 6 examples through 2 rows at a time (continuous batching) — the same
   predictions and counters as plain batches of 2."""
   runs = {}
   for k in (1, 2):
     out = tmp_path / f"s{k}"
-    assert infer.main(_infer_flags(out, "--gin.METHOD='spec_cascade_token_v3'", "--gin.ALPHA=0.3",
+    assert infer.main(_infer_flags(out, f"--gin.METHOD='{method}'", "--gin.ALPHA=0.3",
                                    "--gin.TEMPERATURE=1.0", "--gin.NUM_DRAFT_TOKENS=3",
                                    "--gin.BATCH_SIZE=2",
                                    f"--gin.infer_script.infer.stream_batches={k}")) == 0
@@ -276,8 +277,6 @@ def test_infer_streams_on_a_two_device_mesh(pair_env, tmp_path):
     (["--gin.METHOD='nope'"], "unknown method 'nope'"),
     (["--gin.METHOD='verifier'", "--gin.MIXTURE_OR_TASK_NAME='debian_nope'"],
      "unknown task 'debian_nope'"),
-    (["--gin.METHOD='seq_cascade'", "--gin.ALPHA=0.3",
-      "--gin.infer_script.infer.stream_batches=2"], "cannot stream"),
     (["--gin.METHOD='verifier'", "--gin.infer_script.infer.stream_batches=0"],
      "stream_batches must be a positive int"),
 ])
