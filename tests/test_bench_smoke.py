@@ -134,6 +134,6 @@ def test_micro_ops_forms_agree_and_run(capsys):
 def test_stream_speedup_runs_and_checks_outputs(capsys):
   import stream_speedup  # pylint: disable=g-import-not-at-top
   stream_speedup.main(["--examples", "6", "--rows", "2", "--trials", "1",
-                       "--max_decode_length", "6", "--gamma", "2"])
+                       "--max_decode_length", "6", "--gamma", "2", "--seq_alpha", "0.5"])
   rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| 2 |")]
-  assert len(rows) == 1 and rows[0].count("×") == 2, rows
+  assert len(rows) == 2 and rows[0].count("×") == 2 and "%" in rows[1], rows
