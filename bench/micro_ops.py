@@ -8,7 +8,12 @@
 * argmax: `decoding._argmax` (64-wide chunks) vs a max followed by a masked min over the whole
   row (the earlier form) and `jnp.argmax`, for [B, 4224] rows;
 * dense: a float32 matmul vs bfloat16 inputs with a bfloat16 result and with a float32 result
-  (`layers.matmul`, what T5Config.matmul_dtype='bfloat16' runs), for a verifier output layer.
+  (`layers.matmul`, what T5Config.matmul_dtype='bfloat16' runs), for a verifier output layer;
+* verify dots: the float32 dots of a mini verifier's 6-token verify at batch 8 (48 rows:
+  attention projections, the gated MLP's in and out, the output layer) in ms and GFLOP/s.
+  Run it again under `taskset -c 0` to see what the second core adds to each (on the 2-core
+  box: 1.05–1.3× for the projections and the MLP, 1.6× for the output layer, where a 2048²
+  matmul gets 1.9×).
 
 Each op runs `iters` times in one `lax.fori_loop` (its input nudged by the carry so nothing is
 hoisted); medians over `reps` runs; results are checked against the reference form.
@@ -112,6 +117,16 @@ def main(argv=None):
     t = [time_in_loop(f, (x, ww), args.iters, args.reps) for f, ww in zip(forms, (w, w16, w16))]
     print(f"| {rows} | {t[0] * 1e3:.4f} | {t[1] * 1e3:.4f} | {t[2] * 1e3:.4f} | "
           f"{t[0] / t[2]:.2f}× |", flush=True)
+  print(f"\n| verify dot (48 rows), {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable "
+        "| float32 ms | GFLOP/s |")
+  print("|---|---|---|")
+  for name, k, n in (("q/k/v/o projection", 256, 256), ("MLP in (wi_0 or wi_1)", 256, 640),
+                     ("MLP out (wo)", 640, 256), ("output layer", 256, 4224)):
+    x = jnp.asarray(rng.normal(size=(48, k)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, n)), jnp.float32)
+    t = time_in_loop(lambda x, w: x @ w, (x, w), args.iters, args.reps)
+    print(f"| {name}: 48 × {k} @ {k} × {n} | {t * 1e3:.4f} | {2 * 48 * k * n / t / 1e9:.0f} |",
+          flush=True)
 
 
 if __name__ == "__main__":
