@@ -599,7 +599,6 @@ def _encode(b: Bundle, which: str, inputs: Array) -> tuple[Array, Array]:
     return b.model.encode(b.params, inputs)
 
 
-
 # seq_cascade: the drafter decodes every row; rows whose length-normalised confidence
 # exp(Σ log q / length) is below 1 − α are decoded again by the verifier.
 
