@@ -423,11 +423,17 @@ _MULTI_DEVICE = textwrap.dedent("""
     # Continuous batching: 10 inputs (padded to 12) through one slot per device.
     st = generate(d, v, random_inputs(10, seed=4), method="spec_decode", temperature=1.0,
                   num_draft_tokens=3, max_decode_length=12, seed=3, slots=4, mesh=mesh)
+    # seq_cascade streamed: each device's drafter pass, then its deferred examples only.
+    sq = generate(d, v, random_inputs(11, seed=9), method="seq_cascade", alpha=0.975,
+                  temperature=1.0, max_decode_length=16, seed=5, example_ids=np.arange(20, 31),
+                  slots=4, mesh=mesh)
     print(json.dumps({{"tokens": out.tokens.tolist(), "accepted": out.counters["accepted"].tolist(),
                       "big": big.tokens.tolist(), "big_blocks": big.counters["blocks"].tolist(),
                       "mp": mp.tokens.tolist(), "stream": st.tokens.tolist(),
                       "stream_lengths": st.lengths.tolist(),
-                      "stream_blocks": st.counters["blocks"].tolist()}}))
+                      "stream_blocks": st.counters["blocks"].tolist(),
+                      "seq": sq.tokens.tolist(), "seq_deferred": sq.counters["deferred"].tolist(),
+                      "seq_verifier_calls": sq.counters["verifier_calls"].tolist()}}))
 """)
 
 
@@ -449,6 +455,7 @@ def test_identical_outputs_on_one_and_four_devices():
   assert one == four
   steps = sorted(one["big_blocks"], reverse=True)
   assert steps[0] > steps[4], steps  # the second stage ran
+  assert sum(d > 0 for d in one["seq_deferred"]) == 4  # as in one batch (the stream test)
 
 
 class TestErrors:
