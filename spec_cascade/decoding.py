@@ -27,6 +27,9 @@ it (`decode_stream`) or on the device count.
 A batch of ≥ 16 rows runs in two stages (`stage_sizes`, `_run`): once at most a quarter of its
 rows are still decoding, those rows (caches, keys and all) go on in a quarter-size batch, so
 the tail waiting for the slowest rows does not pay for the finished ones.
+`decode_stream` decodes N inputs through B rows (continuous batching): a finished row's slot
+takes the next input in the same step; seq_cascade streams its drafter pass over all N, then
+its verifier pass over the deferred inputs only.
 """
 from __future__ import annotations
 
