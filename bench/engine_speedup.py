@@ -62,9 +62,9 @@ def main():
   parser.add_argument("--noise", type=float, default=0.02)
   parser.add_argument("--matmul_dtype", default=None, choices=[None, "bfloat16"],
                       help="T5Config.matmul_dtype for both models, parameters stored in it: "
-                      "bfloat16 matmul inputs, float32 accumulation (greedy SpecDecode then equals the verifier only "
-                      "up to bfloat16 rounding: the rows that agree are reported, not "
-                      "required)")
+                      "bfloat16 matmul inputs, float32 accumulation (greedy SpecDecode then "
+                      "equals the verifier only up to bfloat16 rounding: the rows that agree "
+                      "are reported, not required)")
   parser.add_argument("--mesh", action="store_true",
                       help="data-parallel over all jax devices (see the module docstring)")
   args = parser.parse_args()

@@ -355,20 +355,22 @@ def check_same(what: str, ours, theirs: np.ndarray) -> None:
 
 
 def stream_calls(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, rows: int, gamma: int,
-                 **kw) -> dict:
-  """Our verifier and SpecDecode (γ = gamma) over inputs [N, S], `rows` rows at a time, two
-  ways: '... stream' is one `generate(slots=rows)` call (continuous batching), '... batches'
-  one call per consecutive batch of `rows`. Each value is a callable returning the list of
-  GenerateOutputs, in input order; kw goes to every `generate` call."""
-  spec = dict(method="spec_decode", num_draft_tokens=gamma)
+                 extra: dict | None = None, **kw) -> dict:
+  """Our verifier and SpecDecode (γ = gamma), and each `extra` {name: generate kwargs}, over
+  inputs [N, S], `rows` rows at a time, two ways: '<name> stream' is one
+  `generate(slots=rows)` call (continuous batching), '<name> batches' one call per consecutive
+  batch of `rows`. Each value is a callable returning the list of GenerateOutputs, in input
+  order; kw goes to every `generate` call."""
   batches = [inputs[i:i + rows] for i in range(0, len(inputs), rows)]
-  return {
-      "verifier stream": lambda: [generate(drafter, verifier, inputs, method="verifier",
-                                           slots=rows, **kw)],
-      "spec stream": lambda: [generate(drafter, verifier, inputs, slots=rows, **spec, **kw)],
-      "verifier batches": lambda: [generate(drafter, verifier, b, method="verifier", **kw)
-                                   for b in batches],
-      "spec batches": lambda: [generate(drafter, verifier, b, **spec, **kw) for b in batches]}
+  methods = {"verifier": dict(method="verifier"),
+             "spec": dict(method="spec_decode", num_draft_tokens=gamma), **(extra or {})}
+  calls = {}
+  for name, m in methods.items():
+    calls[f"{name} stream"] = lambda m=m: [generate(drafter, verifier, inputs, slots=rows,
+                                                    **m, **kw)]
+    calls[f"{name} batches"] = lambda m=m: [generate(drafter, verifier, b, **m, **kw)
+                                            for b in batches]
+  return calls
 
 
 def stream_table(args, drafter: Bundle, verifier: Bundle, hf_v, rows) -> None:

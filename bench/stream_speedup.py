@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_peer  # pylint: disable=g-import-not-at-top,wrong-import-position  (adds the repo root)
 
 from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
-from spec_cascade.decoding import generate  # pylint: disable=g-import-not-at-top
 
 
 def run(drafter, verifier, inputs: np.ndarray, rows: int, trials: int, mesh=None,
@@ -39,13 +38,9 @@ def run(drafter, verifier, inputs: np.ndarray, rows: int, trials: int, mesh=None
         seq_alpha: float | None = None) -> dict[str, float]:
   """Median seconds of {verifier, spec[, seq]} × {batches, stream} on `inputs` [N, S]; with
   seq_alpha, also 'seq deferred': the share of examples seq_cascade deferred."""
-  kw = dict(temperature=0.0, max_decode_length=max_decode_length, mesh=mesh)
-  fns = hf_peer.stream_calls(drafter, verifier, inputs, rows, gamma, **kw)
-  if seq_alpha is not None:
-    seq = dict(method="seq_cascade", alpha=seq_alpha, **kw)
-    fns["seq stream"] = lambda: [generate(drafter, verifier, inputs, slots=rows, **seq)]
-    fns["seq batches"] = lambda: [generate(drafter, verifier, inputs[i:i + rows], **seq)
-                                  for i in range(0, len(inputs), rows)]
+  extra = None if seq_alpha is None else {"seq": dict(method="seq_cascade", alpha=seq_alpha)}
+  fns = hf_peer.stream_calls(drafter, verifier, inputs, rows, gamma, extra, temperature=0.0,
+                             max_decode_length=max_decode_length, mesh=mesh)
   out = {k: f() for k, f in fns.items()}  # warm-up (compiles) and the outputs to compare
   tokens = {k: np.concatenate([o.tokens for o in v]) for k, v in out.items()}
   for k, v in tokens.items():

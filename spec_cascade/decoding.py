@@ -748,6 +748,7 @@ def _stream(make_body, spec: DecodeSpec, keys: Array, d_caches, v_caches,
     new = queue[jnp.clip(pos, 0, n - 1)]
     refilled = jnp.sum(refill, dtype=jnp.int32)
     order = jnp.argsort(~refill, stable=True)  # the refilled slots first
+    new_ids = new[order]
     r = refill[:, None]
     slots_state = s.replace(
         out=jnp.where(r, 0, s.out), length=jnp.where(refill, 0, s.length),
@@ -755,8 +756,8 @@ def _stream(make_body, spec: DecodeSpec, keys: Array, d_caches, v_caches,
         aux=jnp.where(refill, 0.0, s.aux),
         counters=jax.tree_util.tree_map(lambda c: jnp.where(refill, 0, c).astype(c.dtype),
                                         s.counters),
-        d_cache=_refill_cache(s.d_cache, d_caches[1], order, new[order], refilled),
-        v_cache=_refill_cache(s.v_cache, v_caches[1], order, new[order], refilled))
+        d_cache=_refill_cache(s.d_cache, d_caches[1], order, new_ids, refilled),
+        v_cache=_refill_cache(s.v_cache, v_caches[1], order, new_ids, refilled))
     example = jnp.where(refill, new, jnp.where(finished, n, st.example))
     return st.replace(slots=slots_state, example=example, next=st.next + refilled)
 

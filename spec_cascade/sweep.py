@@ -257,7 +257,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
               bild_max_window: int | None = None, vocabulary_path: str | None = None,
               metric: str | None = None, dtype: str = "float32",
               activation_dtype: str | None = None, matmul_dtype: str | None = None,
-              drafter_config=None, verifier_config=None, model_parallel: int = 1, use_mesh: bool | None = None,
+              drafter_config=None, verifier_config=None, model_parallel: int = 1,
+              use_mesh: bool | None = None,
               cost_ratio_reps: int = 20, write_report: bool = True, progress: bool = True,
               shrink_batch: bool = True) -> list[ResultRow]:
   """Runs (or resumes) a sweep and returns the full results table.
