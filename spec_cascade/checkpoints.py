@@ -741,7 +741,8 @@ def restore_checkpoint(path: str, config: T5Config | None = None, dtype="float32
   its shards and nothing is gathered.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = str(path)
+  # Orbax reads a relative folder as nothing at all (its metadata comes back None).
+  path = str(path) if _is_gcs(str(path)) else os.path.abspath(str(path))
   params_dir = _join(path, PARAMS_SUBDIR)
   stored = None
   if _read_bytes(_join(path, INFO_FILE)) is not None:

@@ -51,8 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spec_cascade import train_data
+from spec_cascade import distill, train_data
 from spec_cascade.models import T5Config, T5Model, get_config
+from spec_cascade.models.t5 import shift_right
 
 log = logging.getLogger(__name__)
 
@@ -198,26 +199,67 @@ def loss_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
 
 
 def _batch_loss(model: T5Model, params: Params, batch: Mapping[str, jax.Array],
-                dropout_rng: jax.Array | None, z_loss: float):
+                dropout_rng: jax.Array | None, z_loss: float,
+                kd: distill.Distillation | None = None, teacher: T5Model | None = None,
+                teacher_params: Params | None = None, label_weight: float | None = None):
+  """Mean loss over the batch's real target tokens, and the summed terms.
+
+  With a teacher: (label_weight · CE + kd_weight · divergence + z-loss) / tokens, where
+  label_weight defaults to 1 − kd_weight (0 on on-policy batches, whose targets are the
+  student's own samples)."""
   logits = model.forward(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                          dropout_rng=dropout_rng)
   sums = loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
                    z_loss)
   # Mean over real target tokens: invariant to padding and bucket shapes.
-  loss = (sums["cross_entropy"] + sums["z_loss"]) / jnp.maximum(sums["weight"], 1.0)
+  denom = jnp.maximum(sums["weight"], 1.0)
+  if kd is None:
+    return (sums["cross_entropy"] + sums["z_loss"]) / denom, sums
+  teacher_logits = jax.lax.stop_gradient(teacher.forward(
+      teacher_params, batch["encoder_input_tokens"], batch["decoder_input_tokens"]))
+  sums.update(distill.kd_sums(logits, teacher_logits, batch["decoder_loss_weights"],
+                              kd.divergence, kd.teacher_temperature))
+  ce_weight = 1.0 - kd.kd_weight if label_weight is None else label_weight
+  kd_weight = kd.kd_weight if label_weight is None else 1.0 - label_weight
+  loss = (ce_weight * sums["cross_entropy"] + kd_weight * sums["kd"] + sums["z_loss"]) / denom
   return loss, sums
 
 
+def on_policy_batch(model: T5Model, params: Params, batch: Mapping[str, jax.Array],
+                    rng: jax.Array, temperature: float) -> dict[str, jax.Array]:
+  """The batch with its targets replaced by sequences the model samples itself.
+
+  Same inputs and target length T; rows without inputs (batch padding) get zero weight; the
+  weights cover each sample up to and including its EOS."""
+  enc = batch["encoder_input_tokens"]
+  tokens, weights = sample_decode(model, jax.lax.stop_gradient(params), enc,
+                                  batch["decoder_target_tokens"].shape[1], rng, temperature)
+  weights = weights * jnp.any(enc > 0, axis=1, keepdims=True)
+  tokens = jnp.where(weights > 0, tokens, 0)
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": shift_right(tokens),
+          "decoder_target_tokens": tokens, "decoder_loss_weights": weights}
+
+
 def make_train_step(model: T5Model, tx: optax.GradientTransformation, z_loss: float = 1e-4,
-                    use_dropout: bool = True) -> Callable:
-  """(state, batch, dropout_key) → (state, metrics); pure, for jit.
+                    use_dropout: bool = True, kd: distill.Distillation | None = None,
+                    teacher: T5Model | None = None, on_policy: bool = False) -> Callable:
+  """(state, batch, dropout_key[, teacher_params]) → (state, metrics); pure, for jit.
 
   The dropout key of step s is fold_in(dropout_key, s), so a resumed run
-  draws the same masks as an uninterrupted one."""
-  def step_fn(state: TrainState, batch, dropout_key):
+  draws the same masks as an uninterrupted one. With `kd` (and the teacher model) the step
+  takes the teacher's params and adds the distillation loss; on_policy=True first replaces
+  the batch's targets by the student's own samples (keys derived from the step as well)."""
+  def step_fn(state: TrainState, batch, dropout_key, teacher_params=None):
     rng = jax.random.fold_in(dropout_key, state["step"]) if use_dropout else None
+    label_weight = None
+    if on_policy:
+      sample_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state["step"]), 1)
+      batch = on_policy_batch(model, state["params"], batch, sample_key,
+                              kd.on_policy_temperature)
+      label_weight = 0.0
     grad_fn = jax.value_and_grad(
-        lambda p: _batch_loss(model, p, batch, rng, z_loss), has_aux=True)
+        lambda p: _batch_loss(model, p, batch, rng, z_loss, kd, teacher, teacher_params,
+                              label_weight), has_aux=True)
     (loss, sums), grads = grad_fn(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -226,29 +268,50 @@ def make_train_step(model: T5Model, tx: optax.GradientTransformation, z_loss: fl
   return step_fn
 
 
-def make_eval_step(model: T5Model, z_loss: float = 1e-4) -> Callable:
-  """(params, batch) → loss_sums dict, teacher forced, no dropout."""
-  return lambda params, batch: _batch_loss(model, params, batch, None, z_loss)[1]
+def make_eval_step(model: T5Model, z_loss: float = 1e-4, kd: distill.Distillation | None = None,
+                   teacher: T5Model | None = None) -> Callable:
+  """(params[, teacher_params], batch) → loss_sums dict (plus the KD terms with a teacher),
+  teacher forced, no dropout."""
+  if kd is None:
+    return lambda params, batch: _batch_loss(model, params, batch, None, z_loss)[1]
+  return lambda params, teacher_params, batch: _batch_loss(
+      model, params, batch, None, z_loss, kd, teacher, teacher_params)[1]
 
 
-def greedy_decode(model: T5Model, params: Params, inputs: jax.Array,
-                  max_length: int) -> jax.Array:
-  """inputs [B, S] → greedy target tokens [B, max_length] (0 after EOS).
-  One decode_block call of k=1 per position; for validation only."""
+def sample_decode(model: T5Model, params: Params, inputs: jax.Array, max_length: int,
+                  rng: jax.Array | None = None, temperature: float = 1.0
+                  ) -> tuple[jax.Array, jax.Array]:
+  """inputs [B, S] → (tokens [B, max_length] int32, weights [B, max_length] float32).
+
+  Ancestral sampling at `temperature` with key `rng` (rng None: greedy). tokens are 0 after
+  EOS; weights are 1 up to and including each row's EOS. One decode_block call of k=1 per
+  position; for validation and on-policy distillation (the engine is `decoding`)."""
   b = inputs.shape[0]
   encoded, mask = model.encode(params, inputs)
   cache = model.init_cache(params, encoded, mask, max_length)
 
   def body(t, carry):
-    cache, prev, out, done = carry
+    cache, prev, out, live, done = carry
     logits, cache = model.decode_block(params, cache, prev[:, None],
                                        jnp.full((b,), t, jnp.int32))
-    tok = jnp.where(done, 0, jnp.argmax(logits[:, 0], -1).astype(jnp.int32))
-    return cache, tok, out.at[:, t].set(tok), done | (tok == train_data.EOS_ID)
+    if rng is None:
+      tok = jnp.argmax(logits[:, 0], -1)
+    else:
+      tok = jax.random.categorical(jax.random.fold_in(rng, t), logits[:, 0] / temperature)
+    tok = jnp.where(done, 0, tok.astype(jnp.int32))
+    return (cache, tok, out.at[:, t].set(tok), live.at[:, t].set(~done),
+            done | (tok == train_data.EOS_ID))
 
   init = (cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b, max_length), jnp.int32),
-          jnp.zeros((b,), bool))
-  return jax.lax.fori_loop(0, max_length, body, init)[2]
+          jnp.zeros((b, max_length), bool), jnp.zeros((b,), bool))
+  _, _, tokens, live, _ = jax.lax.fori_loop(0, max_length, body, init)
+  return tokens, live.astype(jnp.float32)
+
+
+def greedy_decode(model: T5Model, params: Params, inputs: jax.Array,
+                  max_length: int) -> jax.Array:
+  """inputs [B, S] → greedy target tokens [B, max_length] (0 after EOS)."""
+  return sample_decode(model, params, inputs, max_length)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -275,7 +338,8 @@ def export_params(export_dir, params: Params, config: T5Config,
   (export_dir/spec_cascade_checkpoint.json), replacing an earlier export."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from etils import epath  # pylint: disable=import-outside-toplevel
-  export_dir = epath.Path(export_dir)
+  # Orbax saves only to absolute paths.
+  export_dir = epath.Path(export_dir if "://" in str(export_dir) else os.path.abspath(export_dir))
   tmp = export_dir.parent / (export_dir.name + ".tmp")
   if tmp.exists():
     tmp.rmtree()
@@ -299,7 +363,8 @@ def read_export_info(path) -> dict:
   """The JSON of an export (path: the export dir or its MODEL_DIR), with the
   resolved directory under "path" and the T5Config under "config"."""
   from etils import epath  # pylint: disable=import-outside-toplevel
-  p = epath.Path(path)
+  # Absolute: Orbax refuses relative paths (the example gins give relative ones).
+  p = epath.Path(path if "://" in str(path) else os.path.abspath(path))
   if not _is_export_dir(p) and _is_export_dir(p / "export"):
     p = p / "export"
   if not _is_export_dir(p):
@@ -467,6 +532,28 @@ def _build_data(name: str, feature_lengths, batch_size: int, seed: int, *, vocab
   return _Data(source, eval_source, process_local=True)
 
 
+def _with_teacher_targets(source, teacher, kd: distill.Distillation, model_dir: str,
+                          seed: int) -> train_data.OfflineBatches:
+  """The training source with its targets replaced by the teacher's outputs (sequence-level
+  KD), generated once into MODEL_DIR/teacher_targets (resumable, see distill_data)."""
+  from spec_cascade import decoding, distill_data  # pylint: disable=import-outside-toplevel
+  if not isinstance(source, train_data.OfflineBatches):
+    raise ValueError(
+        f"SEQUENCE_TARGETS={kd.sequence_targets!r} needs the offline tasks' token arrays "
+        "(debian_ende, debian_summarize, debian_mix); for seqio tasks use token-level KD "
+        "(SEQUENCE_TARGETS='none') and ON_POLICY_FRACTION, which need no pre-generated data.")
+  temperature = 0.0 if kd.sequence_targets == "greedy" else kd.teacher_temperature
+  targets = distill_data.teacher_targets(
+      decoding.Bundle(*teacher), source.inputs, os.path.join(str(model_dir), "teacher_targets"),
+      max_length=source.target_length, temperature=temperature, seed=seed,
+      teacher_name=str(kd.teacher_checkpoint_path), batch_size=source.batch_size)
+  return train_data.OfflineBatches(
+      source.inputs, targets, source.batch_size,
+      {"inputs": source.input_length, "targets": source.target_length}, seed=source.seed,
+      shuffle=source.shuffle, window_batches=source.window_batches,
+      input_boundaries=source.input_boundaries, target_boundaries=source.target_boundaries)
+
+
 def _task_metrics(task: str, targets: list[str], predictions: list[str]) -> dict:
   scores = {"exact_match": float(np.mean([t == p for t, p in zip(targets, predictions)]))}
   try:
@@ -484,24 +571,56 @@ def _task_metrics(task: str, targets: list[str], predictions: list[str]) -> dict
 
 @functools.lru_cache(maxsize=4)
 def _jitted_steps(config: T5Config, tx: optax.GradientTransformation, z_loss: float,
-                  use_dropout: bool, mesh: jax.sharding.Mesh):
-  """Jitted (train_step, eval_step), cached so that repeated train() calls in one
-  process (a resume in tests or notebooks) reuse the compiled executables."""
+                  use_dropout: bool, mesh: jax.sharding.Mesh,
+                  kd: distill.Distillation | None = None, teacher_config: T5Config | None = None):
+  """Jitted (train_step, on_policy_step, eval_step), cached so that repeated train() calls in
+  one process (a resume in tests or notebooks) reuse the compiled executables. With `kd` the
+  steps take the teacher's params after the dropout key (train) or the params (eval);
+  on_policy_step is None unless kd.on_policy_fraction > 0."""
   model = T5Model(config)
+  teacher = T5Model(teacher_config) if kd is not None else None
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  train_step = jax.jit(make_train_step(model, tx, z_loss, use_dropout),
-                       in_shardings=(replicated, rows, replicated),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
-  return train_step, _jitted_eval_step(config, z_loss, mesh)
+  shardings = (replicated, rows, replicated) + ((replicated,) if kd is not None else ())
+
+  def jit_step(on_policy):
+    return jax.jit(make_train_step(model, tx, z_loss, use_dropout, kd, teacher, on_policy),
+                   in_shardings=shardings, out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+  on_policy = kd is not None and kd.on_policy_fraction > 0
+  return (jit_step(False), jit_step(True) if on_policy else None,
+          _jitted_eval_step(config, z_loss, mesh, kd, teacher_config))
 
 
 @functools.lru_cache(maxsize=4)
-def _jitted_eval_step(config: T5Config, z_loss: float, mesh: jax.sharding.Mesh):
+def _jitted_eval_step(config: T5Config, z_loss: float, mesh: jax.sharding.Mesh,
+                      kd: distill.Distillation | None = None,
+                      teacher_config: T5Config | None = None):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  return jax.jit(make_eval_step(T5Model(config), z_loss), in_shardings=(replicated, rows),
+  teacher = T5Model(teacher_config) if kd is not None else None
+  shardings = (replicated, replicated, rows) if kd is not None else (replicated, rows)
+  return jax.jit(make_eval_step(T5Model(config), z_loss, kd, teacher), in_shardings=shardings,
                  out_shardings=replicated)
+
+
+def load_teacher(path: str, student: T5Config) -> tuple[T5Model, Params]:
+  """The distillation teacher: (T5Model, float32 params) from a trainer export or any
+  checkpoint spec_cascade.checkpoints reads; refuses a teacher with another vocabulary."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  if "://" not in str(path) and not epath.Path(path).exists():
+    raise FileNotFoundError(f"TEACHER_CHECKPOINT_PATH {path!r} does not exist; give the "
+                            "verifier's export (its MODEL_DIR) or checkpoint folder.")
+  if _is_export_dir(path) or _is_export_dir(epath.Path(path) / "export"):
+    config, params = load_exported(path)
+  else:
+    from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
+    params, config = checkpoints.load_params(path)
+  if config.vocab_size != student.vocab_size:
+    raise ValueError(f"TEACHER_CHECKPOINT_PATH {path!r} has vocab_size {config.vocab_size} "
+                     f"but the student has {student.vocab_size}: distillation compares the "
+                     "two distributions token by token, so both need one vocabulary.")
+  return T5Model(config), jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
 @functools.lru_cache(maxsize=4)
@@ -539,6 +658,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           train_source: train_data.BatchSource | None = None,
           eval_source: train_data.BatchSource | None = None,
           tokenizer: Any = None, decode_examples: Mapping[str, list] | None = None,
+          distillation: distill.Distillation | None = None,
           step_callback: Callable[[int, dict], None] | None = None) -> TrainResult:
   """Trains `model` for total_steps steps (resuming from MODEL_DIR if possible).
 
@@ -551,6 +671,8 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   keep_checkpoints: how many to keep. eval_period / eval_steps: teacher-forced
   validation every eval_period steps on at most eval_steps batches;
   infer_eval_examples > 0 adds greedy-decoding metrics (offline tasks).
+  distillation: train `model` (the student) to match a teacher (spec_cascade.distill:
+  token-level KD, sequence-level targets from the teacher, on-policy student samples).
   step_callback(step, metrics) runs after each step (hooks, tests).
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -595,10 +717,22 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     raise ValueError(f"The tokenizer has {vocab_size} ids but the model's vocab_size is "
                      f"{config.vocab_size}; use a model config with vocab_size >= {vocab_size}.")
 
+  teacher_params, teacher_config = None, None
+  if distillation is not None:
+    teacher, teacher_params = load_teacher(distillation.teacher_checkpoint_path, config)
+    teacher_config = teacher.config
+    teacher_params = jax.device_put(teacher_params, replicated)
+    log.info("Distilling from %s (%.2fM parameters): %s.",
+             distillation.teacher_checkpoint_path, teacher.num_params() / 1e6, distillation)
+    if distillation.sequence_targets != "none":
+      data.train = _with_teacher_targets(data.train, (teacher, teacher_params), distillation,
+                                         model_dir, random_seed)
+
   tx = optimizer or make_optimizer("adafactor", learning_rate_schedule)
   schedule = learning_rate_schedule or create_learning_rate_schedule()
-  train_step, eval_step = _jitted_steps(config, tx, float(z_loss), config.dropout_rate > 0,
-                                        mesh)
+  train_step, on_policy_step, eval_step = _jitted_steps(
+      config, tx, float(z_loss), config.dropout_rate > 0, mesh, distillation, teacher_config)
+  teacher_args = () if distillation is None else (teacher_params,)
   dropout_key = jax.device_put(jax.random.key(random_seed + 1), replicated)
 
   def init_state(params):
@@ -615,7 +749,9 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep_checkpoints, create=True,
                                            enable_async_checkpointing=False))
   data_info = {"mixture_or_task_name": mixture_or_task_name, "batch_size": batch_size,
-               "seed": random_seed}
+               "seed": random_seed,
+               "distillation": (None if distillation is None
+                                else dataclasses.asdict(distillation))}
   metrics_log = _MetricsLog(model_dir)
   try:
     latest = manager.latest_step()
@@ -663,12 +799,16 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
         for i, batch in enumerate(data.eval.iterate(0)):
           if i >= eval_steps:
             break
-          sums = jax.device_get(eval_step(params, to_device(batch)))
+          sums = jax.device_get(eval_step(params, *teacher_args, to_device(batch)))
           totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
         if totals:
           w = max(float(totals["weight"]), 1.0)
           out.update(eval_loss=float(totals["cross_entropy"]) / w,
                      eval_accuracy=float(totals["correct"]) / w)
+          if "kd" in totals:  # how well the student would draft for the teacher
+            out.update(eval_kd=float(totals["kd"]) / w,
+                       eval_acceptance=1.0 - float(totals["tvd"]) / w,
+                       eval_agreement=float(totals["agree"]) / w)
       if data.decode_examples and data.tokenizer is not None:
         out.update(_decode_eval(model, params, data, task_feature_lengths))
       if out:
@@ -684,7 +824,11 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     batches: Iterator = data.train.iterate(position)
     while step < total_steps:
       batch = next(batches)
-      state, metrics = train_step(state, to_device(batch), dropout_key)
+      step_fn = train_step
+      if on_policy_step is not None and distill.is_on_policy_step(
+          random_seed, step, distillation.on_policy_fraction):
+        step_fn = on_policy_step
+      state, metrics = step_fn(state, to_device(batch), dropout_key, *teacher_args)
       pending.append(metrics)
       step += 1
       if step_callback is not None:
@@ -708,10 +852,19 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
             "examples_per_s": batch_size / sec_per_step,
             "target_tokens_per_s": w / len(sums) / sec_per_step,
         }
+        if distillation is not None:
+          # acceptance: 1 − TV(teacher, student) per token, SpecDecode's expected acceptance
+          # rate at the teacher temperature; agreement: the greedy one.
+          train_metrics.update(
+              kd=sum(float(m["kd"]) for m in sums) / w,
+              acceptance=1.0 - sum(float(m["tvd"]) for m in sums) / w,
+              agreement=sum(float(m["agree"]) for m in sums) / w)
         # The latest interval's pace (the first one includes compilation).
         eta = (total_steps - step) * sec_per_step
-        log.info("step %d/%d loss %.4f acc %.3f lr %.2e | %.1f ex/s | ETA %s", step,
-                 total_steps, train_metrics["loss"], train_metrics["accuracy"],
+        kd_note = ("" if distillation is None else
+                   f" kd {train_metrics['kd']:.4f} accept {train_metrics['acceptance']:.3f}")
+        log.info("step %d/%d loss %.4f acc %.3f%s lr %.2e | %.1f ex/s | ETA %s", step,
+                 total_steps, train_metrics["loss"], train_metrics["accuracy"], kd_note,
                  train_metrics["learning_rate"], train_metrics["examples_per_s"],
                  _format_eta(eta))
         metrics_log.write(dict(train_metrics, step=step, kind="train"))

@@ -90,6 +90,10 @@ NAMED_CONFIGS: dict[str, T5Config] = {
                      num_encoder_layers=2, num_decoder_layers=2, mlp_dim=256),
     "mini": T5Config(**{**_V11, "vocab_size": 4224}, emb_dim=256, num_heads=4,
                      num_encoder_layers=4, num_decoder_layers=4, mlp_dim=640),
+    # mini with twice the decoder depth: grown from the trained mini (models/grow.py), so its
+    # batch-1 decode step costs ≈ 10 tiny steps (c ≈ 0.09) where mini's costs ≈ 4.
+    "mini_deep": T5Config(**{**_V11, "vocab_size": 4224}, emb_dim=256, num_heads=4,
+                          num_encoder_layers=4, num_decoder_layers=8, mlp_dim=640),
 }
 
 # Published parameter counts, for checking the shapes above.

@@ -1,0 +1,108 @@
+"""Deepening a trained T5 without changing what it computes (function-preserving growth).
+
+A new layer is a copy of the trained layer before it with its output projections (attention
+`out` and MLP `wo`) set to zero. T5 layers are pre-norm residual blocks, x + f(norm(x)), so
+such a layer adds nothing: the deeper model's logits equal the original's exactly, and training
+continues from the original's quality instead of from scratch. The zeroed projections get
+gradients at once (their inputs are the copied layer's real activations), so the new layers
+start learning on the first step. Used to turn the offline `mini` verifier into a deeper one
+whose batch-1 decode step costs several drafter steps (docs/training.md).
+
+    python -m spec_cascade.models.grow --src=spec_cascade/assets/offline_pair/verifier \
+        --dst=runs/grown/verifier_d8 --num_decoder_layers=8
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from spec_cascade.models.configs import T5Config
+
+Params = Any
+
+# The projections whose output is added to the residual stream, per stack.
+_RESIDUAL_OUTPUTS = {
+    "encoder": (("attention", "out"), ("mlp", "wo")),
+    "decoder": (("self_attention", "out"), ("encoder_decoder_attention", "out"), ("mlp", "wo")),
+}
+
+
+def layer_sources(old: int, new: int) -> list[tuple[int, bool]]:
+  """For each of `new` layers: (index of the old layer it copies, whether it is a zeroed copy).
+
+  The old layers keep their order and are spread evenly; each inserted layer sits right after
+  the old layer it copies. old ≤ new.
+  """
+  if not 1 <= old <= new:
+    raise ValueError(f"can only grow a stack of {old} layers to at least as many, got {new}.")
+  # Old layer i is followed by extra[i] zeroed copies; the extras go to the earliest layers.
+  extra = [(new - old) // old + (1 if i < (new - old) % old else 0) for i in range(old)]
+  out = []
+  for i in range(old):
+    out.append((i, False))
+    out.extend((i, True) for _ in range(extra[i]))
+  return out
+
+
+def _grow_stack(stack: dict, kind: str, old: int, new: int) -> dict:
+  grown = {k: v for k, v in stack.items() if not k.startswith("layers_")}
+  for j, (i, zeroed) in enumerate(layer_sources(old, new)):
+    layer = copy.copy(dict(stack[f"layers_{i}"]))
+    if zeroed:
+      for block, proj in _RESIDUAL_OUTPUTS[kind]:
+        block_params = dict(layer[block])
+        block_params[proj] = {"kernel": jnp.zeros_like(block_params[proj]["kernel"])}
+        layer[block] = block_params
+    grown[f"layers_{j}"] = layer
+  return grown
+
+
+def deepen(params: Params, config: T5Config, *, num_encoder_layers: int | None = None,
+           num_decoder_layers: int | None = None) -> tuple[T5Config, Params]:
+  """A deeper (config, params) computing exactly what (config, params) computes.
+
+  params: a T5 parameter tree in T5X's names (layers_0 … layers_{n-1} per stack).
+  num_encoder_layers / num_decoder_layers: the new depths (None: unchanged), each ≥ the old.
+  """
+  enc = config.num_encoder_layers if num_encoder_layers is None else num_encoder_layers
+  dec = config.num_decoder_layers if num_decoder_layers is None else num_decoder_layers
+  params = jax.tree.map(lambda x: x, dict(params))
+  params["encoder"] = _grow_stack(params["encoder"], "encoder", config.num_encoder_layers, enc)
+  params["decoder"] = _grow_stack(params["decoder"], "decoder", config.num_decoder_layers, dec)
+  return config.replace(num_encoder_layers=enc, num_decoder_layers=dec), params
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m spec_cascade.models.grow",
+      description="Write a deeper copy of a T5 checkpoint that computes the same function "
+                  "(new layers are zero-output copies), ready to fine-tune with "
+                  "INITIAL_CHECKPOINT_PATH.")
+  parser.add_argument("--src", required=True, help="checkpoint to grow (any format "
+                      "spec_cascade.checkpoints.load_params reads)")
+  parser.add_argument("--dst", required=True, help="output folder (a trainer export)")
+  parser.add_argument("--num_encoder_layers", type=int, default=None)
+  parser.add_argument("--num_decoder_layers", type=int, default=None)
+  args = parser.parse_args(argv)
+  # pylint: disable=import-outside-toplevel
+  from spec_cascade import checkpoints, train
+  try:
+    params, config = checkpoints.load_params(args.src)
+    config, params = deepen(params, config, num_encoder_layers=args.num_encoder_layers,
+                            num_decoder_layers=args.num_decoder_layers)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  train.export_params(args.dst, params, config, None, {"grown_from": str(args.src)})
+  print(f"wrote {args.dst}: {config.num_encoder_layers} encoder / "
+        f"{config.num_decoder_layers} decoder layers")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
