@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec_cascade import deferral, parallel, sampling
+from spec_cascade import autogamma, deferral, parallel, sampling
 from spec_cascade.models.configs import T5Config
 from spec_cascade.models.t5 import DecoderCache, T5Model
 
@@ -879,11 +879,15 @@ def compiled_decode(d_config: T5Config | None, v_config: T5Config | None, spec: 
 @dataclasses.dataclass
 class GenerateOutput:
   """tokens: int32 [B, max_decode_length] (0 after EOS); lengths: [B]; counters: name → [B];
-  wall_s: wall-clock of the decode call (compilation excluded when warm)."""
+  wall_s: wall-clock of the decode call (compilation excluded when warm).
+  num_draft_tokens: the γ the speculative methods ran with (0: 'auto' chose the verifier
+  alone; None for methods without blocks); gamma_choice: what 'auto' measured."""
   tokens: np.ndarray
   lengths: np.ndarray
   counters: dict[str, np.ndarray]
   wall_s: float
+  num_draft_tokens: int | None = None
+  gamma_choice: autogamma.GammaChoice | None = None
 
 
 def resolve_rule(method: str, rule: str | None) -> str | None:
@@ -962,7 +966,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
              top_p: float = 1.0, seed: int = 0, example_ids=None, max_decode_length: int = 64,
              fallback_threshold: float = 0.6, rollback_threshold: float = 3.0,
              bild_max_window: int = 10, token_cascade_window: int = 8,
-             shrink_batch: bool = True, slots: int | None = None, mesh=None
+             shrink_batch: bool = True, slots: int | None = None, mesh=None,
+             draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES
              ) -> GenerateOutput:
   """Decodes `inputs` [B, S] with `method`; see the module docstring for the methods.
 
@@ -981,7 +986,21 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   `decode_stream`): a finished row's slot takes the next input at once, so no step waits for a
   batch's slowest row. Same outputs as without. With a mesh (data
   parallel only), slots must be a multiple of its 'data' size: each device streams its share.
+  num_draft_tokens='auto' (speculative methods): the first call times every γ in
+  draft_candidates on these inputs (and SpecDecode also the verifier alone) and runs the
+  fastest; later calls with the same settings and shapes reuse the choice (`autogamma`).
   """
+  autogamma.check(num_draft_tokens, method)
+  if num_draft_tokens == autogamma.AUTO:
+    return _generate_auto(drafter, verifier, inputs, method=method, rule=rule, alpha=alpha,
+                          beta=beta, temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, example_ids=example_ids,
+                          max_decode_length=max_decode_length,
+                          fallback_threshold=fallback_threshold,
+                          rollback_threshold=rollback_threshold,
+                          bild_max_window=bild_max_window,
+                          token_cascade_window=token_cascade_window, shrink_batch=shrink_batch,
+                          slots=slots, mesh=mesh, candidates=tuple(draft_candidates))
   spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
                    max_decode_length=max_decode_length, top_k=top_k, beta=beta,
                    token_cascade_window=token_cascade_window, bild_max_window=bild_max_window,
@@ -1037,4 +1056,45 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   rows = lambda x: np.asarray(x)[back][:batch]
   counters = {f: rows(getattr(res.counters, f)) for f in COUNTER_FIELDS}
   return GenerateOutput(tokens=rows(res.tokens), lengths=rows(res.lengths), counters=counters,
-                        wall_s=wall)
+                        wall_s=wall, num_draft_tokens=(spec.num_draft_tokens if method in
+                                                       autogamma.GAMMA_METHODS else None))
+
+
+def _generate_auto(drafter, verifier, inputs, *, method: str, candidates: tuple[int, ...],
+                   **kw) -> GenerateOutput:
+  """generate(num_draft_tokens='auto'): measure (once per settings and shape), then decode."""
+  if not candidates or any(not isinstance(g, (int, np.integer)) or g < 1 for g in candidates):
+    raise ValueError(f"draft_candidates must be positive ints, got {candidates!r}.")
+  if drafter is None or verifier is None:
+    raise ValueError(f"method {method!r} needs a drafter and a verifier Bundle(model, params).")
+  inputs = _check_inputs(inputs)
+  slots = kw["slots"]
+  timing = {k: v for k, v in kw.items() if k not in ("seed", "example_ids", "rule")}
+  key = autogamma.choice_key(drafter, verifier, method, kw["rule"], inputs.shape,
+                             candidates=candidates, **timing)
+  choice = autogamma.cached(key)
+  if choice is None:
+    # Warm-up on the first `slots` rows when streaming (the rows a step decodes at a time).
+    rows = slots if slots is not None and slots < inputs.shape[0] else inputs.shape[0]
+    ids = (np.arange(inputs.shape[0]) if kw["example_ids"] is None
+           else np.asarray(kw["example_ids"]))[:rows]
+    warm = dict(kw, example_ids=ids, slots=None)
+
+    def run(gamma: int) -> GenerateOutput:
+      if gamma == 0:
+        return generate(None, verifier, inputs[:rows], **dict(warm, method="verifier", rule=None,
+                                                             num_draft_tokens=1))
+      return generate(drafter, verifier, inputs[:rows], method=method,
+                      num_draft_tokens=int(gamma), **warm)
+
+    seconds, acceptance = autogamma.measure(run, candidates,
+                                            include_verifier=method == "spec_decode")
+    choice = autogamma.remember(
+        key, autogamma.GammaChoice(autogamma.pick(seconds), seconds, acceptance))
+  gamma = choice.gamma
+  if gamma == 0:
+    out = generate(None, verifier, inputs, **dict(kw, method="verifier", rule=None,
+                                                  num_draft_tokens=1))
+  else:
+    out = generate(drafter, verifier, inputs, method=method, num_draft_tokens=gamma, **kw)
+  return dataclasses.replace(out, num_draft_tokens=gamma, gamma_choice=choice)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from spec_cascade import autogamma
 from spec_cascade import decoding
 from spec_cascade import deferral
 from spec_cascade import metrics as metrics_lib
@@ -453,12 +454,17 @@ def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | N
                   temperature: float, num_draft_tokens: int) -> dict[str, Any]:
   """Keyword arguments of `decoding.generate` for one operating point."""
   # γ-independent methods get a fixed γ so that all their points share one compiled program.
-  gamma = int(num_draft_tokens) if method.gamma_dependent else 1
+  if num_draft_tokens == autogamma.AUTO:
+    autogamma.check(num_draft_tokens, method.engine_method)
+    gamma = autogamma.AUTO
+  else:
+    gamma = int(num_draft_tokens) if method.gamma_dependent else 1
+  window = gamma if isinstance(gamma, int) else 1
   kw = dict(method=method.engine_method, rule=method.engine_rule, num_draft_tokens=gamma,
             temperature=float(temperature), top_k=settings.top_k, top_p=settings.top_p,
             seed=settings.seed, max_decode_length=settings.max_decode_length,
             fallback_threshold=settings.fallback_threshold,
-            bild_max_window=settings.bild_max_window or max(gamma, 1),
+            bild_max_window=settings.bild_max_window or max(window, 1),
             token_cascade_window=settings.token_cascade_window,
             shrink_batch=settings.shrink_batch, slots=settings.slots, alpha=0.0)
   if method.alpha_kind == "bild":
@@ -483,10 +489,12 @@ def program_key(method: MethodSpec, settings: DecodeSettings, num_draft_tokens: 
 @dataclasses.dataclass
 class DecodeRun:
   """tokens: int32 [N, max_decode_length] per example (0 after EOS); counters: name → [N];
-  batch_wall_s: wall-clock of each batch's decode call."""
+  batch_wall_s: wall-clock of each batch's decode call; batch_gammas: the γ each batch ran
+  with (what num_draft_tokens='auto' chose; 0 = the verifier alone; None without blocks)."""
   tokens: np.ndarray
   counters: dict[str, np.ndarray]
   batch_wall_s: list[float]
+  batch_gammas: list[int | None] = dataclasses.field(default_factory=list)
 
   @property
   def wall_s(self) -> float:
@@ -500,7 +508,7 @@ def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Seq
   L = int(engine_kw["max_decode_length"])
   tokens = np.zeros((num_examples, L), np.int32)
   counters = {f: np.zeros((num_examples,), np.float64) for f in decoding.COUNTER_FIELDS}
-  walls = []
+  walls, gammas = [], []
   it = batches
   if progress:
     import tqdm  # pylint: disable=g-import-not-at-top
@@ -513,7 +521,8 @@ def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Seq
     for f in decoding.COUNTER_FIELDS:
       counters[f][b.positions] = out.counters[f][:n]
     walls.append(out.wall_s)
-  return DecodeRun(tokens, counters, walls)
+    gammas.append(out.num_draft_tokens)
+  return DecodeRun(tokens, counters, walls, gammas)
 
 
 def warm_up(drafter, verifier, batches: Sequence[Batch], engine_kw, mesh=None
@@ -742,7 +751,10 @@ def infer(task: str, output_dir: str, method: str = "verifier",
       "task": task, "split": split, "method": ms.name, "rule": ms.rule,
       "alpha": None if ms.alpha_kind is None else float(alpha),
       "temperature": float(temperature),
-      "num_draft_tokens": int(num_draft_tokens) if ms.gamma_dependent else 0,
+      "num_draft_tokens": (num_draft_tokens if num_draft_tokens == autogamma.AUTO
+                           else int(num_draft_tokens) if ms.gamma_dependent else 0),
+      # What 'auto' chose per batch shape (0: the verifier alone), else the fixed γ.
+      "chosen_num_draft_tokens": sorted({g for g in run.batch_gammas if g is not None}),
       "metric": the_metric, "quality": scores[the_metric], "scores": scores,
       "num_examples": len(data.examples), "split_size": data.split_size,
       "input_length": data.input_length, "truncated_inputs": data.truncated,

@@ -220,6 +220,26 @@ def test_infer_writes_predictions_and_metrics(pair_env, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_infer_auto_num_draft_tokens_matches_the_greedy_verifier(pair_env, tmp_path):
+  """NUM_DRAFT_TOKENS='auto': SpecDecode picks its γ (or the verifier alone) on the first
+  batch; greedy outputs are the verifier's whatever it picks."""
+  runs = {}
+  for name, extra in (("v", ["--gin.METHOD='verifier'"]),
+                      ("auto", ["--gin.METHOD='specdecode'", "--gin.NUM_DRAFT_TOKENS='auto'"])):
+    out = tmp_path / name
+    assert infer.main(_infer_flags(out, "--gin.TEMPERATURE=0.0", *extra)) == 0
+    runs[name] = json.loads((out / "metrics.json").read_text())
+    with open(out / "predictions.jsonl", encoding="utf-8") as f:
+      runs[name]["preds"] = [json.loads(line)["prediction"] for line in f]
+  auto = runs["auto"]
+  assert auto["num_draft_tokens"] == "auto" and auto["preds"] == runs["v"]["preds"]
+  assert len(auto["chosen_num_draft_tokens"]) >= 1
+  assert set(auto["chosen_num_draft_tokens"]) <= {0, 1, 2, 3, 5}
+  assert infer.main(_infer_flags(tmp_path / "bad", "--gin.METHOD='bild'", "--gin.ALPHA=2.0",
+                                 "--gin.NUM_DRAFT_TOKENS='auto'")) == 2
+
+
+@pytest.mark.slow
 def test_infer_with_the_verifier_alone_needs_no_drafter(pair_env, tmp_path):
   out = tmp_path / "v"
   flags = [f for f in _infer_flags(out) if "DRAFTER_CHECKPOINT_PATH" not in f]
