@@ -137,3 +137,21 @@ def test_stream_speedup_runs_and_checks_outputs(capsys):
                        "--max_decode_length", "6", "--gamma", "2", "--seq_alpha", "0.5"])
   rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| 2 |")]
   assert len(rows) == 2 and rows[0].count("×") == 2 and "%" in rows[1], rows
+
+
+@pytest.mark.slow
+def test_default_pair_speed_runs_and_checks_outputs(tmp_path_factory, monkeypatch, capsys):
+  import default_pair_speed  # pylint: disable=g-import-not-at-top
+  import sweep_helpers  # pylint: disable=g-import-not-at-top
+  from spec_cascade import autogamma  # pylint: disable=g-import-not-at-top
+  env = sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
+  sweep_helpers.use_env(monkeypatch, env)
+  autogamma.clear_cache()
+  summary = default_pair_speed.main(
+      ["--tasks", "debian_ende", "--examples", "3", "--gammas", "1,2", "--alphas", "0.5",
+       "--batches", "2", "--rounds", "1", "--max_decode_length", "6", "--input_length", "32"])
+  out = capsys.readouterr().out
+  assert "| SpecDecode γ=1 |" in out and "| SpecDecode γ=auto (chose" in out
+  assert "| T = 1, batch 1 |" in out and "| SpecCascade [Token] α=0.5 |" in out
+  assert any(what == "batch 2 SpecDecode auto" for _, what, _ in summary)
+  assert all(value > 0 for _, _, value in summary)
