@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spec_cascade import distill, train_data
+from spec_cascade import distill, stages, train_data
 from spec_cascade.models import T5Config, T5Model, get_config
 from spec_cascade.models.t5 import shift_right
 
@@ -646,6 +646,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           total_steps: int, batch_size: int,
           dropout_rate: float | None = None,
           initial_checkpoint_path: str | None = None,
+          initial_step: int | None = None,
           optimizer: optax.GradientTransformation | None = None,
           learning_rate_schedule: optax.Schedule | None = None,
           z_loss: float = 1e-4,
@@ -671,6 +672,9 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   keep_checkpoints: how many to keep. eval_period / eval_steps: teacher-forced
   validation every eval_period steps on at most eval_steps batches;
   infer_eval_examples > 0 adds greedy-decoding metrics (offline tasks).
+  initial_step: the step (learning-rate schedule and data position) a run from
+  initial_checkpoint_path starts at; None = the step a stage artifact records
+  (spec_cascade.stages: a long run continued on another machine), else 0.
   distillation: train `model` (the student) to match a teacher (spec_cascade.distill:
   token-level KD, sequence-level targets from the teacher, on-policy student samples).
   step_callback(step, metrics) runs after each step (hooks, tests).
@@ -766,13 +770,19 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                     "stream will not continue exactly.", changed)
       log.info("Resumed from %s/%d (data position %d).", ckpt_dir, latest, position)
     else:
+      position = 0
       if initial_checkpoint_path:
         params = load_initial_params(initial_checkpoint_path, model)
         log.info("Initial parameters from %s.", initial_checkpoint_path)
+        position = stages.start_step(initial_checkpoint_path, initial_step)
+        if position:
+          log.info("Continuing a staged run at step %d (schedule and data position; the "
+                   "optimizer state starts afresh).", position)
       else:
         params = _init_params_fn(config)(jax.random.key(random_seed))
-      state = jax.device_put(init_state(params), replicated)
-      position = 0
+      state = init_state(params)
+      state["step"] = jnp.asarray(position, jnp.int32)
+      state = jax.device_put(state, replicated)
     step = start_step = int(state["step"])
     log.info("Model %s: %.2fM parameters; %d devices; steps %d → %d.", config,
              model.num_params() / 1e6, devices.size, step, total_steps)

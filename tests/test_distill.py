@@ -313,3 +313,35 @@ def test_cli_distills_with_distill_gin(tmp_path, fake_offline_data):  # noqa: F8
   assert manifest["temperature"] == pytest.approx(0.8) and manifest["teacher"] == teacher
   record = [json.loads(line) for line in open(model_dir / "metrics.jsonl")][0]
   assert {"kd", "acceptance", "agreement"} <= set(record)
+
+
+# ---------------------------------------------------------------------------
+# Stage artifacts
+
+def test_stage_artifact_continues_a_run_at_its_step(tmp_path, tx, monkeypatch):
+  from spec_cascade import checkpoints, stages
+  from spec_cascade.models import configs
+  monkeypatch.setitem(configs.NAMED_CONFIGS, "test_student", STUDENT)
+  T.train(model_dir=str(tmp_path / "a"), model=STUDENT, total_steps=4, batch_size=8,
+          optimizer=tx, train_source=_source(), eval_steps=0, checkpoint_period=2)
+  record = stages.save_stage(str(tmp_path / "a"), str(tmp_path / "stage"), "recipe.gin",
+                             "test_student")
+  assert record["step"] == 4 and record["recipe"] == "recipe.gin"
+  params, config = checkpoints.load_params(str(tmp_path / "stage"))
+  assert config == STUDENT
+  info = json.load(open(tmp_path / "stage" / T.EXPORT_INFO_FILE))
+  assert info["param_dtypes"] == ["bfloat16"] and info["stage"]["step"] == 4
+  # The next sitting starts at step 4: the schedule and the data stream go on from there.
+  seen = []
+  res = T.train(model_dir=str(tmp_path / "b"), model=STUDENT, total_steps=6, batch_size=8,
+                optimizer=tx, train_source=_source(), eval_steps=0,
+                initial_checkpoint_path=str(tmp_path / "stage"),
+                step_callback=lambda s, m: seen.append(s))
+  assert seen == [5, 6] and res.step == 6
+  saved = json.load(open(tmp_path / "b" / "checkpoints" / "6" / "data" / "metadata"))
+  assert saved["position"] == 6
+  assert stages.start_step(str(tmp_path / "stage"), 0) == 0  # INITIAL_STEP wins
+  with pytest.raises(ValueError, match="INITIAL_STEP"):
+    stages.start_step(str(tmp_path / "stage"), -1)
+  with pytest.raises(FileNotFoundError, match="no training checkpoints"):
+    stages.save_stage(str(tmp_path / "nothing"), str(tmp_path / "s2"), "r.gin", "test_student")

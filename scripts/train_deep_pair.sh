@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Makes the deep offline pair, stage by stage (each stage resumable: re-run the same command):
+#   1. base   the 'tiny' drafter and 'mini' verifier (BASE, default: the committed pair while it
+#             still is that one; --from_scratch trains them with scripts/train_offline_pair.sh)
+#   2. grow   mini → mini_deep (8 decoder layers), same outputs (python -m spec_cascade.models.grow)
+#   3. verifier   mini_deep trained on (configs/offline/train_verifier_deep.gin); --stage_in=DIR
+#             continues from a committed stage artifact instead (spec_cascade.stages)
+#   4. drafter    tiny distilled from the deep verifier (configs/offline/distill_drafter.gin)
+#   5. pair   both installed into OUT/pair and evaluated (python -m spec_cascade.evaluate_pair)
+#
+#   bash scripts/train_deep_pair.sh [OUT_DIR] [--from_scratch] [--stage_in=DIR] [--until=STAGE]
+#        [--gin.X=V ...  (passed to both training stages)]
+#
+# OUT_DIR defaults to runs/offline_deep. A stop (Ctrl-C / SIGTERM) saves a checkpoint first.
+# To carry an unfinished verifier to another machine, save a stage artifact and commit it:
+#   python -m spec_cascade.stages --model_dir=OUT_DIR/verifier --dest=stages/offline_deep/verifier \
+#     --recipe=configs/offline/train_verifier_deep.gin --model=mini_deep
+# Then install the finished pair as the default:
+#   python -m spec_cascade.pretrained --force --drafter=OUT_DIR/drafter --verifier=OUT_DIR/verifier
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/env.sh"
+cd "$ROOT"
+
+OUT=runs/offline_deep; FROM_SCRATCH=0; STAGE_IN=""; UNTIL=pair; GIN=()
+for arg in "$@"; do
+  case "$arg" in
+    --from_scratch) FROM_SCRATCH=1 ;;
+    --stage_in=*) STAGE_IN="${arg#--stage_in=}" ;;
+    --until=*) UNTIL="${arg#--until=}" ;;
+    --gin.*) GIN+=("$arg") ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --*) echo "unknown flag $arg" >&2; exit 2 ;;
+    *) OUT="$arg" ;;
+  esac
+done
+case "$UNTIL" in base|grow|verifier|drafter|pair) ;; *)
+  echo "--until must be one of base, grow, verifier, drafter, pair" >&2; exit 2 ;; esac
+mkdir -p "$OUT"
+say() { echo "[deep pair] $*" >&2; }
+
+python -c 'from spec_cascade.data import offline; offline.build_corpora()'
+
+if [ "$FROM_SCRATCH" = 1 ]; then
+  BASE="$OUT/base"
+  say "1/5 base pair from scratch in $BASE (hours; resumable)"
+  bash scripts/train_offline_pair.sh "$BASE" --wait
+  BASE_DRAFTER="$BASE/drafter"; BASE_VERIFIER="$BASE/verifier"
+else
+  BASE="spec_cascade/assets/offline_pair"
+  BASE_DRAFTER="$BASE/drafter"; BASE_VERIFIER="$BASE/verifier"
+  layers="$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['t5_config']['num_decoder_layers'])" "$BASE_VERIFIER/spec_cascade_checkpoint.json")"
+  if [ "$layers" != 4 ]; then
+    echo "error: $BASE_VERIFIER is not the 'mini' base verifier (it has $layers decoder layers); " \
+         "pass --from_scratch to train the base pair first." >&2
+    exit 2
+  fi
+  say "1/5 base pair: the committed tiny/mini pair ($BASE)"
+fi
+[ "$UNTIL" = base ] && exit 0
+
+if [ -z "$STAGE_IN" ] && [ ! -d "$OUT/grown" ]; then
+  say "2/5 growing $BASE_VERIFIER to 8 decoder layers → $OUT/grown"
+  python -m spec_cascade.models.grow --src="$BASE_VERIFIER" --dst="$OUT/grown" \
+    --num_decoder_layers=8
+fi
+[ "$UNTIL" = grow ] && exit 0
+
+START="${STAGE_IN:-$OUT/grown}"
+say "3/5 verifier: training mini_deep from $START → $OUT/verifier (resumable)"
+python -m spec_cascade.train --gin_file=configs/offline/train_verifier_deep.gin \
+  --gin.MODEL_DIR="'$OUT/verifier'" --gin.INITIAL_CHECKPOINT_PATH="'$START'" \
+  ${GIN[@]+"${GIN[@]}"} 2>&1 | tee -a "$OUT/verifier.log"
+[ "$UNTIL" = verifier ] && exit 0
+
+say "4/5 drafter: distilling tiny from the deep verifier → $OUT/drafter (resumable)"
+python -m spec_cascade.train --gin_file=configs/offline/distill_drafter.gin \
+  --gin.MODEL_DIR="'$OUT/drafter'" --gin.INITIAL_CHECKPOINT_PATH="'$BASE_DRAFTER'" \
+  --gin.TEACHER_CHECKPOINT_PATH="'$OUT/verifier'" \
+  ${GIN[@]+"${GIN[@]}"} 2>&1 | tee -a "$OUT/drafter.log"
+[ "$UNTIL" = drafter ] && exit 0
+
+say "5/5 pair: installing into $OUT/pair and evaluating"
+python -m spec_cascade.pretrained --force --drafter="$OUT/drafter" --verifier="$OUT/verifier" \
+  --dest="$OUT/pair"
+python -m spec_cascade.evaluate_pair --drafter="$OUT/pair/drafter" \
+  --verifier="$OUT/pair/verifier" --vocabulary_path="$OUT/pair/vocab/sentencepiece.model" \
+  --num_examples=200 --json="$OUT/pair/evaluation.json"
