@@ -86,6 +86,22 @@ def measure_cost_ratio(drafter, verifier, inputs: np.ndarray, cache_length: int,
   """
   if reps < 1 or iters < 1:
     raise ValueError(f"reps and iters must be ≥ 1, got {reps} and {iters}.")
+  # On a busy machine a short loop can time at or below its set-up: measure again with longer
+  # loops before giving up.
+  for attempt in range(3):
+    try:
+      return _measure_cost_ratio(drafter, verifier, inputs, cache_length, reps,
+                                 iters * 4 ** attempt)
+    except _TooNoisy:
+      if attempt == 2:
+        raise
+
+
+class _TooNoisy(RuntimeError):
+  pass
+
+
+def _measure_cost_ratio(drafter, verifier, inputs, cache_length, reps, iters):
   loops = {}
   for name, b in (("drafter", drafter), ("verifier", verifier)):
     loops[name] = call_loop(b, inputs, 1, cache_length, iters)
@@ -95,8 +111,8 @@ def measure_cost_ratio(drafter, verifier, inputs: np.ndarray, cache_length: int,
   v = per_call_seconds(t["verifier"], t["verifier_setup"], iters)
   for name, sec in (("drafter", d), ("verifier", v)):
     if sec <= 0.0:
-      raise RuntimeError(f"the {name}'s decode steps timed at 0 s against its set-up (machine "
-                         "too noisy or iters too small); measure again with more iters.")
+      raise _TooNoisy(f"the {name}'s decode steps timed at 0 s against its set-up (machine "
+                      f"too noisy for {iters} calls per loop); measure again with more iters.")
   return {"c": d / v, "drafter_call_s": d, "verifier_call_s": v,
           "batch_size": int(inputs.shape[0]), "input_length": int(inputs.shape[1]),
           "cache_length": int(cache_length), "reps": int(reps), "calls_per_rep": int(iters)}

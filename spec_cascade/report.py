@@ -35,7 +35,11 @@ import numpy as np
 from spec_cascade import results as results_lib
 from spec_cascade.results import ResultRow
 
-LATENCY_KINDS = ("wallclock", "modelled")
+LATENCY_KINDS = ("batch1", "wallclock", "modelled")
+_LATENCY_FIELDS = {"batch1": "rel_latency_batch1", "wallclock": "rel_latency",
+                   "modelled": "modelled_rel_latency"}
+_LATENCY_LABELS = {"batch1": "batch-1 latency (per example)", "wallclock": "wall-clock",
+                   "modelled": "modelled"}
 FRONTIERS = ("pareto", "convex")
 
 # Row order and display names of the paper's tables (unknown methods follow, sorted).
@@ -198,7 +202,7 @@ def group_rows(rows: Sequence[ResultRow]) -> list[tuple[tuple, dict[str, list[Re
 def _latency(r: ResultRow, kind: str) -> float:
     if kind not in LATENCY_KINDS:
         raise ValueError(f"latency must be one of {LATENCY_KINDS}, got {kind!r}.")
-    return r.rel_latency if kind == "wallclock" else r.modelled_rel_latency
+    return getattr(r, _LATENCY_FIELDS[kind])
 
 
 def _by_alpha(rows: Sequence[ResultRow]) -> list[ResultRow]:
@@ -248,7 +252,7 @@ def paper_table(rows: Sequence[ResultRow], latency: str = "wallclock", mode: str
     rows = list(rows)
     if not rows:
         raise ValueError("paper_table got no rows; the results table is empty.")
-    kind = "wall-clock" if latency == "wallclock" else "modelled"
+    kind = _LATENCY_LABELS[latency]
     out = []
     for key, methods in group_rows(rows):
         metric = _metric_name(next((r.metric for rs in methods.values() for r in rs if r.metric), ""))
@@ -292,11 +296,13 @@ def points_table(rows: Sequence[ResultRow]) -> str:
     out = []
     for key, methods in group_rows(rows):
         out.append(f"#### {_panel_title(key)}\n")
-        out.append("| Method | α | quality | rel. latency | modelled | accept | defer | tok/call |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| Method | α | quality | rel. latency (batch 1) | rel. latency (batches) | "
+                   "modelled | accept | defer | tok/call |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for m, rs in methods.items():
             for r in _by_alpha(rs):
                 out.append(f"| {display_name(m)} | {_fmt(r.alpha, '.3g')} | {_fmt(r.quality)} | "
+                           f"{_fmt(r.rel_latency_batch1, '.3f')} | "
                            f"{_fmt(r.rel_latency, '.3f')} | {_fmt(r.modelled_rel_latency, '.3f')} | "
                            f"{_fmt(r.acceptance_rate, '.3f')} | {_fmt(r.deferral_rate, '.3f')} | "
                            f"{_fmt(r.tokens_per_verifier_call, '.2f')} |")
@@ -376,7 +382,7 @@ def plot_quality_vs_latency(rows: Sequence[ResultRow], out_prefix: str,
     """
     if latency not in LATENCY_KINDS:
         raise ValueError(f"latency must be one of {LATENCY_KINDS}, got {latency!r}.")
-    label = "relative latency (wall-clock)" if latency == "wallclock" else "relative latency (modelled)"
+    label = f"relative latency ({_LATENCY_LABELS[latency]})"
     return _plot_panels(rows, out_prefix, lambda r: _latency(r, latency), label, verifier_line=True)
 
 
@@ -396,14 +402,19 @@ def write_report(run_dir: str, mode: str = "pareto") -> str:
     rows = results_lib.read_rows(path)
     if not rows:
         raise ValueError(f"{path} has no rows; nothing to report.")
-    plots = {
+    batch1 = any(math.isfinite(r.rel_latency_batch1) for r in rows)
+    plots = {}
+    if batch1:
+        plots["quality_vs_batch1_latency"] = plot_quality_vs_latency(
+            rows, os.path.join(run_dir, "quality_vs_batch1_latency"), "batch1")
+    plots.update({
         "quality_vs_latency": plot_quality_vs_latency(
             rows, os.path.join(run_dir, "quality_vs_latency"), "wallclock"),
         "quality_vs_modelled_latency": plot_quality_vs_latency(
             rows, os.path.join(run_dir, "quality_vs_modelled_latency"), "modelled"),
         "quality_vs_deferral": plot_quality_vs_deferral(
             rows, os.path.join(run_dir, "quality_vs_deferral")),
-    }
+    })
     tasks = sorted({r.task for r in rows})
     frontier_name = "Pareto" if mode == "pareto" else "convex-hull"
     md = [
@@ -415,7 +426,15 @@ def write_report(run_dir: str, mode: str = "pareto") -> str:
         f"are read on their {frontier_name} frontier over α with linear interpolation between "
         "adjacent points (see `spec_cascade/report.py`). '—' means never reached / no point "
         "within budget.\n",
-        "## Wall-clock latency (relative to the verifier alone)\n",
+    ]
+    if batch1:
+        n = sorted({r.extra.get("latency_examples", "") for r in rows} - {""})
+        md += ["## Latency: one example at a time (batch 1, the paper's regime)\n",
+               f"Mean seconds per example, each decoded alone, relative to the verifier alone "
+               f"(on the first {', '.join(n) or '?'} examples of each task).\n",
+               paper_table(rows, "batch1", mode)]
+    md += [
+        "## Throughput: wall-clock over the sweep's batches (relative to the verifier alone)\n",
         paper_table(rows, "wallclock", mode),
         "## Modelled latency ((drafter steps · c + verifier calls) / verifier-alone steps)\n",
         paper_table(rows, "modelled", mode),

@@ -12,6 +12,9 @@ Conventions (docs/paper.md §7):
   cascades); such rows are γ-independent and appear in the report for every γ.
 - `rel_latency` = method wall-clock / verifier-alone wall-clock at the same task and T.
 - `modelled_rel_latency` = (drafter_steps · c + verifier_calls) / verifier-alone steps.
+- `latency_s` = mean seconds per example decoded alone (batch 1: the paper's latency regime, on
+  the sweep's first `latency_examples` examples); `rel_latency_batch1` = that over the
+  verifier-alone's at the same task and T. NaN when the sweep did not measure it.
 - Columns this module does not know are kept verbatim in `ResultRow.extra` and written back, so a
   newer sweep can add columns without an older reader dropping them.
 """
@@ -69,6 +72,8 @@ class ResultRow:
     wallclock_std_s: float = math.nan
     rel_latency: float = math.nan
     modelled_rel_latency: float = math.nan
+    latency_s: float = math.nan
+    rel_latency_batch1: float = math.nan
     acceptance_rate: float = math.nan
     rejection_rate: float = math.nan
     deferral_rate: float = math.nan

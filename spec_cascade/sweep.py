@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from spec_cascade import decoding
 from spec_cascade import infer
 from spec_cascade import results as results_lib
 from spec_cascade.infer import MethodSpec
@@ -183,6 +184,36 @@ def _row(point: Point, quality: float, metric: str, walls: list[float], tot: Map
       extra={k: (repr(v) if isinstance(v, float) else str(v)) for k, v in extra.items()})
 
 
+def _latency_baseline(rows: Sequence[ResultRow], task: str, t: float) -> float | None:
+  key = results_lib.make_key(task, "verifier", None, t, 0)
+  for r in rows:
+    if r.key == key and math.isfinite(r.latency_s):
+      return r.latency_s
+  return None
+
+
+def _one_at_a_time(data, n: int) -> list[tuple[np.ndarray, int]]:
+  """The first n examples as ([1, input_length] inputs, example id) pairs."""
+  out = []
+  for i, ex in enumerate(data.examples[:n]):
+    x = np.zeros((1, data.input_length), np.int32)
+    ids = ex.input_ids[:data.input_length]
+    x[0, :len(ids)] = ids
+    out.append((x, i))
+  return out
+
+
+def _batch1_latency(drafter, verifier, inputs: Sequence[tuple[np.ndarray, int]],
+                    engine_kw: Mapping[str, Any]) -> float:
+  """Mean seconds per example, each decoded alone on one device (compilation excluded)."""
+  kw = dict(engine_kw, slots=None)
+  x0, i0 = inputs[0]
+  decoding.generate(drafter, verifier, x0, example_ids=np.array([i0]), **kw)  # compile
+  secs = [decoding.generate(drafter, verifier, x, example_ids=np.array([i]), **kw).wall_s
+          for x, i in inputs]
+  return float(np.mean(secs))
+
+
 def _baseline_from_rows(rows: Sequence[ResultRow], task: str, t: float) -> Baseline | None:
   key = results_lib.make_key(task, "verifier", None, t, 0)
   for r in rows:
@@ -260,7 +291,7 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
               drafter_config=None, verifier_config=None, model_parallel: int = 1,
               use_mesh: bool | None = None,
               cost_ratio_reps: int = 20, write_report: bool = True, progress: bool = True,
-              shrink_batch: bool = True) -> list[ResultRow]:
+              shrink_batch: bool = True, latency_examples: int = 0) -> list[ResultRow]:
   """Runs (or resumes) a sweep and returns the full results table.
 
   task: one task name or a list (offline tasks, or registered seqio tasks).
@@ -271,6 +302,9 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   task_feature_lengths: T5X form {'inputs': N | None, 'targets': M}; overrides input_length and
     max_decode_length when given.
   trials: timed repetitions per point (the mean is reported). Others as in `infer.infer`.
+  latency_examples > 0: also decode each point's first that many examples one at a time (batch
+    1, on one device: the paper's latency regime) and report the mean seconds per example
+    (`latency_s`, `rel_latency_batch1`; the report's first table).
   output_dir: a local folder, or a remote one (e.g. gs://...): then the sweep runs in a local
     staging folder (seeded from the remote one, so a resume skips finished points) and process 0
     copies it back after the sweep, also when it stops early.
@@ -295,6 +329,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
     raise ValueError(f"num_draft_tokens must be >= 1, got {gammas}.")
   if not isinstance(trials, (int, np.integer)) or trials < 1:
     raise ValueError(f"trials must be a positive int, got {trials!r}.")
+  if not isinstance(latency_examples, (int, np.integer)) or latency_examples < 0:
+    raise ValueError(f"latency_examples must be an int >= 0, got {latency_examples!r}.")
   plans = {t: plan_points(t, method_specs, alphas, num_alphas, temps, gammas) for t in tasks}
   metrics_of = {t: infer.metric_name(t, metric) for t in tasks}
 
@@ -335,7 +371,7 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
                     input_bucket=input_bucket, seed=seed, top_k=top_k, top_p=top_p,
                     fallback_threshold=fallback_threshold, bild_max_window=bild_max_window,
                     cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer,
-                    shrink_batch=shrink_batch)
+                    shrink_batch=shrink_batch, latency_examples=int(latency_examples))
     finally:
       if outer is not None:
         outer.close()
@@ -352,7 +388,7 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
               output_dir: str, results_path: str, metric: str, *, split: str, batch_size: int,
               trials: int, num_examples, lengths, input_bucket, seed, top_k, top_p,
               fallback_threshold, bild_max_window, cost_ratio_reps, progress, outer,
-              shrink_batch) -> None:
+              shrink_batch, latency_examples=0) -> None:
   input_length, max_decode_length = lengths
   settings = infer.DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
                                   top_k=int(top_k), top_p=float(top_p),
@@ -385,6 +421,8 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
 
   existing = results_lib.read_rows(results_path) if os.path.exists(results_path) else []
   baselines = {t: _baseline_from_rows(existing, task, t) for t in {p.temperature for p in points}}
+  lat_baselines = {t: _latency_baseline(existing, task, t) for t in baselines}
+  lat_inputs = _one_at_a_time(data, latency_examples)
   compile_s: dict[tuple, float] = {}
   for point in points:
     if outer is not None:
@@ -403,6 +441,9 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
           desc=f"{point.name} trial {trial + 1}/{trials}"))
     if first is not None:
       compile_s[prog] = infer.compile_seconds(first, runs[0])
+    latency = _batch1_latency(drafter, verifier, lat_inputs, kw) if lat_inputs else math.nan
+    if point.method.name == "verifier":
+      lat_baselines[point.temperature] = latency
     run = runs[0]
     preds = infer.predictions_of(data, run)
     scores = infer.score(targets, preds, metric)
@@ -421,9 +462,15 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
         "max_decode_length": settings.max_decode_length, "batch_size": batch_size,
         "hit_max_decode_length": int(np.sum(run.counters["output_tokens"]
                                             >= settings.max_decode_length)),
+        "latency_examples": len(lat_inputs),
         **{f"{k}_total": v for k, v in tot.items()},
     }
     row = _row(point, scores[metric], metric, walls, tot, baseline, c, len(data.examples), extra)
+    lat_base = lat_baselines.get(point.temperature)
+    row = dataclasses.replace(
+        row, latency_s=latency,
+        rel_latency_batch1=(latency / lat_base if lat_base and math.isfinite(lat_base)
+                            and lat_base > 0 else math.nan))
     if writer:
       pred_path = os.path.join(output_dir, "predictions", task, point.name + ".jsonl")
       infer.write_jsonl(pred_path, infer.prediction_records(data, preds, run))
@@ -436,6 +483,7 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
           "wallclock_s": row.wallclock_s, "wallclock_std_s": row.wallclock_std_s,
           "trial_wallclock_s": walls, "batch_wallclock_s": [r.batch_wall_s for r in runs],
           "rel_latency": row.rel_latency, "modelled_rel_latency": row.modelled_rel_latency,
+          "latency_s": row.latency_s, "rel_latency_batch1": row.rel_latency_batch1,
           "cost_ratio_c": c, "compile_s": extra["compile_s"],
           "truncated_inputs": data.truncated, "input_length": data.input_length,
           "longest_input": data.longest_input, "max_decode_length": settings.max_decode_length,

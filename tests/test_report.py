@@ -278,7 +278,8 @@ def test_write_report_and_cli(tmp_path, capsys):
     results.write_rows(tmp_path / "results.csv", _synthetic_rows())
     assert report.main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "## Wall-clock latency" in md and "## Modelled latency" in md
+    assert "## Throughput: wall-clock" in md and "## Modelled latency" in md
+    assert "one example at a time" not in md  # no batch-1 columns in these rows
     assert "(wall-clock latency)" in md and "(modelled latency)" in md
     assert "![quality_vs_latency](quality_vs_latency.png)" in md
     for name in ("quality_vs_latency", "quality_vs_modelled_latency", "quality_vs_deferral"):

@@ -353,3 +353,34 @@ def test_remote_output_is_staged_locally_and_copied_back(tmp_path):
   assert seen["files"] == ["metrics", "metrics/a.json", "results.csv"]
   assert (remote / "results.csv").read_text() == "new\n"
   assert (remote / "report.md").exists() and (remote / "metrics" / "a.json").exists()
+
+
+@pytest.mark.slow
+def test_batch1_latency_regime_is_measured_and_reported_first(tmp_path, env,
+                                                              tmp_path_factory, monkeypatch):
+  env = sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
+  sweep_helpers.use_env(monkeypatch, env)
+  gin_file = _write_gin(tmp_path / "t.gin", pair=True)
+  out = tmp_path / "out"
+  calls = []
+  real = decoding.generate
+
+  def counting(*args, **kwargs):
+    calls.append(np.shape(args[2])[0])
+    return real(*args, **kwargs)
+  monkeypatch.setattr(decoding, "generate", counting)
+  assert sweep.main([f"--gin_file={gin_file}", f"--gin.SWEEP_OUTPUT_DIR='{out}'",
+                     "--gin.METHODS=['specdecode']", "--gin.TEMPERATURES=[0.0]",
+                     "--gin.TRIALS=1", "--gin.LATENCY_EXAMPLES=3"]) == 0
+  rows = {r.method: r for r in results_lib.read_rows(out / "results.csv")}
+  assert set(rows) == {"verifier", "specdecode"}
+  assert rows["verifier"].rel_latency_batch1 == 1.0
+  assert all(r.latency_s > 0 for r in rows.values())
+  assert rows["specdecode"].rel_latency_batch1 == pytest.approx(
+      rows["specdecode"].latency_s / rows["verifier"].latency_s)
+  # Per method: one compile call and 3 timed calls with a single row.
+  assert calls.count(1) == 2 * (1 + 3)
+  report_md = (out / "report.md").read_text()
+  assert report_md.index("one example at a time (batch 1") < report_md.index("## Throughput")
+  assert "batch-1 latency (per example)" in report_md
+  assert (out / "quality_vs_batch1_latency.png").exists()
