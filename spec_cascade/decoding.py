@@ -58,6 +58,7 @@ _DEFAULT_RULE = {"spec_decode": "verifier", "spec_decode_lossy": "lossy",
 _USES_DRAFTER = {"drafter", "token_cascade", "oracle", "seq_cascade", "spec_decode",
                  "spec_decode_lossy", "spec_cascade", "bild"}
 _USES_VERIFIER = set(METHODS) - {"drafter"}
+_SPECULATIVE = {"spec_decode", "spec_decode_lossy", "spec_cascade"}
 
 
 class Bundle(NamedTuple):
@@ -78,6 +79,9 @@ class DecodeSpec:
   token_cascade_window: int = 8
   bild_max_window: int = 10
   shrink_batch: bool = True  # gather the active rows into smaller batches (`_run`)
+  # Speculative methods: stop a row's drafting once the drafter's top probability falls below
+  # Knobs.draft_confidence (a block proposes 1..γ drafts; drafter calls no row needs are skipped).
+  dynamic_draft: bool = False
 
 
 @flax.struct.dataclass
@@ -89,6 +93,7 @@ class Knobs:
   top_p: Array
   fallback_threshold: Array
   rollback_threshold: Array
+  draft_confidence: Array
 
 
 COUNTER_FIELDS = ("output_tokens", "drafter_steps", "verifier_calls", "verifier_sequential_calls",
@@ -317,6 +322,28 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     # ~4x the drafter's compute per block on CPU (bench/RESULTS.md). The drafter's logits stay
     # a list: only the sampling verification stacks them (inside its branch of the cond below),
     # so greedy SpecDecode never copies them into a [B, γ+1, V] array.
+    # Dynamic draft length: a row proposes drafts while the drafter's top probability stays at
+    # or above the threshold (the draft where it falls below is the row's last); a drafter call
+    # no active row needs is skipped. Which drafts a row proposes depends on the drafter alone,
+    # so every emitted token still follows the target exactly.
+    dynamic = spec.dynamic_draft
+    proposing = active
+    num_proposed = jnp.zeros_like(n)
+
+    def propose(q, proposing, num_proposed):
+      if not dynamic:
+        return proposing, num_proposed
+      confident = jnp.max(jax.nn.softmax(q, axis=-1), axis=-1) >= knobs.draft_confidence
+      return proposing & confident, num_proposed + proposing.astype(jnp.int32)
+
+    def maybe_draft(j, cache, tok, need):
+      if not dynamic:
+        return draft(j, cache, tok)
+      def skip(c):
+        return jnp.zeros((tok.shape[0], vocab), jnp.float32), jnp.zeros_like(tok), c
+      return jax.lax.cond(jnp.any(need), lambda c: draft(j, c, tok), skip, cache)
+
+    vocab = verifier.model.config.vocab_size
     if lazy_last:
       # The first call also writes position n − 1 (input out[n − 2]): the previous block
       # skipped the step on its last draft, whose cache entry is missing when that draft was
@@ -329,20 +356,30 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       q0 = jnp.where((n > 0)[:, None], logits2[:, 1], logits2[:, 0])
       q_list = [q0]
       draft_list = [_vsample(lambda: keys()[0], q0, knobs, spec.top_k)]
+      proposing, num_proposed = propose(q0, proposing, num_proposed)
       for j in range(1, gamma):
-        q, d, d_cache = draft(j, d_cache, draft_list[-1])
+        # SpecDecode needs q_j only to draw draft j.
+        q, d, d_cache = maybe_draft(j, d_cache, draft_list[-1], proposing)
         q_list.append(q)
         draft_list.append(d)
+        proposing, num_proposed = propose(q, proposing, num_proposed)
       q_list.append(jnp.zeros_like(q0))  # q_γ is never read (SpecDecode's target is p̃)
     else:
-      # γ drafts plus one more drafter step on the last draft: π_γ needs q_γ.
+      # γ drafts plus one more drafter step on the last draft: π_γ needs q_γ (with a dynamic
+      # length, π at the position after a row's last proposed draft needs q there).
       d_cache, tok = state.d_cache, x0
       q_list, draft_list = [], []
       for j in range(gamma + 1):
-        q, tok, d_cache = draft(j, d_cache, tok)
+        need = proposing | (num_proposed == j) if j < gamma else num_proposed == gamma
+        q, tok, d_cache = (draft(j, d_cache, tok) if j == 0
+                           else maybe_draft(j, d_cache, tok, need & active))
         q_list.append(q)
         draft_list.append(tok)
+        if j < gamma:
+          proposing, num_proposed = propose(q, proposing, num_proposed)
       draft_list = draft_list[:gamma]
+    if not dynamic:
+      num_proposed = jnp.full_like(n, gamma)
     drafts = jnp.stack(draft_list, axis=1)  # [B, γ]
     v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
     v_logits, v_cache = decode_call("verifier", verifier, state.v_cache, v_tokens, n)
@@ -353,7 +390,8 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
                                    knobs.top_p)
       beta = None if spec.solve_beta else knobs.beta
       pi, defer = rule.fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
-      res = sampling.verify_with_target(keys()[gamma + 1], drafts, probs.q_scaled, pi, defer)
+      res = sampling.verify_with_target(keys()[gamma + 1], drafts, probs.q_scaled, pi, defer,
+                                        num_proposed if dynamic else None)
       return (res.tokens, res.num_emitted, res.num_accepted, res.rejected, res.is_bonus,
               res.residual_fallback, res.defer_weight)
 
@@ -363,14 +401,15 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       # at a rejection, bonus otherwise) is argmax p there. Same result as `verify`
       # without the [B, γ+1, V] softmaxes and the Gumbel draw.
       best = _argmax(v_logits)  # [B, γ+1]
-      accepted = jnp.cumprod((drafts == best[:, :gamma]).astype(jnp.int32), axis=1)
+      proposed = jnp.arange(gamma)[None, :] < num_proposed[:, None]
+      accepted = jnp.cumprod(((drafts == best[:, :gamma]) & proposed).astype(jnp.int32), axis=1)
       num_accepted = jnp.sum(accepted, axis=1, dtype=jnp.int32)
       nxt = jnp.take_along_axis(best, num_accepted[:, None], axis=1)
       pos = jnp.arange(gamma + 1)[None, :]
       padded = jnp.pad(drafts, ((0, 0), (0, 1)))
       tokens = jnp.where(pos < num_accepted[:, None], padded,
                          jnp.where(pos == num_accepted[:, None], nxt, 0)).astype(jnp.int32)
-      rejected = num_accepted < gamma
+      rejected = num_accepted < num_proposed
       return (tokens, num_accepted + 1, num_accepted, rejected, ~rejected,
               jnp.zeros_like(rejected), jnp.ones(best.shape, jnp.float32))
 
@@ -384,8 +423,11 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
     with jax.named_scope("commit"):
       out, length, done, n_new = _commit(state, tokens, num_emitted, spec.max_decode_length)
     emitted = jnp.arange(gamma + 1)[None, :] < n_new[:, None]
+    # A row is charged the drafter calls it needed (those a batch-mate alone needed are not
+    # its cost), and its proposed drafts.
     counters = state.counters.add(
-        active, drafter_steps=gamma if lazy_last else gamma + 1, verifier_calls=1, drafted=gamma,
+        active, drafter_steps=num_proposed if lazy_last else num_proposed + 1,
+        verifier_calls=1, drafted=num_proposed,
         accepted=num_accepted, rejected=rejected, blocks=1, bonus_tokens=is_bonus,
         residual_fallbacks=fallback,
         deferred=jnp.sum(jnp.where(emitted, defer_weight, 0.0), axis=1))
@@ -921,9 +963,13 @@ def resolve_rule(method: str, rule: str | None) -> str | None:
 def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int = 5,
               max_decode_length: int = 64, top_k: int = 0, beta: float | None = None,
               token_cascade_window: int = 8, bild_max_window: int = 10,
-              shrink_batch: bool = True) -> DecodeSpec:
+              shrink_batch: bool = True, dynamic_draft: bool = False) -> DecodeSpec:
   """Validated DecodeSpec (the static part of a decode)."""
   rule = resolve_rule(method, rule)
+  if dynamic_draft and method not in _SPECULATIVE:
+    raise ValueError(f"draft_confidence (dynamic draft length) applies to the speculative "
+                     f"methods ({', '.join(sorted(_SPECULATIVE))}); method {method!r} drafts "
+                     "no blocks.")
   for name, v, lo in (("num_draft_tokens", num_draft_tokens, 1),
                       ("max_decode_length", max_decode_length, 1),
                       ("token_cascade_window", token_cascade_window, 1),
@@ -934,14 +980,18 @@ def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int = 5
                     max_decode_length=int(max_decode_length),
                     top_k=sampling.validate_top_k(top_k), solve_beta=beta is None,
                     token_cascade_window=int(token_cascade_window),
-                    bild_max_window=int(bild_max_window), shrink_batch=bool(shrink_batch))
+                    bild_max_window=int(bild_max_window), shrink_batch=bool(shrink_batch),
+                    dynamic_draft=bool(dynamic_draft))
 
 
 def make_knobs(spec: DecodeSpec, *, alpha: float = 0.0, beta: float | None = None,
                temperature: float = 1.0, top_p: float = 1.0, fallback_threshold: float = 0.6,
-               rollback_threshold: float = 3.0) -> Knobs:
+               rollback_threshold: float = 3.0, draft_confidence: float | None = None) -> Knobs:
   """Validated traced knobs."""
   sampling.validate_sampling_params(temperature, spec.top_k, top_p)
+  if draft_confidence is not None and not 0.0 <= float(draft_confidence) <= 1.0:
+    raise ValueError(f"draft_confidence must be in [0, 1] (a probability), got "
+                     f"{draft_confidence!r}.")
   if spec.rule is not None and spec.method not in ("spec_decode",):
     deferral.validate_alpha(spec.rule, alpha)
     deferral.validate_beta(spec.rule, alpha, beta)
@@ -949,7 +999,8 @@ def make_knobs(spec: DecodeSpec, *, alpha: float = 0.0, beta: float | None = Non
   return Knobs(alpha=f32(alpha), beta=f32(1.0 if beta is None else beta),
                temperature=f32(temperature), top_p=f32(top_p),
                fallback_threshold=f32(fallback_threshold),
-               rollback_threshold=f32(rollback_threshold))
+               rollback_threshold=f32(rollback_threshold),
+               draft_confidence=f32(0.0 if draft_confidence is None else draft_confidence))
 
 
 def _check_inputs(inputs) -> np.ndarray:
@@ -967,8 +1018,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
              fallback_threshold: float = 0.6, rollback_threshold: float = 3.0,
              bild_max_window: int = 10, token_cascade_window: int = 8,
              shrink_batch: bool = True, slots: int | None = None, mesh=None,
-             draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES
-             ) -> GenerateOutput:
+             draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES,
+             draft_confidence: float | None = None) -> GenerateOutput:
   """Decodes `inputs` [B, S] with `method`; see the module docstring for the methods.
 
   drafter / verifier: `Bundle(T5Model, params)` (either may be None when the method does not
@@ -989,6 +1040,10 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   num_draft_tokens='auto' (speculative methods): the first call times every γ in
   draft_candidates on these inputs (and SpecDecode also the verifier alone) and runs the
   fastest; later calls with the same settings and shapes reuse the choice (`autogamma`).
+  draft_confidence (speculative methods): a dynamic draft length — a row stops drafting after
+  the first draft at which the drafter's top probability is below this value, so a block
+  proposes 1..γ drafts (HF's assistant_confidence_threshold, BiLD's fallback); drafter calls no
+  row needs are skipped. Outputs keep the target's distribution exactly. None: always γ.
   """
   autogamma.check(num_draft_tokens, method)
   if num_draft_tokens == autogamma.AUTO:
@@ -1000,13 +1055,15 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
                           rollback_threshold=rollback_threshold,
                           bild_max_window=bild_max_window,
                           token_cascade_window=token_cascade_window, shrink_batch=shrink_batch,
-                          slots=slots, mesh=mesh, candidates=tuple(draft_candidates))
+                          slots=slots, mesh=mesh, candidates=tuple(draft_candidates),
+                          draft_confidence=draft_confidence)
   spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
                    max_decode_length=max_decode_length, top_k=top_k, beta=beta,
                    token_cascade_window=token_cascade_window, bild_max_window=bild_max_window,
-                   shrink_batch=shrink_batch)
+                   shrink_batch=shrink_batch, dynamic_draft=draft_confidence is not None)
   knobs = make_knobs(spec, alpha=alpha, beta=beta, temperature=temperature, top_p=top_p,
-                     fallback_threshold=fallback_threshold, rollback_threshold=rollback_threshold)
+                     fallback_threshold=fallback_threshold, rollback_threshold=rollback_threshold,
+                     draft_confidence=draft_confidence)
   inputs = _check_inputs(inputs)
   batch = inputs.shape[0]
   ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)

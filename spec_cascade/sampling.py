@@ -285,7 +285,8 @@ def as_typed_keys(keys: jax.Array, batch: int) -> jax.Array:
 
 def verify_with_target(keys: jax.Array, drafts: jax.Array, drafter_probs: jax.Array,
                        target_probs: jax.Array,
-                       defer_weight: jax.Array | None = None) -> VerifyResult:
+                       defer_weight: jax.Array | None = None,
+                       num_proposed: jax.Array | None = None) -> VerifyResult:
   """Speculative sampling of one block toward an arbitrary target (paper.md §2).
 
   Args:
@@ -294,6 +295,9 @@ def verify_with_target(keys: jax.Array, drafts: jax.Array, drafter_probs: jax.Ar
     drafter_probs: float32 [B, γ+1, V], the scaled drafter distributions q̃_j.
     target_probs: float32 [B, γ+1, V], the targets π_j.
     defer_weight: optional float32 [B, γ+1], copied into the result (zeros if None).
+    num_proposed: optional int [B] in 1..γ: row b proposes only its first num_proposed[b]
+      drafts (a dynamic draft length, decided from the drafter's side alone); after all of them
+      are accepted the next token is drawn from π there, as after a full block. None = γ.
 
   Returns:
     VerifyResult. Each emitted token is distributed exactly as π at its position (given the
@@ -319,9 +323,13 @@ def verify_with_target(keys: jax.Array, drafts: jax.Array, drafter_probs: jax.Ar
   pi_draft = jnp.take_along_axis(pi[:, :gamma], drafts[..., None], axis=-1)[..., 0]
   accept_prob = jnp.minimum(1.0, pi_draft / jnp.maximum(q_draft, PROB_FLOOR))
   # u < 1, so a = 1 always accepts; cumprod stops the block at the first rejection.
-  accepted = jnp.cumprod((uniforms < accept_prob).astype(jnp.int32), axis=1).astype(bool)
+  proposed = (jnp.ones((batch, gamma), bool) if num_proposed is None
+              else jnp.arange(gamma)[None, :] < jnp.asarray(num_proposed)[:, None])
+  accepted = jnp.cumprod(((uniforms < accept_prob) & proposed).astype(jnp.int32),
+                         axis=1).astype(bool)
   num_accepted = jnp.sum(accepted, axis=1, dtype=jnp.int32)
-  rejected = num_accepted < gamma
+  rejected = num_accepted < (gamma if num_proposed is None
+                             else jnp.asarray(num_proposed, jnp.int32))
 
   at_n = num_accepted[:, None, None]
   pi_n = jnp.take_along_axis(pi, at_n, axis=1)[:, 0]  # [B, V]

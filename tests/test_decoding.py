@@ -525,3 +525,47 @@ def test_argmax_is_the_first_maximum(shape):
   np.testing.assert_array_equal(decoding._argmax(jnp.asarray(all_inf)), 0)
   all_nan = np.full(shape, np.nan, np.float32)
   np.testing.assert_array_equal(decoding._argmax(jnp.asarray(all_nan)), 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dynamic draft length (draft_confidence)
+
+def test_dynamic_draft_length_greedy_is_the_verifier_and_counts_proposed_drafts():
+  d, v = make_pair(vocab=64, emb=32, seed=3, perturb=0.3)
+  x = random_inputs(5, seed=5)
+  ref = generate(d, v, x, method="verifier", temperature=0.0, max_decode_length=14)
+  for gamma in (2, 4):
+    full = generate(d, v, x, method="spec_decode", num_draft_tokens=gamma, temperature=0.0,
+                    max_decode_length=14)
+    zero = generate(d, v, x, method="spec_decode", num_draft_tokens=gamma, temperature=0.0,
+                    max_decode_length=14, draft_confidence=0.0)
+    for k in full.counters:  # threshold 0: every draft proposed, as without one
+      np.testing.assert_array_equal(zero.counters[k], full.counters[k], err_msg=k)
+    for thr in (0.1, 0.3, 1.0):
+      out = generate(d, v, x, method="spec_decode", num_draft_tokens=gamma, temperature=0.0,
+                     max_decode_length=14, draft_confidence=thr)
+      np.testing.assert_array_equal(out.tokens, ref.tokens)
+      c = out.counters
+      assert (c["accepted"] <= c["drafted"]).all() and (c["drafted"] <= gamma * c["blocks"]).all()
+      assert (c["drafted"] >= c["blocks"]).all()  # at least one draft per block
+      np.testing.assert_array_equal(c["drafter_steps"], c["drafted"])  # SpecDecode: one per draft
+      if thr == 1.0:  # nobody is that sure: one draft per block
+        np.testing.assert_array_equal(c["drafted"], c["blocks"])
+
+
+def test_dynamic_draft_length_does_not_depend_on_batch_mates():
+  d, v = make_pair(vocab=64, emb=32, seed=3, perturb=0.3)
+  x = random_inputs(4, seed=6)
+  kw = dict(method="spec_cascade", rule="token_v3", alpha=0.5, num_draft_tokens=3,
+            temperature=1.0, seed=11, max_decode_length=12, draft_confidence=0.15)
+  together = generate(d, v, x, **kw)
+  assert 0 < together.counters["drafted"].sum() < 3 * together.counters["blocks"].sum()
+  for i in range(4):
+    alone = generate(d, v, x[i:i + 1], example_ids=np.array([i]), **kw)
+    np.testing.assert_array_equal(alone.tokens[0], together.tokens[i])
+    for k in ("drafted", "accepted", "drafter_steps", "blocks"):
+      assert alone.counters[k][0] == together.counters[k][i], k
+  with pytest.raises(ValueError, match="draft_confidence must be in"):
+    generate(d, v, x, **dict(kw, draft_confidence=1.5))
+  with pytest.raises(ValueError, match="drafts no blocks"):
+    generate(d, v, x, method="token_cascade", rule="chow", alpha=0.3, draft_confidence=0.5)

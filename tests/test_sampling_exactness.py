@@ -201,3 +201,54 @@ def test_bounds_detect_a_wrong_target(gamma1_results):
   assert 0.5 * np.abs(np.asarray(s["pi"][0]) - p_scaled[0]).sum() > 3 * tv_bound(N)
   with pytest.raises(AssertionError):
     _check_dist(s["hist0"], p_scaled[0], f"{tag} against the wrong reference p̃")
+
+
+DYNAMIC_RULES = (("verifier", 0.0), ("token_v3", 0.5), ("chow", 0.6))
+N_DYNAMIC = 60_000
+
+
+@pytest.fixture(scope="module")
+def dynamic_results():
+  """γ = 2 with a per-row draft count decided on the drafter's side: draft 1 is proposed only
+  when draft 0 is in a fixed half of the vocabulary (as a confidence threshold on q_1, which
+  depends on draft 0, would decide). One jitted run for all rules."""
+  gamma, n_rows = 2, N_DYNAMIC
+  q_logits, p_logits = _logits(gamma)
+
+  @jax.jit
+  def run(key):
+    draft_key, verify_key = jax.random.split(key)
+    ql = jnp.broadcast_to(q_logits, (n_rows, gamma + 1, V))
+    q_scaled = sampling.scaled_probs(ql, 1.0, 0, 1.0)
+    drafts = jnp.stack([sampling.sample(k, ql[:, j], 1.0, 0, 1.0)
+                        for j, k in enumerate(jax.random.split(draft_key, gamma))], axis=1)
+    num_proposed = jnp.where(drafts[:, 0] < V // 2, 2, 1)
+    keys = jax.random.split(verify_key, n_rows)
+    out = {}
+    for rule, alpha in DYNAMIC_RULES:
+      pi, _ = deferral.target(rule, q_logits, p_logits, alpha, temperature=1.0)
+      res = sampling.verify_with_target(keys, drafts, q_scaled,
+                                        jnp.broadcast_to(pi, (n_rows, gamma + 1, V)),
+                                        num_proposed=num_proposed)
+      n, tok = res.num_accepted, res.tokens
+      second = res.num_emitted >= 2
+      out[rule] = (pi, _hist(tok[:, 0], jnp.ones_like(n)),
+                   _hist(tok[:, 1], second & (num_proposed == 2)),
+                   _hist(tok[:, 1], second & (num_proposed == 1)),
+                   jnp.max(n - num_proposed), jnp.sum(res.is_bonus & (num_proposed == 1)))
+    return out
+
+  return jax.device_get(run(jax.random.key(7)))
+
+
+@pytest.mark.parametrize("rule", [r for r, _ in DYNAMIC_RULES])
+def test_dynamic_draft_length_keeps_every_token_exact(rule, dynamic_results):
+  """The first token follows π_0, and the second follows π_1 both where draft 1 was proposed
+  and where drafting stopped after draft 0."""
+  pi, h0, h1_proposed, h1_stopped, over, short_bonus = dynamic_results[rule]
+  pi = np.asarray(pi, np.float64)
+  assert over <= 0  # never more accepted drafts than proposed
+  assert short_bonus > 1000  # rows that proposed one draft and drew the next token from π_1
+  _check_dist(h0, pi[0], f"{rule}: first token")
+  _check_dist(h1_proposed, pi[1], f"{rule}: second token, draft 1 proposed")
+  _check_dist(h1_stopped, pi[1], f"{rule}: second token, drafting stopped after draft 0")
