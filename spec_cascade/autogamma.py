@@ -32,7 +32,7 @@ AUTO = "auto"
 DEFAULT_CANDIDATES = (1, 2, 3, 5)
 # The verifier alone is kept unless a γ is at least this much faster on the warm-up batch:
 # timing noise on a busy machine must not make 'auto' pick a γ that loses.
-DEFAULT_MARGIN = 0.03
+DEFAULT_MARGIN = 0.05
 GAMMA_METHODS = ("spec_decode", "spec_decode_lossy", "spec_cascade")
 
 
@@ -91,7 +91,7 @@ def pick(seconds: Mapping[int, float], margin: float = DEFAULT_MARGIN) -> int:
 
 
 def measure(run: Callable[[int], Any], candidates: Sequence[int], *,
-            include_verifier: bool, rounds: int = 3) -> tuple[dict[int, float],
+            include_verifier: bool, rounds: int = 5) -> tuple[dict[int, float],
                                                               dict[int, float]]:
   """Times `run(γ)` (γ = 0: the verifier alone) for every candidate: one untimed call each
   (compilation), then `rounds` interleaved rounds. run returns a GenerateOutput.

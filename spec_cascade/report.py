@@ -38,7 +38,7 @@ from spec_cascade.results import ResultRow
 LATENCY_KINDS = ("batch1", "wallclock", "modelled")
 _LATENCY_FIELDS = {"batch1": "rel_latency_batch1", "wallclock": "rel_latency",
                    "modelled": "modelled_rel_latency"}
-_LATENCY_LABELS = {"batch1": "batch-1 latency (per example)", "wallclock": "wall-clock",
+_LATENCY_LABELS = {"batch1": "batch-1", "wallclock": "wall-clock",
                    "modelled": "modelled"}
 FRONTIERS = ("pareto", "convex")
 

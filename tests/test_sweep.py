@@ -382,5 +382,5 @@ def test_batch1_latency_regime_is_measured_and_reported_first(tmp_path, env,
   assert calls.count(1) == 2 * (1 + 3)
   report_md = (out / "report.md").read_text()
   assert report_md.index("one example at a time (batch 1") < report_md.index("## Throughput")
-  assert "batch-1 latency (per example)" in report_md
+  assert "(batch-1 latency)" in report_md
   assert (out / "quality_vs_batch1_latency.png").exists()
