@@ -77,12 +77,6 @@ def run_per_example(drafter, verifier, xs, configs, rounds: int):
   return result
 
 
-def acceptance(counters) -> float:
-  """Per-draft acceptance: accepted / (accepted + rejected), the MLE for independent drafts."""
-  acc, rej = counters.get("accepted", 0.0), counters.get("rejected", 0.0)
-  return acc / max(acc + rej, 1.0)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--pair", default=None, help="pair folder (default: the committed one)")
@@ -120,12 +114,7 @@ def main(argv=None):
     data = infer.load_task(task, "validation", args.examples, args.seed, vocab,
                            args.input_length)
     metric = infer.metric_name(task)
-    xs = []
-    for ex in data.examples:
-      x = np.zeros((1, args.input_length), np.int32)
-      ids = ex.input_ids[:args.input_length]
-      x[0, :len(ids)] = ids
-      xs.append(x)
+    xs = [x for x, _ in infer.one_at_a_time(data)]
     # Long loops and many rounds: a call costs 0.1-3 ms, and the set-up is subtracted.
     c = costs.measure_cost_ratio(drafter, verifier, xs[0], args.max_decode_length + 8,
                                  reps=30, iters=48)
@@ -159,7 +148,7 @@ def main(argv=None):
         continue
       if not np.array_equal(tok, v_tokens):
         raise SystemExit(f"FAIL: greedy SpecDecode {name} differs from the verifier on {task}")
-      a = acceptance(cnt)
+      a = autogamma.acceptance_estimate(cnt)
       g = gs[0] if len(gs) == 1 else None
       label = name + (f" (chose {gs})" if name == "γ=auto" else "")
       if g:

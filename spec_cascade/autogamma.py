@@ -23,7 +23,7 @@ batches only the first call pays for the measurement; `generate` reports the γ 
 from __future__ import annotations
 
 import dataclasses
-import time
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -90,27 +90,24 @@ def pick(seconds: Mapping[int, float], margin: float = DEFAULT_MARGIN) -> int:
   return best
 
 
+def acceptance_estimate(counters: Mapping[str, Any]) -> float:
+  """accepted / (accepted + rejected) over a decode's per-row counters: the per-draft
+  acceptance rate's maximum-likelihood estimate when drafts are accepted independently."""
+  acc = float(np.sum(counters["accepted"]))
+  rej = float(np.sum(counters["rejected"]))
+  return acc / max(acc + rej, 1.0)
+
+
 def measure(run: Callable[[int], Any], candidates: Sequence[int], *,
             include_verifier: bool, rounds: int = 5) -> tuple[dict[int, float],
                                                               dict[int, float]]:
   """Times `run(γ)` (γ = 0: the verifier alone) for every candidate: one untimed call each
-  (compilation), then `rounds` interleaved rounds. run returns a GenerateOutput.
-  Returns ({γ: median seconds}, {γ: acceptance estimate})."""
+  (compilation), then `rounds` interleaved rounds (`costs.interleaved`). run returns a
+  GenerateOutput. Returns ({γ: median seconds}, {γ: acceptance estimate})."""
+  from spec_cascade import costs  # pylint: disable=import-outside-toplevel
   keys = ([0] if include_verifier else []) + [int(g) for g in candidates]
-  acceptance = {}
-  for g in keys:
-    out = run(g)
-    if g > 0:
-      acc = float(np.sum(out.counters["accepted"]))
-      rej = float(np.sum(out.counters["rejected"]))
-      acceptance[g] = acc / max(acc + rej, 1.0)
-  times = {g: [] for g in keys}
-  for _ in range(rounds):
-    for g in keys:
-      t0 = time.perf_counter()
-      run(g)
-      times[g].append(time.perf_counter() - t0)
-  return {g: float(np.median(t)) for g, t in times.items()}, acceptance
+  outs, seconds = costs.interleaved({g: functools.partial(run, g) for g in keys}, rounds)
+  return seconds, {g: acceptance_estimate(outs[g].counters) for g in keys if g > 0}
 
 
 _CHOICES: dict[tuple, GammaChoice] = {}

@@ -395,6 +395,18 @@ def _check_stream_batches(stream_batches) -> None:
                      f"{stream_batches!r}.")
 
 
+def one_at_a_time(data: TaskData, n: int | None = None) -> list[tuple[np.ndarray, int]]:
+  """The first n examples (None: all) as ([1, input_length] int32 inputs, example id) pairs,
+  for decoding each alone (the batch-1 latency regime)."""
+  out = []
+  for i, ex in enumerate(data.examples[:n]):
+    x = np.zeros((1, data.input_length), np.int32)
+    ids = ex.input_ids[:data.input_length]
+    x[0, :len(ids)] = ids
+    out.append((x, i))
+  return out
+
+
 def make_batches(data: TaskData, batch_size: int, input_bucket: int | None = None,
                  stream_batches: int = 1) -> list[Batch]:
   """Length-sorted batches of exactly `batch_size` rows (see the module docstring).

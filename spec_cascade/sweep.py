@@ -192,17 +192,6 @@ def _latency_baseline(rows: Sequence[ResultRow], task: str, t: float) -> float |
   return None
 
 
-def _one_at_a_time(data, n: int) -> list[tuple[np.ndarray, int]]:
-  """The first n examples as ([1, input_length] inputs, example id) pairs."""
-  out = []
-  for i, ex in enumerate(data.examples[:n]):
-    x = np.zeros((1, data.input_length), np.int32)
-    ids = ex.input_ids[:data.input_length]
-    x[0, :len(ids)] = ids
-    out.append((x, i))
-  return out
-
-
 def _batch1_latency(drafter, verifier, inputs: Sequence[tuple[np.ndarray, int]],
                     engine_kw: Mapping[str, Any]) -> float:
   """Mean seconds per example, each decoded alone on one device (compilation excluded)."""
@@ -422,7 +411,7 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
   existing = results_lib.read_rows(results_path) if os.path.exists(results_path) else []
   baselines = {t: _baseline_from_rows(existing, task, t) for t in {p.temperature for p in points}}
   lat_baselines = {t: _latency_baseline(existing, task, t) for t in baselines}
-  lat_inputs = _one_at_a_time(data, latency_examples)
+  lat_inputs = infer.one_at_a_time(data, latency_examples)
   compile_s: dict[tuple, float] = {}
   for point in points:
     if outer is not None:
