@@ -25,6 +25,7 @@ import sys
 from typing import Sequence
 
 from spec_cascade import checkpoints
+from spec_cascade import gin_cli
 from spec_cascade.models import T5Config, get_config
 
 GIN_FILE = "model.gin"
@@ -71,6 +72,7 @@ def convert(source_format: str, src: str, dst: str, dtype: str = "float32",
   return config
 
 
+@gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m spec_cascade.convert",
                                    description=__doc__.split("\n\n")[0])
@@ -89,12 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="also bind this gin macro to DST, e.g. DRAFTER_CHECKPOINT_PATH")
   parser.add_argument("--force", action="store_true", help="overwrite an existing DST")
   args = parser.parse_args(argv)
-  try:
-    config = convert(args.source_format, args.src, args.dst, args.dtype, args.config_name,
-                     args.vocabulary, args.gin_scope, args.checkpoint_macro, args.force)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  config = convert(args.source_format, args.src, args.dst, args.dtype, args.config_name,
+                   args.vocabulary, args.gin_scope, args.checkpoint_macro, args.force)
   print(f"wrote {args.dst} ({config})")
   return 0
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec_cascade import autogamma, deferral, parallel, sampling
+from spec_cascade import autogamma, deferral, parallel, programs, sampling
 from spec_cascade.models.configs import T5Config
 from spec_cascade.models.t5 import DecoderCache, T5Model
 
@@ -682,7 +682,8 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
            ) -> DecodeResult:
   """Decodes a batch with `spec.method`. Pure; jit it with `spec` and the models static.
 
-  inputs: int32 [B, S] encoder tokens (0 = padding); example_ids: int32 [B]; seed: int32 [].
+  inputs: int32 [B, S] encoder tokens (0 = padding); example_ids: int32 [B] (−1: a padding
+  row, finished from the start); seed: int32 [].
   Returns DecodeResult with tokens [B, max_decode_length].
   """
   batch = inputs.shape[0]
@@ -699,15 +700,17 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
     return b.model.init_cache(b.params, encoded, mask, cache_len)
 
   method = spec.method
+  padding = example_ids < 0  # rows the API added to reach a bucketed shape: never decoded
   if method != "seq_cascade":
     state = _init_state(batch, buf_len,
                         fresh_cache(drafter) if method in _USES_DRAFTER else None,
-                        fresh_cache(verifier) if method in _USES_VERIFIER else None)
+                        fresh_cache(verifier) if method in _USES_VERIFIER else None,
+                        done=padding)
     state = _run(_make_body(spec, drafter, verifier, knobs), state, row_keys, sizes)
   else:
-    first = _init_state(batch, buf_len, fresh_cache(drafter), None)
+    first = _init_state(batch, buf_len, fresh_cache(drafter), None, done=padding)
     first = _run(_seq_first_body(spec, drafter, knobs), first, row_keys, sizes)
-    defer = _seq_defer(first.aux, first.length, knobs)
+    defer = _seq_defer(first.aux, first.length, knobs) & ~padding
     second = _init_state(batch, buf_len, None, fresh_cache(verifier), done=~defer)
     second = _run(_seq_second_body(spec, verifier, knobs), second, _seq_second_keys(row_keys),
                   sizes)
@@ -836,7 +839,8 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
   `spec.shrink_batch` and ≥ 16 slots, the tail (queue empty, a quarter of the slots busy)
   finishes in a quarter-size batch (`stage_sizes`, `_run`). seq_cascade streams twice: the
   drafter through every example, then the verifier through the deferred ones only.
-  inputs: int32 [N, S] (N ≥ slots); example_ids: int32 [N]. Returns DecodeResult [N, ...].
+  inputs: int32 [N, S] (N ≥ slots); example_ids: int32 [N] (−1: padding, never queued).
+  Returns DecodeResult [N, ...].
   """
   n = inputs.shape[0]
   if not 1 <= slots <= n:
@@ -855,15 +859,19 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
     pool = b.model.init_cache(b.params, encoded, mask, 1)
     return b.model.init_cache(b.params, encoded[first], mask[first], cache_len), pool
 
+  # Padding examples (id −1, added to reach a bucketed shape) are never queued.
+  padding = example_ids < 0
+  queue = jnp.argsort(padding, stable=True).astype(jnp.int32)
+  count = jnp.sum(~padding, dtype=jnp.int32)
   if spec.method != "seq_cascade":
     st = _stream(_make_body(spec, drafter, verifier, knobs), spec, all_keys,
-                 caches(drafter, spec.method in _USES_DRAFTER),
-                 caches(verifier, spec.method in _USES_VERIFIER))
+                 caches(drafter, spec.method in _USES_DRAFTER, queue[:slots]),
+                 caches(verifier, spec.method in _USES_VERIFIER, queue[:slots]), queue, count)
     out, length, counters = st.out, st.length, st.counters
   else:
     first = _stream(_seq_first_body(spec, drafter, knobs), spec, all_keys,
-                    caches(drafter, True), (None, None))
-    defer = _seq_defer(first.aux, first.length, knobs)
+                    caches(drafter, True, queue[:slots]), (None, None), queue, count)
+    defer = _seq_defer(first.aux, first.length, knobs) & ~padding
     # Only the deferred examples go through the verifier, in their order.
     queue = jnp.argsort(~defer, stable=True).astype(jnp.int32)
     second = _stream(_seq_second_body(spec, verifier, knobs), spec, _seq_second_keys(all_keys),
@@ -897,22 +905,26 @@ def _models(d_config: T5Config | None, v_config: T5Config | None):
           T5Model(v_config) if v_config is not None else None)
 
 
-@functools.lru_cache(maxsize=32)
 def compiled_stream(d_config: T5Config | None, v_config: T5Config | None, spec: DecodeSpec,
-                    slots: int, mesh=None):
-  """The jitted `decode_stream` for one (models, spec, slots); with a data-parallel mesh,
-  each device streams its share of the examples through slots / D rows (`_jit`)."""
+                    slots: int, mesh=None, shape: tuple[int, int] | None = None):
+  """The jitted `decode_stream` for one (models, spec, slots[, input shape]); with a
+  data-parallel mesh, each device streams its share of the examples through slots / D rows
+  (`_jit`). Kept in the bounded `programs.PROGRAMS` cache, one entry per shape given."""
   size = 1 if mesh is None else mesh.shape["data"]
-  return _jit(functools.partial(decode_stream, *_models(d_config, v_config), spec,
-                                slots // size), mesh)
+  return programs.PROGRAMS.get(
+      ("stream", d_config, v_config, spec, slots, mesh, shape),
+      lambda: _jit(functools.partial(decode_stream, *_models(d_config, v_config), spec,
+                                     slots // size), mesh))
 
 
-@functools.lru_cache(maxsize=64)
 def compiled_decode(d_config: T5Config | None, v_config: T5Config | None, spec: DecodeSpec,
-                    mesh=None):
-  """The jitted `decode` for one (models, spec[, data-parallel mesh: `_jit`]); cached so
-  repeated calls reuse it."""
-  return _jit(functools.partial(decode, *_models(d_config, v_config), spec), mesh)
+                    mesh=None, shape: tuple[int, int] | None = None):
+  """The jitted `decode` for one (models, spec[, data-parallel mesh: `_jit`][, input shape]),
+  kept in the bounded `programs.PROGRAMS` cache so repeated calls reuse it. `generate` passes
+  the (bucketed) shape, so each cache entry holds one compiled program."""
+  return programs.PROGRAMS.get(
+      ("decode", d_config, v_config, spec, mesh, shape),
+      lambda: _jit(functools.partial(decode, *_models(d_config, v_config), spec), mesh))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1003,12 +1015,32 @@ def make_knobs(spec: DecodeSpec, *, alpha: float = 0.0, beta: float | None = Non
                draft_confidence=f32(0.0 if draft_confidence is None else draft_confidence))
 
 
-def _check_inputs(inputs) -> np.ndarray:
+def _check_inputs(inputs, vocab_size: int | None = None) -> np.ndarray:
+  """inputs as int32 [B, S]; ValueError naming what is wrong for anything else (wrong rank or
+  dtype, no rows or columns, token ids outside [0, vocab_size))."""
   arr = np.asarray(inputs)
-  if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+  if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
     raise ValueError(f"inputs must be integer token ids [batch, length], got dtype {arr.dtype} "
                      f"shape {arr.shape}.")
+  if arr.dtype == bool:
+    raise ValueError("inputs must be integer token ids [batch, length], got a bool array.")
+  if arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ValueError(f"inputs must hold at least one row and one column, got shape "
+                     f"{arr.shape}; pad an empty input to one column of 0 (padding).")
+  if vocab_size is not None:
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+      row, col = map(int, np.argwhere(bad)[0])
+      raise ValueError(f"inputs hold token ids outside the vocabulary [0, {vocab_size}): "
+                       f"{int(arr[row, col])} at row {row}, column {col} "
+                       f"({int(bad.sum())} such ids). Tokenise with the pair's vocabulary; "
+                       "use 0 for padding.")
   return arr.astype(np.int32)
+
+
+def _vocab_size(drafter: Bundle | None, verifier: Bundle | None) -> int | None:
+  sizes = [b.model.config.vocab_size for b in (drafter, verifier) if b is not None]
+  return min(sizes) if sizes else None
 
 
 def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method: str,
@@ -1019,7 +1051,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
              bild_max_window: int = 10, token_cascade_window: int = 8,
              shrink_batch: bool = True, slots: int | None = None, mesh=None,
              draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES,
-             draft_confidence: float | None = None) -> GenerateOutput:
+             draft_confidence: float | None = None,
+             bucket_shapes: bool = True) -> GenerateOutput:
   """Decodes `inputs` [B, S] with `method`; see the module docstring for the methods.
 
   drafter / verifier: `Bundle(T5Model, params)` (either may be None when the method does not
@@ -1044,6 +1077,11 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   the first draft at which the drafter's top probability is below this value, so a block
   proposes 1..γ drafts (HF's assistant_confidence_threshold, BiLD's fallback); drafter calls no
   row needs are skipped. Outputs keep the target's distribution exactly. None: always γ.
+  bucket_shapes: pad inputs to a bucketed [batch, length] (`spec_cascade.programs`), so that
+  calls over many input shapes share a few compiled programs; the compiled programs a process
+  keeps are bounded either way (`programs.set_capacity`). Padding changes no output beyond
+  float rounding. False compiles for the exact shape given.
+  Token ids must lie in [0, vocab size); 0 is padding.
   """
   autogamma.check(num_draft_tokens, method)
   if num_draft_tokens == autogamma.AUTO:
@@ -1056,7 +1094,7 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
                           bild_max_window=bild_max_window,
                           token_cascade_window=token_cascade_window, shrink_batch=shrink_batch,
                           slots=slots, mesh=mesh, candidates=tuple(draft_candidates),
-                          draft_confidence=draft_confidence)
+                          draft_confidence=draft_confidence, bucket_shapes=bucket_shapes)
   spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
                    max_decode_length=max_decode_length, top_k=top_k, beta=beta,
                    token_cascade_window=token_cascade_window, bild_max_window=bild_max_window,
@@ -1064,11 +1102,14 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   knobs = make_knobs(spec, alpha=alpha, beta=beta, temperature=temperature, top_p=top_p,
                      fallback_threshold=fallback_threshold, rollback_threshold=rollback_threshold,
                      draft_confidence=draft_confidence)
-  inputs = _check_inputs(inputs)
+  inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
   batch = inputs.shape[0]
   ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)
   if ids.shape != (batch,):
     raise ValueError(f"example_ids must have shape ({batch},), got {ids.shape}.")
+  if not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+    raise ValueError(f"example_ids must be non-negative ints (they seed each row's draws), "
+                     f"got {ids!r}.")
   if method in _USES_DRAFTER and drafter is None:
     raise ValueError(f"method {method!r} needs a drafter Bundle(model, params).")
   if method in _USES_VERIFIER and verifier is None:
@@ -1089,6 +1130,9 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   d_params = use_d.params if use_d else None
   v_params = use_v.params if use_v else None
   ids = ids.astype(np.int32)
+  if bucket_shapes:
+    # A stream's queue (N examples) is bucketed like a batch; its slots stay as given.
+    inputs, ids = programs.pad_to_buckets(inputs, ids, pad_id=PAD_ID)
   order, per_device = None, mesh is not None and mesh.shape["model"] == 1
   if mesh is not None:
     if per_device:
@@ -1102,8 +1146,9 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   configs = (use_d.model.config if use_d else None, use_v.model.config if use_v else None)
   # The mesh goes in only when set: lru_cache keys f(x) and f(x, None) apart.
   on = (mesh,) if per_device else ()
-  fn = (compiled_stream(*configs, spec, int(slots), *on) if stream
-        else compiled_decode(*configs, spec, *on))
+  shape = tuple(inputs.shape)
+  fn = (compiled_stream(*configs, spec, int(slots), *on, shape=shape) if stream
+        else compiled_decode(*configs, spec, *on, shape=shape))
   t0 = time.perf_counter()
   res = jax.block_until_ready(fn(d_params, v_params, jnp.asarray(inputs), jnp.asarray(ids),
                                  jnp.int32(seed), knobs))
@@ -1124,7 +1169,7 @@ def _generate_auto(drafter, verifier, inputs, *, method: str, candidates: tuple[
     raise ValueError(f"draft_candidates must be positive ints, got {candidates!r}.")
   if drafter is None or verifier is None:
     raise ValueError(f"method {method!r} needs a drafter and a verifier Bundle(model, params).")
-  inputs = _check_inputs(inputs)
+  inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
   slots = kw["slots"]
   timing = {k: v for k, v in kw.items() if k not in ("seed", "example_ids", "rule")}
   key = autogamma.choice_key(drafter, verifier, method, kw["rule"], inputs.shape,

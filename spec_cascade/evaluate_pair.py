@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from spec_cascade import gin_cli
+
 
 def agreement(drafter, verifier, inputs: np.ndarray, v_tokens: np.ndarray,
               v_lengths: np.ndarray) -> tuple[int, int]:
@@ -63,6 +65,7 @@ def evaluate(drafter, verifier, task: str, num_examples: int = 200, split: str =
   return out
 
 
+@gin_cli.cli_main
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

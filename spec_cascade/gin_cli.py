@@ -16,12 +16,17 @@ parsed, a binding gin rejects (named as the user typed it), a `--gin.MACRO` no g
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
+import sys
+import types
+import typing
 from typing import Any, Callable, Sequence
 
 import gin
+import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
@@ -43,14 +48,19 @@ def setup_logging() -> None:
     logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def parse_flags(argv: Sequence[str], prog: str, description: str = "") -> argparse.Namespace:
+def parse_flags(argv: Sequence[str], prog: str, description: str = "",
+                extra_flags: Callable[[argparse.ArgumentParser], None] | None = None
+                ) -> argparse.Namespace:
   """Parses T5X-style flags.
 
   Returns a Namespace with gin_file (list), gin_bindings (list of 'NAME = VALUE' strings),
   binding_sources (the flag each binding came from, same order), gin_search_paths (list),
-  tfds_data_dir (str | None). Raises FlagError on anything it does not understand.
+  tfds_data_dir (str | None), plus whatever `extra_flags(parser)` adds. Raises FlagError on
+  anything it does not understand.
   """
   parser = argparse.ArgumentParser(prog=prog, description=description, add_help=True)
+  if extra_flags is not None:
+    extra_flags(parser)
   parser.add_argument("--gin_file", action="append", default=[],
                       help="gin config file (repeatable; later files override earlier ones)")
   parser.add_argument("--gin_bindings", action="append", default=[],
@@ -181,6 +191,7 @@ def call_configured(fn: Callable[..., Any]) -> Any:
   except ValueError as e:
     raise FlagError(f"the gin config does not configure {fn.__module__}.{fn.__name__} "
                     f"({e}); include e.g. configs/runs/sweep.gin or configs/runs/infer.gin.") from None
+  check_bound_types(fn)
   try:
     return configured()
   except ValueError as e:
@@ -201,3 +212,114 @@ def operative_config_text() -> str:
   if not text.strip() or "# Parameters for" not in text:
     text = gin.config_str()
   return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Types of gin-bound values, and user errors at the command line
+
+_SIMPLE = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}
+
+
+def _allowed_types(hint) -> tuple[type, ...] | None:
+  """The Python types a simple annotation (float, int, str, bool, X | None) accepts; None for
+  anything richer (sequences, mappings, dataclasses), which is not checked here."""
+  if hint in _SIMPLE:
+    return _SIMPLE[hint] + ((np.integer,) if hint in (int, float) else ())
+  origin = typing.get_origin(hint)
+  if origin in (typing.Union, types.UnionType):
+    out = []
+    for arg in typing.get_args(hint):
+      if arg is type(None):
+        out.append(type(None))
+        continue
+      allowed = _allowed_types(arg)
+      if allowed is None:
+        return None
+      out.extend(allowed)
+    return tuple(out)
+  return None
+
+
+def _bound_value(value: Any) -> tuple[bool, Any]:
+  """(known, value) of a gin binding: a macro's value, or (False, None) for a reference to a
+  configurable (called at run time, not checked here)."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if repr(value).startswith("%"):
+      try:
+        return True, value.scoped_configurable_fn()
+      except Exception:  # pylint: disable=broad-except
+        return False, None
+    return False, None
+  return True, value
+
+
+def check_bound_types(fn: Callable[..., Any]) -> None:
+  """FlagError when a value bound to one of fn's simply-typed parameters (float, int, str,
+  bool, optionally None) has another type, naming the parameter, the value and its type."""
+  try:
+    hints = typing.get_type_hints(fn)
+    bindings = gin.get_bindings(fn)
+  except Exception:  # pylint: disable=broad-except  (unresolvable hints: nothing to check)
+    return
+  for name, raw in bindings.items():
+    known, value = _bound_value(raw)
+    allowed = _allowed_types(hints.get(name))
+    if not known or allowed is None or value is gin.REQUIRED:
+      continue
+    if isinstance(value, bool) and bool not in allowed:
+      ok = False
+    else:
+      ok = isinstance(value, allowed)
+    if not ok:
+      want = " or ".join(sorted({t.__name__ for t in allowed if t is not np.integer}))
+      via = f" (through the macro {repr(raw)[1:]})" if isinstance(
+          raw, gin.config.ConfigurableReference) else ""
+      raise FlagError(f"{fn.__name__}.{name}{via} must be {want}, got {value!r} "
+                      f"({type(value).__name__}). Fix the binding (strings need quotes, "
+                      "numbers none).")
+
+
+def describe_error(e: BaseException) -> str:
+  """One line for the user: what went wrong and, for file-system errors, which path."""
+  if isinstance(e, OSError) and getattr(e, "filename", None):
+    path = e.filename
+    if isinstance(e, NotADirectoryError):
+      return (f"{path}: a part of this path is a regular file, not a folder; choose an output "
+              "path inside a folder.")
+    if isinstance(e, IsADirectoryError):
+      return f"{path}: is a folder where a file was expected."
+    if isinstance(e, PermissionError):
+      return f"{path}: permission denied; choose a path you can write to."
+    if isinstance(e, FileNotFoundError):
+      return f"{path}: no such file or folder."
+    return f"{path}: {e.strerror or e}"
+  return str(e)
+
+
+USER_ERRORS = (FlagError, ValueError, TypeError, OSError, KeyError)
+
+
+def run_cli(main: Callable[[], Any]) -> int:
+  """Runs an entry point's main(): a user mistake (bad flag, value, path or file) prints one
+  `error: ...` line and returns 2 instead of a traceback; set SPEC_CASCADE_DEBUG=1 to get the
+  traceback. Returns main's int result, or 0."""
+  try:
+    result = main()
+  except USER_ERRORS as e:
+    if os.environ.get("SPEC_CASCADE_DEBUG"):
+      raise
+    msg = describe_error(e)
+    if not isinstance(e, (ValueError, OSError)):
+      msg = f"{type(e).__name__}: {msg} (run with SPEC_CASCADE_DEBUG=1 for the traceback)"
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+  return result if isinstance(result, int) else 0
+
+
+def cli_main(fn: Callable[..., Any]) -> Callable[..., int]:
+  """Decorates an entry point's main(argv) with `run_cli`: exit status 2 and one `error:` line
+  for a user mistake, never a traceback."""
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs) -> int:
+    return run_cli(lambda: fn(*args, **kwargs))
+  return wrapper

@@ -35,6 +35,7 @@ import numpy as np
 from spec_cascade import autogamma
 from spec_cascade import decoding
 from spec_cascade import deferral
+from spec_cascade import gin_cli
 from spec_cascade import metrics as metrics_lib
 from spec_cascade import results as results_lib
 
@@ -666,6 +667,14 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def device_summary() -> str:
+  """'<count> x <device kind>' of this process's devices: timings made on other hardware are
+  not comparable, so a sweep's settings record it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return f"{len(devices)} x {devices[0].device_kind}"
+
+
 def make_mesh(model_parallel: int = 1, use_mesh: bool | None = None):
   """A ('data', 'model') mesh when there are several devices (or use_mesh=True), else None."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -787,6 +796,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   return result
 
 
+@gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m spec_cascade.infer` (see the module docstring); returns the exit status."""
   from spec_cascade import gin_cli  # pylint: disable=g-import-not-at-top

@@ -28,6 +28,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from spec_cascade import gin_cli
+
 ENV_PAIR = "SPEC_CASCADE_OFFLINE_PAIR"
 ASSETS_PAIR = pathlib.Path(__file__).resolve().parent / "assets" / "offline_pair"
 DRAFTER, VERIFIER, VOCAB = "drafter", "verifier", "vocab"
@@ -191,6 +193,7 @@ def install_offline_pair(drafter_checkpoint: str, verifier_checkpoint: str,
   return save_offline_pair(offline_pair_dir(dest), drafter, verifier, vocab_model, info, force)
 
 
+@gin_cli.cli_main
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m spec_cascade.pretrained",
                                    description="Installs a drafter/verifier pair as the offline "

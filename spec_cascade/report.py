@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from spec_cascade import gin_cli
 from spec_cascade import results as results_lib
 from spec_cascade.results import ResultRow
 
@@ -449,6 +450,7 @@ def write_report(run_dir: str, mode: str = "pareto") -> str:
     return text
 
 
+@gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m spec_cascade.report",

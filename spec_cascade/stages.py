@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Any
 
+from spec_cascade import gin_cli
+
 STAGE_KEY = "stage"
 
 
@@ -87,6 +89,7 @@ def save_stage(model_dir: str, dest: str, recipe: str, model: str, note: str = "
   return record
 
 
+@gin_cli.cli_main
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m spec_cascade.stages",
                                    description="Save a training run's latest checkpoint as a "

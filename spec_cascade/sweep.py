@@ -29,6 +29,7 @@ row serves as the baseline of the remaining ones.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -41,7 +42,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from spec_cascade import decoding
+from spec_cascade import deferral
+from spec_cascade import gin_cli
 from spec_cascade import infer
+from spec_cascade import output_dir as output_dir_lib
 from spec_cascade import results as results_lib
 from spec_cascade.infer import MethodSpec
 from spec_cascade.results import ResultRow
@@ -55,6 +59,23 @@ DEFAULT_NUM_ALPHAS = 5
 # ----------------------------------------------------------------------------------------------
 # The grid.
 
+def check_alpha_keys(alphas: Mapping[str, Any]) -> None:
+  """ValueError for an ALPHAS key that names no method, rule or 'default' (a misspelt key
+  would otherwise leave that method on the default grid without a word)."""
+  for key in alphas:
+    if key == "default" or key in deferral.RULES:
+      continue
+    try:
+      if not isinstance(key, str):
+        raise ValueError
+      infer.resolve_method(key)
+    except ValueError:
+      raise ValueError(
+          f"ALPHAS key {key!r} names no method or rule. Keys: 'default', a method "
+          f"({', '.join(infer.ALL_METHODS)}, oracle_<rule>, spec_cascade_<rule>) or a rule "
+          f"({', '.join(sorted(deferral.RULES))}).") from None
+
+
 def alpha_grid(method: MethodSpec, alphas: Mapping[str, Any] | None,
                num_alphas: int = DEFAULT_NUM_ALPHAS) -> list[float | None]:
   """The α values of a method: [None] for methods without α.
@@ -66,9 +87,7 @@ def alpha_grid(method: MethodSpec, alphas: Mapping[str, Any] | None,
   if method.alpha_kind is None:
     return [None]
   alphas = dict(alphas or {})
-  for key in alphas:
-    if key != "default" and not isinstance(key, str):
-      raise ValueError(f"alphas keys must be method or rule names, got {key!r}.")
+  check_alpha_keys(alphas)
   spec = alphas.get(method.name, alphas.get(method.rule, alphas.get("default", "auto")))
   if isinstance(spec, str):
     if spec != "auto":
@@ -325,47 +344,66 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
 
   writer = infer.is_writer()
   results_path = os.path.join(output_dir, results_lib.RESULTS_FILENAME)
+  settings = dict(
+      drafter=output_dir_lib.checkpoint_checksum(drafter_checkpoint) if drafter_checkpoint
+      else None,
+      verifier=output_dir_lib.checkpoint_checksum(verifier_checkpoint) if verifier_checkpoint
+      else None,
+      num_examples=num_examples, split=split, batch_size=batch_size, trials=trials,
+      max_decode_length=max_decode_length, input_length=input_length,
+      task_feature_lengths=task_feature_lengths, input_bucket=input_bucket, seed=seed,
+      top_k=top_k, top_p=top_p, fallback_threshold=fallback_threshold,
+      bild_max_window=bild_max_window, vocabulary_path=vocabulary_path, metric=metric,
+      dtype=dtype, activation_dtype=activation_dtype, matmul_dtype=matmul_dtype,
+      drafter_config=drafter_config, verifier_config=verifier_config,
+      model_parallel=model_parallel, use_mesh=use_mesh, shrink_batch=shrink_batch,
+      latency_examples=latency_examples, cost_ratio_reps=cost_ratio_reps,
+      devices=infer.device_summary())
   if writer:
     os.makedirs(output_dir, exist_ok=True)
-    infer.write_config(output_dir)
-  done = results_lib.done_keys(results_path)
-  pending = {t: [p for p in plans[t] if p.key not in done] for t in tasks}
-  pending = _agree_across_hosts(plans, pending)
-  n_total = sum(len(v) for v in plans.values())
-  n_pending = sum(len(v) for v in pending.values())
-  log.info("sweep: %d points, %d done, %d to run, in %s", n_total, n_total - n_pending,
-           n_pending, output_dir)
-
-  if n_pending:
-    all_run = [p.method for ps in pending.values() for p in ps]
-    drafter, verifier = infer.load_models(drafter_checkpoint, verifier_checkpoint,
-                                          all_run + [infer.resolve_method("verifier")], dtype,
-                                          activation_dtype, drafter_config, verifier_config,
-                                          matmul_dtype)
-    mesh = infer.make_mesh(model_parallel, use_mesh)
-    vocab = vocabulary_path or infer.checkpoint_vocabulary(verifier_checkpoint)
-    outer = None
-    if progress:
-      import tqdm  # pylint: disable=g-import-not-at-top
-      outer = tqdm.tqdm(total=n_pending, desc="sweep", unit="point", dynamic_ncols=True)
-    try:
-      for t in tasks:
-        if pending[t]:
-          _run_task(t, pending[t], drafter, verifier, mesh, vocab, output_dir, results_path,
-                    metrics_of[t], split=split, batch_size=batch_size, trials=trials,
-                    num_examples=_per_task(num_examples, t, "num_examples"),
-                    lengths=infer._task_feature_lengths(  # pylint: disable=protected-access
-                        task_feature_lengths, _per_task(input_length, t, "input_length"),
-                        _per_task(max_decode_length, t, "max_decode_length")),
-                    input_bucket=input_bucket, seed=seed, top_k=top_k, top_p=top_p,
-                    fallback_threshold=fallback_threshold, bild_max_window=bild_max_window,
-                    cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer,
-                    shrink_batch=shrink_batch, latency_examples=int(latency_examples))
-    finally:
-      if outer is not None:
-        outer.close()
+  # One writer per folder, and a resume only under the settings its results were made with.
+  with (output_dir_lib.DirLock(output_dir) if writer else contextlib.nullcontext()):
     if writer:
+      output_dir_lib.check_settings(output_dir, settings)
       infer.write_config(output_dir)
+    done = results_lib.done_keys(results_path)
+    pending = {t: [p for p in plans[t] if p.key not in done] for t in tasks}
+    pending = _agree_across_hosts(plans, pending)
+    n_total = sum(len(v) for v in plans.values())
+    n_pending = sum(len(v) for v in pending.values())
+    log.info("sweep: %d points, %d done, %d to run, in %s", n_total, n_total - n_pending,
+             n_pending, output_dir)
+
+    if n_pending:
+      all_run = [p.method for ps in pending.values() for p in ps]
+      drafter, verifier = infer.load_models(drafter_checkpoint, verifier_checkpoint,
+                                            all_run + [infer.resolve_method("verifier")], dtype,
+                                            activation_dtype, drafter_config, verifier_config,
+                                            matmul_dtype)
+      mesh = infer.make_mesh(model_parallel, use_mesh)
+      vocab = vocabulary_path or infer.checkpoint_vocabulary(verifier_checkpoint)
+      outer = None
+      if progress:
+        import tqdm  # pylint: disable=g-import-not-at-top
+        outer = tqdm.tqdm(total=n_pending, desc="sweep", unit="point", dynamic_ncols=True)
+      try:
+        for t in tasks:
+          if pending[t]:
+            _run_task(t, pending[t], drafter, verifier, mesh, vocab, output_dir, results_path,
+                      metrics_of[t], split=split, batch_size=batch_size, trials=trials,
+                      num_examples=_per_task(num_examples, t, "num_examples"),
+                      lengths=infer._task_feature_lengths(  # pylint: disable=protected-access
+                          task_feature_lengths, _per_task(input_length, t, "input_length"),
+                          _per_task(max_decode_length, t, "max_decode_length")),
+                      input_bucket=input_bucket, seed=seed, top_k=top_k, top_p=top_p,
+                      fallback_threshold=fallback_threshold, bild_max_window=bild_max_window,
+                      cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer,
+                      shrink_batch=shrink_batch, latency_examples=int(latency_examples))
+      finally:
+        if outer is not None:
+          outer.close()
+      if writer:
+        infer.write_config(output_dir)
   rows = results_lib.read_rows(results_path) if os.path.exists(results_path) else []
   if writer and write_report and rows:
     from spec_cascade import report  # pylint: disable=g-import-not-at-top
@@ -483,6 +521,7 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
       outer.update()
 
 
+@gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m spec_cascade.sweep` (see the module docstring); returns the exit status."""
   from spec_cascade import gin_cli  # pylint: disable=g-import-not-at-top

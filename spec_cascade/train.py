@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 Params = Any
 TrainState = dict  # {"step": int32 [], "params": Params, "opt_state": optax state}
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Set by the CLI's SIGTERM/SIGINT handlers (or by a caller): the loop then finishes its step,
 # saves a checkpoint and raises TrainingStopped, so a stopped run resumes with nothing lost.
@@ -978,48 +977,26 @@ def benchmark_train_step(model: T5Config | str, batch_size: int = 64, input_leng
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   """--gin_file (repeated), --gin_bindings (repeated), --gin.NAME=VALUE (rewritten to
   the binding 'NAME = VALUE'), --gin_search_paths (comma-separated, repeated),
-  --tfds_data_dir, --multiprocess (jax.distributed.initialize())."""
-  parser = argparse.ArgumentParser(prog="python -m spec_cascade.train",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("--gin_file", action="append", default=[])
-  parser.add_argument("--gin_bindings", action="append", default=[])
-  parser.add_argument("--gin_search_paths", action="append", default=[])
-  parser.add_argument("--tfds_data_dir", default=None)
-  parser.add_argument("--multiprocess", action="store_true")
-  args, rest = parser.parse_known_args(list(argv))
-  for arg in rest:
-    if arg.startswith("--gin."):
-      name, sep, value = arg[len("--gin."):].partition("=")
-      if not sep or not name:
-        parser.error(f"{arg!r}: write --gin.NAME=VALUE (strings quoted: "
-                     "--gin.MODEL_DIR=\"'/tmp/x'\").")
-      args.gin_bindings.append(f"{name} = {value}")
-    elif arg in ("--alsologtostderr", "--logtostderr"):
-      continue  # accepted for T5X compatibility; we always log to stderr
-    else:
-      parser.error(f"unrecognized argument {arg!r}")
-  if not args.gin_file:
-    parser.error("pass at least one --gin_file (e.g. configs/runs/finetune.gin).")
-  args.gin_search_paths = [p for entry in args.gin_search_paths for p in entry.split(",") if p]
-  return args
+  --tfds_data_dir, --multiprocess (jax.distributed.initialize()); `gin_cli.FlagError` on a
+  mistake."""
+  from spec_cascade import gin_cli  # pylint: disable=import-outside-toplevel
+  return gin_cli.parse_flags(
+      argv, "python -m spec_cascade.train", __doc__.split("\n")[0],
+      extra_flags=lambda p: p.add_argument("--multiprocess", action="store_true",
+                                           help="jax.distributed.initialize() first (pods)"))
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-  import gin  # pylint: disable=import-outside-toplevel
-  logging.basicConfig(level=logging.INFO,
-                      format="%(asctime)s %(levelname)s %(name)s] %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
+  """`python -m spec_cascade.train`: parses the flags and gin files (refusing unknown
+  macros, unset required values and mistyped values, `gin_cli.configure`), then trains."""
+  from spec_cascade import gin_cli  # pylint: disable=import-outside-toplevel
+  gin_cli.setup_logging()  # also quiets absl: Orbax logs every file it writes
   args = parse_flags(sys.argv[1:] if argv is None else argv)
   if args.multiprocess:
     jax.distributed.initialize()
-  if args.tfds_data_dir:
-    import seqio  # pylint: disable=import-outside-toplevel
-    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-  for path in args.gin_search_paths + [os.getcwd(), _REPO_ROOT]:
-    gin.add_config_file_search_path(path)
   # Not finalized: modules imported lazily during training (the offline data,
   # checkpoints) register gin configurables of their own, which a locked config refuses.
-  gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
+  gin_cli.configure(args)
   received = []
 
   def request_stop(signum, _frame):
@@ -1031,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
   previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
-    return gin.get_configurable(train)()
+    return gin_cli.call_configured(train)
   except TrainingStopped:
     sys.exit(128 + received[0] if received else 1)
   finally:
@@ -1043,5 +1020,6 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 if __name__ == "__main__":
   # `python -m spec_cascade.train` runs this file as a second module named
   # __main__; gin binds the functions of `spec_cascade.train`, so run that one.
+  from spec_cascade import gin_cli as _gin_cli
   from spec_cascade import train as _train_module  # pylint: disable=import-self
-  _train_module.main()
+  sys.exit(_gin_cli.run_cli(lambda: _train_module.main() and 0))

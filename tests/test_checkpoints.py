@@ -425,11 +425,11 @@ def test_convert_cli_hf_and_t5x(tmp_path):
   assert convert.main(["--from", "t5x", str(tmp_path / "t5x"), "--to",
                        str(tmp_path / "out2")]) == 0
   _assert_same(C.load_params(str(tmp_path / "out2"))[0], params)
-  # Wrong --from, a --config that does not match, an existing DST: clear errors, rc 1.
+  # Wrong --from, a --config that does not match, an existing DST: clear errors, rc 2.
   with pytest.raises(ValueError, match="looks like a t5x checkpoint"):
     convert.convert("hf", str(tmp_path / "t5x"), str(tmp_path / "out3"))
   with pytest.raises(ValueError, match=r"parameter \S+ .*(is missing|has shape)"):
     convert.convert("t5x", str(tmp_path / "t5x"), str(tmp_path / "out3"),
                     config_name="t5_1_1_small")
   assert convert.main(["--from", "t5x", str(tmp_path / "t5x"), "--to",
-                       str(tmp_path / "out2")]) == 1
+                       str(tmp_path / "out2")]) == 2

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from pairs import make_pair, random_inputs
-from spec_cascade import decoding, deferral
+from spec_cascade import decoding, deferral, programs
 from spec_cascade.decoding import generate
 
 MAXLEN = 16
@@ -284,11 +284,9 @@ def shrink_to_six(monkeypatch):
   """Stages (8, 6): rows move to the second stage as soon as two are done, so every method
   (also those whose rows mostly run to the length cap) runs both stages."""
   monkeypatch.setattr(decoding, "stage_sizes", lambda b, shrink: (b, 6) if shrink else (b,))
-  for fn in (decoding.compiled_decode, decoding.compiled_stream):
-    fn.cache_clear()  # programs traced with the real stages
+  programs.PROGRAMS.clear()  # programs traced with the real stages
   yield
-  for fn in (decoding.compiled_decode, decoding.compiled_stream):
-    fn.cache_clear()
+  programs.PROGRAMS.clear()
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.975, 1.0])
@@ -357,7 +355,7 @@ def test_stream_tail_shrinks_with_unchanged_outputs(pair, monkeypatch):
   run = decoding._run  # pylint: disable=protected-access
   monkeypatch.setattr(decoding, "_run", lambda *a, **k: started.append(
       k.get("started", False)) or run(*a, **k))
-  decoding.compiled_stream.cache_clear()
+  programs.PROGRAMS.clear()
   x = random_inputs(20, seed=8)
   kw = dict(method="spec_cascade", rule="token_v3", alpha=0.3, temperature=1.0,
             num_draft_tokens=3, max_decode_length=MAXLEN, seed=4)
@@ -365,7 +363,7 @@ def test_stream_tail_shrinks_with_unchanged_outputs(pair, monkeypatch):
   assert started == [True]  # traced: the tail goes through the shrinking stage
   unshrunk = generate(drafter, verifier, x, slots=16, shrink_batch=False, **kw)
   assert started == [True]  # no tail stage without shrink_batch
-  decoding.compiled_stream.cache_clear()
+  programs.PROGRAMS.clear()
   _assert_same_outputs(stream, generate(drafter, verifier, x, shrink_batch=False, **kw))
   _assert_same_outputs(unshrunk, stream)
 
@@ -389,13 +387,12 @@ def test_alpha_temperature_sweep_compiles_once(pair):
   drafter, verifier = pair
   x = random_inputs(2)
   kw = dict(method="spec_cascade", rule="opt", num_draft_tokens=2, max_decode_length=6)
+  programs.PROGRAMS.clear()
   generate(drafter, verifier, x, alpha=0.0, temperature=1.0, **kw)
-  spec = decoding.make_spec("spec_cascade", "opt", num_draft_tokens=2, max_decode_length=6)
-  fn = decoding.compiled_decode(drafter.model.config, verifier.model.config, spec)
-  before = fn._cache_size()
+  assert (len(programs.PROGRAMS), programs.PROGRAMS.compiled_count()) == (1, 1)
   for alpha, temp in [(0.5, 1.0), (-2.0, 0.5), (3.0, 0.0)]:
     generate(drafter, verifier, x, alpha=alpha, temperature=temp, seed=int(alpha * 10), **kw)
-  assert fn._cache_size() == before == 1
+  assert (len(programs.PROGRAMS), programs.PROGRAMS.compiled_count()) == (1, 1)
 
 
 _MULTI_DEVICE = textwrap.dedent("""

@@ -6,12 +6,15 @@ import json
 import math
 import os
 import pathlib
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import sweep_helpers
-from spec_cascade import decoding, deferral, infer, metrics, sweep
+from spec_cascade import decoding, deferral, infer, metrics, output_dir, sweep
 from spec_cascade import results as results_lib
 
 TASK = "debian_ende"
@@ -175,6 +178,7 @@ def test_full_module_paths_work_in_bindings(tmp_path):
 @pytest.mark.parametrize("flag,match", [
     ("--gin.METHODS=['verifier', 'nope']", "unknown method 'nope'"),
     ("--gin.ALPHAS={'chow': [2.0]}", "outside the range"),
+    ("--gin.ALPHAS={'chw': [0.2]}", "ALPHAS key 'chw' names no method or rule"),
     ("--gin.TEMPERATURES=[-1.0]", "temperature"),
     ("--gin.MIXTURE_OR_TASK_NAME='no_such_task'", "unknown task 'no_such_task'"),
 ])
@@ -251,6 +255,34 @@ def test_resume_runs_exactly_the_missing_points(swept):
   # Nothing left: the third run decodes nothing and leaves the table as it was.
   assert swept["again"] == []
   assert (swept["out"] / "results.csv").read_text() == swept["final_csv"]
+
+
+@pytest.mark.slow
+def test_resume_under_other_settings_or_beside_a_running_sweep_is_refused(swept, capsys):
+  """A re-run into the folder with fewer examples or another decode length would mix its
+  points with (and normalise them by) the old ones: refused, naming each change; a folder
+  another live sweep holds is refused, naming that process. Nothing written changes."""
+  out = swept["out"]
+  flags = [f"--gin_file={out.parent / 't.gin'}", f"--gin.SWEEP_OUTPUT_DIR='{out}'"]
+  before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+  err = _main_error(capsys, *flags, "--gin.NUM_EXAMPLES=6", "--gin.BATCH_SIZE=2")
+  assert "other settings" in err and "num_examples: 10 → 6" in err
+  assert "batch_size: 4 → 2" in err and "new output folder" in err
+  lock = out / output_dir.LOCK_FILE
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid,
+                                "started": "2026-12-06T01:00:00"}))
+    err = _main_error(capsys, *flags)
+    assert f"in use by another sweep (pid {holder.pid}" in err and str(lock) in err
+  finally:
+    holder.kill()
+    holder.wait()
+  # A lock whose process is gone is taken over; the resume then has nothing to do.
+  assert sweep.main(flags) == 0 and not lock.exists()
+  after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+  assert after["results.csv"] == before["results.csv"]
+  assert after[output_dir.SETTINGS_FILE] == before[output_dir.SETTINGS_FILE]
 
 
 def _read_jsonl(path):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spec_cascade import gin_cli
 from spec_cascade import train as T
 from spec_cascade import train_data as D
 from spec_cascade.models import T5Model, get_config
@@ -436,7 +437,7 @@ def test_cli_trains_offline_mixture_and_writes_config(tmp_path, fake_offline_dat
                                       "debian_summarize/exact_match"}
   config, _ = T.load_exported(model_dir)
   assert config.emb_dim == 32 and config.dropout_rate == 0.1  # DROPOUT_RATE applied
-  with pytest.raises(SystemExit):
+  with pytest.raises(gin_cli.FlagError, match="--gin.NAME=VALUE"):
     T.parse_flags(["--gin_file=x.gin", "--gin.MODEL_DIR"])  # missing '=VALUE'
 
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from spec_cascade import gin_cli
 from spec_cascade.models.configs import T5Config
 
 Params = Any
@@ -77,6 +78,7 @@ def deepen(params: Params, config: T5Config, *, num_encoder_layers: int | None =
   return config.replace(num_encoder_layers=enc, num_decoder_layers=dec), params
 
 
+@gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m spec_cascade.models.grow",

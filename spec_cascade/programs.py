@@ -1,0 +1,140 @@
+"""Compiled decode programs kept bounded: input shapes rounded up to a small fixed set of
+buckets, and at most `capacity` jitted programs alive at once (least recently used dropped).
+
+XLA compiles one program per input shape. Without buckets, calling `generate` one example at
+a time over inputs of many lengths compiles a program per length and method, and a process
+that decodes many methods (a sweep) keeps every one of them: the committed pair ran out of
+memory inside LLVM that way. As T5X pads every batch to the task's fixed feature lengths, the
+engine pads inputs to a bucket:
+
+  lengths  up to a power of two ≥ MIN_LENGTH (64, 128, 256, ...), multiples of 4096 above
+           that (columns are never dropped: a caller that pads to fixed lengths, as infer and
+           the sweep do, keeps one program per method);
+  batch    up to a power of two (1, 2, 4, 8, 16), multiples of 16 above that. Padding rows
+           (example id −1) start finished, so they cost no extra loop iterations.
+
+Padding never changes a row's result beyond float rounding: padded input positions are masked,
+padding rows are skipped. Inputs of 1–256 tokens at batch 1–16 therefore need at most
+3 × 5 = 15 programs per method.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Callable, Hashable
+
+import numpy as np
+
+MIN_LENGTH = 64
+LENGTH_STEP = 4096  # above this, lengths round to multiples of it
+BATCH_STEP = 16     # above this, batch sizes round to multiples of it
+DEFAULT_CAPACITY = 48
+
+
+def bucket_length(n: int) -> int:
+  """The padded input length for a longest input of n tokens."""
+  if n <= MIN_LENGTH:
+    return MIN_LENGTH
+  if n <= LENGTH_STEP:
+    return 1 << (int(n) - 1).bit_length()
+  return -(-int(n) // LENGTH_STEP) * LENGTH_STEP
+
+
+def bucket_batch(b: int) -> int:
+  """The padded batch size for b rows (b ≥ 1)."""
+  if b <= BATCH_STEP:
+    return 1 << (int(b) - 1).bit_length()
+  return -(-int(b) // BATCH_STEP) * BATCH_STEP
+
+
+def bucketed_shape(rows: int, length: int) -> tuple[int, int]:
+  """The [batch, length] a [rows, length] input is padded to."""
+  return bucket_batch(rows), bucket_length(length)
+
+
+def pad_to_buckets(inputs: np.ndarray, ids: np.ndarray, *,
+                   pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """inputs [B, S] int32, ids [B] → (inputs [B', S'], ids [B']) at `bucketed_shape(B, S)`:
+  columns of padding appended, and rows of padding with example id −1."""
+  rows, length = inputs.shape
+  out_rows, out_length = bucketed_shape(rows, length)
+  if (out_rows, out_length) == (rows, length):
+    return inputs, ids
+  padded = np.full((out_rows, out_length), pad_id, np.int32)
+  padded[:rows, :length] = inputs
+  new_ids = np.full((out_rows,), -1, np.int32)
+  new_ids[:rows] = ids
+  return padded, new_ids
+
+
+class ProgramCache:
+  """A least-recently-used map key → jitted function, holding at most `capacity` of them.
+
+  An evicted function's compiled executables are released (`clear_cache`), so the number of
+  live programs stays bounded however many methods and shapes a process decodes."""
+
+  def __init__(self, capacity: int = DEFAULT_CAPACITY):
+    self._entries: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+    self._lock = threading.Lock()
+    self.evictions = 0
+    self.capacity = 0
+    self.set_capacity(capacity)
+
+  def set_capacity(self, capacity: int) -> None:
+    if not isinstance(capacity, (int, np.integer)) or capacity < 1:
+      raise ValueError(f"the compiled-program cache capacity must be a positive int, got "
+                       f"{capacity!r}.")
+    with self._lock:
+      self.capacity = int(capacity)
+      self._shrink()
+
+  def get(self, key: Hashable, make: Callable[[], Any]):
+    """The function for key, made by make() (and cached) when absent."""
+    with self._lock:
+      fn = self._entries.get(key)
+      if fn is not None:
+        self._entries.move_to_end(key)
+        return fn
+    fn = make()
+    with self._lock:
+      fn = self._entries.setdefault(key, fn)
+      self._entries.move_to_end(key)
+      self._shrink()
+    return fn
+
+  def _shrink(self) -> None:
+    while len(self._entries) > self.capacity:
+      _, old = self._entries.popitem(last=False)
+      self.evictions += 1
+      clear = getattr(old, "clear_cache", None)
+      if clear is not None:
+        clear()
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def keys(self) -> list[Hashable]:
+    with self._lock:
+      return list(self._entries)
+
+  def compiled_count(self) -> int:
+    """How many compiled executables the cached functions hold (one per shape used)."""
+    with self._lock:
+      fns = list(self._entries.values())
+    return sum(int(getattr(f, "_cache_size", lambda: 0)()) for f in fns)
+
+  def clear(self) -> None:
+    with self._lock:
+      while self._entries:
+        _, old = self._entries.popitem(last=False)
+        clear = getattr(old, "clear_cache", None)
+        if clear is not None:
+          clear()
+
+
+PROGRAMS = ProgramCache()
+
+
+def set_capacity(capacity: int) -> None:
+  """Bounds how many compiled decode programs a process keeps (default 48)."""
+  PROGRAMS.set_capacity(capacity)
