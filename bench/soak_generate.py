@@ -12,7 +12,9 @@ how many calls compiled. Checks (exit 1 when one fails):
   * RSS grows by less than 25 % over the second half of the calls (every shape is compiled by
     then; growth after that would be a leak);
   * no warm call is slower than 3× the median of calls at its bucketed shape and method (a
-    call that recompiled, or one that paid for more than its bucket, would be).
+    call that recompiled, or one that paid for more than its bucket, would be); a call over
+    3× is run again once, and counts only if it is slow again (other work on a shared machine
+    slows a few calls in a burst).
 The default pair is the committed offline pair (`spec_cascade.pretrained`); --pair=random uses
 randomly initialised tiny/mini models of the same shapes (no checkpoint needed).
 """
@@ -59,7 +61,7 @@ def load_pair(kind: str):
 
 def soak(drafter, verifier, *, calls: int, max_len: int, max_batch: int,
          methods: list[str], max_decode_length: int, seed: int = 0, report_every: int = 100,
-         log=print) -> dict:
+         log=lambda m: print(m, flush=True)) -> dict:
   """Runs the calls; returns {'programs': method → live programs, 'rss_mib': [...],
   'slow_calls': [...], 'compiles': int, 'bucket_ratio_max': float}."""
   from spec_cascade import programs  # pylint: disable=import-outside-toplevel
@@ -85,15 +87,27 @@ def soak(drafter, verifier, *, calls: int, max_len: int, max_batch: int,
     shape = (method, *programs.bucketed_shape(b, n))
     if not compiled:
       times[shape].append(wall)
-      per_call.append((shape, wall, i))
+      per_call.append((shape, wall, i, (x, method, rule, alpha)))
     if (i + 1) % report_every == 0 or i + 1 == calls:
       rss.append(rss_mib())
       log(f"[soak] {i + 1}/{calls} calls: RSS {rss[-1]:.0f} MiB, "
           f"{programs.PROGRAMS.compiled_count()} programs alive, {compiles} compilations")
   live = collections.Counter(k[3].method for k in programs.PROGRAMS.keys())
   medians = {s: statistics.median(v) for s, v in times.items()}
-  ratios = [(wall / medians[s], s, i) for s, wall, i in per_call]
-  slow = [r for r in ratios if r[0] > 3.0]
+  ratios = [(wall / medians[s], s, i) for s, wall, i, _ in per_call]
+  # A call over 3× its shape's median is run again: on a shared machine a burst of other work
+  # slows a few calls; a call that needs more than its bucket (or recompiled) is slow again.
+  slow = []
+  for (ratio, s, i), (_, _, _, (x, method, rule, alpha)) in zip(ratios, per_call):
+    if ratio <= 3.0:
+      continue
+    t0 = time.perf_counter()
+    generate(drafter, verifier, x, method=method, rule=rule, alpha=alpha, temperature=0.0,
+             num_draft_tokens=3, max_decode_length=max_decode_length, seed=i)
+    again = (time.perf_counter() - t0) / medians[s]
+    log(f"[soak] call {i} took {ratio:.1f}× the median at {s}; again: {again:.1f}×")
+    if again > 3.0:
+      slow.append((again, s, i))
   return {"programs": dict(live), "rss_mib": rss, "slow_calls": slow, "compiles": compiles,
           "bucket_ratio_max": max((r[0] for r in ratios), default=float("nan"))}
 
@@ -121,7 +135,7 @@ def main(argv=None) -> int:
   print(f"RSS {rss[0]:.0f} → {half:.0f} (half-way) → {rss[-1]:.0f} MiB: "
         f"{100 * growth:+.1f} % over the second half")
   print(f"slowest warm call / median at its bucketed shape: {res['bucket_ratio_max']:.2f}×; "
-        f"{len(res['slow_calls'])} calls over 3×")
+        f"{len(res['slow_calls'])} calls over 3× when run again")
   for ratio, shape, i in sorted(res["slow_calls"], reverse=True)[:5]:
     print(f"  call {i}: {ratio:.1f}× at {shape}")
   failed = []

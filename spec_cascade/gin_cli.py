@@ -16,6 +16,7 @@ parsed, a binding gin rejects (named as the user typed it), a `--gin.MACRO` no g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
@@ -46,6 +47,18 @@ def setup_logging() -> None:
                       format="%(asctime)s %(levelname)s %(name)s] %(message)s")
   for name in ("absl", "jax", "jax._src.xla_bridge", "orbax"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  for handler in logging.getLogger().handlers:
+    if not any(isinstance(f, _GinSearchFilter) for f in handler.filters):
+      handler.addFilter(_GinSearchFilter())
+
+
+class _GinSearchFilter(logging.Filter):
+  """Drops gin's per-folder file-search lines ("Path not found: ..." for every search path
+  tried): a file that is found needs no log, and one that is not becomes a FlagError."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = str(record.msg)
+    return not (msg.startswith("Path not found") or msg.startswith("system_path_file_exists"))
 
 
 def parse_flags(argv: Sequence[str], prog: str, description: str = "",
@@ -141,7 +154,8 @@ def configure(args: argparse.Namespace) -> None:
   import spec_cascade.models  # pylint: disable=g-import-not-at-top,unused-import
   gin.clear_config()
   for path in args.gin_search_paths + [os.getcwd(), REPO_ROOT, CONFIGS_DIR]:
-    gin.add_config_file_search_path(path)
+    if path not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+      gin.add_config_file_search_path(path)
   for path in args.gin_file:
     try:
       gin.parse_config_file(path)
@@ -191,7 +205,7 @@ def call_configured(fn: Callable[..., Any]) -> Any:
   except ValueError as e:
     raise FlagError(f"the gin config does not configure {fn.__module__}.{fn.__name__} "
                     f"({e}); include e.g. configs/runs/sweep.gin or configs/runs/infer.gin.") from None
-  check_bound_types(fn)
+  check_bound_types()
   try:
     return configured()
   except ValueError as e:
@@ -253,12 +267,10 @@ def _bound_value(value: Any) -> tuple[bool, Any]:
   return True, value
 
 
-def check_bound_types(fn: Callable[..., Any]) -> None:
-  """FlagError when a value bound to one of fn's simply-typed parameters (float, int, str,
-  bool, optionally None) has another type, naming the parameter, the value and its type."""
+def _check_one(fn: Callable[..., Any], bindings: dict[str, Any]) -> None:
   try:
-    hints = typing.get_type_hints(fn)
-    bindings = gin.get_bindings(fn)
+    hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) and not
+                                  dataclasses.is_dataclass(fn) else fn)
   except Exception:  # pylint: disable=broad-except  (unresolvable hints: nothing to check)
     return
   for name, raw in bindings.items():
@@ -266,17 +278,36 @@ def check_bound_types(fn: Callable[..., Any]) -> None:
     allowed = _allowed_types(hints.get(name))
     if not known or allowed is None or value is gin.REQUIRED:
       continue
-    if isinstance(value, bool) and bool not in allowed:
-      ok = False
-    else:
-      ok = isinstance(value, allowed)
+    ok = (bool in allowed) if isinstance(value, bool) else isinstance(value, allowed)
     if not ok:
-      want = " or ".join(sorted({t.__name__ for t in allowed if t is not np.integer}))
+      want = " or ".join(sorted({t.__name__ for t in allowed
+                                 if t not in (np.integer, type(None))}))
+      if type(None) in allowed:
+        want += " (or None)"
       via = f" (through the macro {repr(raw)[1:]})" if isinstance(
           raw, gin.config.ConfigurableReference) else ""
       raise FlagError(f"{fn.__name__}.{name}{via} must be {want}, got {value!r} "
                       f"({type(value).__name__}). Fix the binding (strings need quotes, "
                       "numbers none).")
+
+
+def check_bound_types(fn: Callable[..., Any] | None = None) -> None:
+  """FlagError when a value bound to a simply-typed parameter (float, int, str, bool,
+  optionally None) of a configurable has another type, naming the parameter, the value and
+  its type. fn: check that configurable only; None: every configurable the config binds."""
+  if fn is not None:
+    try:
+      bindings = gin.get_bindings(fn)
+    except Exception:  # pylint: disable=broad-except
+      return
+    _check_one(fn, bindings)
+    return
+  for (_, selector), params in list(gin.config._CONFIG.items()):  # pylint: disable=protected-access
+    if selector == "gin.macro":
+      continue
+    match = gin.config._REGISTRY.get_match(selector)  # pylint: disable=protected-access
+    if match is not None:
+      _check_one(match.wrapped, dict(params))
 
 
 def describe_error(e: BaseException) -> str:
@@ -293,7 +324,9 @@ def describe_error(e: BaseException) -> str:
     if isinstance(e, FileNotFoundError):
       return f"{path}: no such file or folder."
     return f"{path}: {e.strerror or e}"
-  return str(e)
+  # gin appends "In call to configurable ..." lines to errors raised inside a configurable.
+  return "\n".join(line for line in str(e).splitlines()
+                   if not line.strip().startswith("In call to configurable")).strip()
 
 
 USER_ERRORS = (FlagError, ValueError, TypeError, OSError, KeyError)

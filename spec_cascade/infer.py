@@ -803,14 +803,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
   gin_cli.setup_logging()
   parallel.initialize_distributed()
-  try:
-    args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv, "python -m spec_cascade.infer",
-                               __doc__.splitlines()[0])
-    gin_cli.configure(args)
-    result = gin_cli.call_configured(infer)
-  except (gin_cli.FlagError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv, "python -m spec_cascade.infer",
+                             __doc__.splitlines()[0])
+  gin_cli.configure(args)
+  result = gin_cli.call_configured(infer)
   print(f"{result['method']} on {result['task']}: {result['metric']} = {result['quality']:.2f}, "
         f"{result['num_examples']} examples in {result['wallclock_s']:.2f} s")
   return 0

@@ -204,11 +204,7 @@ def main(argv=None) -> int:
   parser.add_argument("--vocab", default=None, help="SentencePiece model (default: offline vocab)")
   parser.add_argument("--force", action="store_true", help="replace an existing pair")
   args = parser.parse_args(argv)
-  try:
-    out = install_offline_pair(args.drafter, args.verifier, args.dest, args.vocab, args.force)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  out = install_offline_pair(args.drafter, args.verifier, args.dest, args.vocab, args.force)
   print(out)
   return 0
 

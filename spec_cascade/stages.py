@@ -100,11 +100,7 @@ def main(argv=None) -> int:
   parser.add_argument("--model", required=True, help="the run's named size (e.g. mini_deep)")
   parser.add_argument("--note", default="")
   args = parser.parse_args(argv)
-  try:
-    record = save_stage(args.model_dir, args.dest, args.recipe, args.model, args.note)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  record = save_stage(args.model_dir, args.dest, args.recipe, args.model, args.note)
   print(f"wrote {args.dest}: step {record['step']} of {args.recipe}")
   return 0
 

@@ -530,14 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   gin_cli.setup_logging()
   parallel.initialize_distributed()
   started = time.time()
-  try:
-    args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv,
-                               "python -m spec_cascade.sweep", __doc__.splitlines()[0])
-    gin_cli.configure(args)
-    rows = gin_cli.call_configured(run_sweep)
-  except (gin_cli.FlagError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv,
+                             "python -m spec_cascade.sweep", __doc__.splitlines()[0])
+  gin_cli.configure(args)
+  rows = gin_cli.call_configured(run_sweep)
   if infer.is_writer() and rows:
     print(report.paper_table(rows, "wallclock"))
     print(report.paper_table(rows, "modelled"))

@@ -603,13 +603,17 @@ def _jitted_eval_step(config: T5Config, z_loss: float, mesh: jax.sharding.Mesh,
                  out_shardings=replicated)
 
 
+def _check_teacher_path(path: str) -> None:
+  if "://" not in str(path) and not os.path.exists(path):
+    raise FileNotFoundError(f"TEACHER_CHECKPOINT_PATH {path!r} does not exist; give the "
+                            "verifier's export (its MODEL_DIR) or checkpoint folder.")
+
+
 def load_teacher(path: str, student: T5Config) -> tuple[T5Model, Params]:
   """The distillation teacher: (T5Model, float32 params) from a trainer export or any
   checkpoint spec_cascade.checkpoints reads; refuses a teacher with another vocabulary."""
   from etils import epath  # pylint: disable=import-outside-toplevel
-  if "://" not in str(path) and not epath.Path(path).exists():
-    raise FileNotFoundError(f"TEACHER_CHECKPOINT_PATH {path!r} does not exist; give the "
-                            "verifier's export (its MODEL_DIR) or checkpoint folder.")
+  _check_teacher_path(path)
   if _is_export_dir(path) or _is_export_dir(epath.Path(path) / "export"):
     config, params = load_exported(path)
   else:
@@ -689,6 +693,8 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   if dropout_rate is not None:
     model = T5Model(model.config.replace(dropout_rate=float(dropout_rate)))
   config = model.config
+  if distillation is not None:  # before MODEL_DIR is made: a typo'd path writes nothing
+    _check_teacher_path(distillation.teacher_checkpoint_path)
   _check_writable(model_dir)
   _write_operative_config(model_dir)
 

@@ -155,3 +155,20 @@ def test_default_pair_speed_runs_and_checks_outputs(tmp_path_factory, monkeypatc
   assert "| T = 1, batch 1 |" in out and "| SpecCascade [Token] α=0.5 |" in out
   assert any(what == "batch 2 SpecDecode auto" for _, what, _ in summary)
   assert all(value > 0 for _, _, value in summary)
+
+
+def test_soak_counts_programs_per_method_and_reruns_slow_calls():
+  import soak_generate  # pylint: disable=import-outside-toplevel
+  from pairs import make_pair  # pylint: disable=import-outside-toplevel
+  from spec_cascade import programs  # pylint: disable=import-outside-toplevel
+  drafter, verifier = make_pair()
+  programs.PROGRAMS.clear()
+  lines = []
+  res = soak_generate.soak(drafter, verifier, calls=10, max_len=70, max_batch=3,
+                           methods=["verifier", "spec_decode"], max_decode_length=4,
+                           report_every=5, log=lines.append)
+  # Lengths 1–70 → 64 or 128, batch 1–3 → 1, 2 or 4: at most 6 shapes per method.
+  assert sum(res["programs"].values()) == res["compiles"] == len(programs.PROGRAMS)
+  assert all(1 <= v <= 6 for v in res["programs"].values())
+  assert len(res["rss_mib"]) == 2 and sum("calls: RSS" in line for line in lines) == 2
+  assert res["slow_calls"] == [] or all(r[0] > 3.0 for r in res["slow_calls"])

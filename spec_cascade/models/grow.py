@@ -93,13 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   # pylint: disable=import-outside-toplevel
   from spec_cascade import checkpoints, train
-  try:
-    params, config = checkpoints.load_params(args.src)
-    config, params = deepen(params, config, num_encoder_layers=args.num_encoder_layers,
-                            num_decoder_layers=args.num_decoder_layers)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  params, config = checkpoints.load_params(args.src)
+  config, params = deepen(params, config, num_encoder_layers=args.num_encoder_layers,
+                          num_decoder_layers=args.num_decoder_layers)
   train.export_params(args.dst, params, config, None, {"grown_from": str(args.src)})
   print(f"wrote {args.dst}: {config.num_encoder_layers} encoder / "
         f"{config.num_decoder_layers} decoder layers")
