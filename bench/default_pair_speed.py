@@ -7,7 +7,8 @@ latency regime (batch 1, one example per call, end to end: encoders included).
 For each task, on the same `--examples` random validation examples (inputs padded to
 `--input_length` tokens), each decoded alone:
 
-1. greedy: the verifier alone, SpecDecode at every γ of `--gammas` and at γ = 'auto'. Columns:
+1. greedy: the verifier alone, SpecDecode at every γ of `--gammas`, at γ = 'auto' and at the
+   largest γ with each dynamic draft length θ of `--confidences` (draft_confidence). Columns:
    latency relative to the verifier (end to end, summed over examples), speed-up, the per-draft
    acceptance rate a, the paper's per-row bound E[tokens per block] / (γ·c + v(γ+1)) from the
    measured a, c and v (c: drafter step / verifier step, v(k): verifier call scoring k tokens /
@@ -87,6 +88,9 @@ def main(argv=None):
   parser.add_argument("--input_length", type=int, default=64)
   parser.add_argument("--max_decode_length", type=int, default=48)
   parser.add_argument("--gammas", default="1,2,3,5")
+  parser.add_argument("--confidences", default="0.4,0.6",
+                      help="draft_confidence θ values for SpecDecode at the largest γ "
+                           "(dynamic draft length); '' for none")
   parser.add_argument("--alphas", default="0.3,0.5,0.7")
   parser.add_argument("--temperatures", default="0,1")
   parser.add_argument("--batches", default="8,32")
@@ -94,6 +98,7 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   gammas = [int(g) for g in args.gammas.split(",") if g]
+  confidences = [float(t) for t in args.confidences.split(",") if t]
   alphas = [float(a) for a in args.alphas.split(",") if a]
   temps = [float(t) for t in args.temperatures.split(",") if t]
   batches = [int(b) for b in args.batches.split(",") if b]
@@ -138,6 +143,9 @@ def main(argv=None):
     for g in gammas:
       configs[f"γ={g}"] = dict(base, method="spec_decode", num_draft_tokens=g)
     configs["γ=auto"] = dict(base, method="spec_decode", num_draft_tokens="auto")
+    for theta in confidences:
+      configs[f"γ={max(gammas)} θ={theta:g}"] = dict(
+          base, method="spec_decode", num_draft_tokens=max(gammas), draft_confidence=theta)
     res = run_per_example(drafter, verifier, xs, configs, args.rounds)
     v_tokens, _, v_s, _ = res["verifier"]
     print(f"\n| greedy, batch 1 | rel. latency | speed-up | acceptance | bound | efficiency |")
@@ -149,7 +157,7 @@ def main(argv=None):
       if not np.array_equal(tok, v_tokens):
         raise SystemExit(f"FAIL: greedy SpecDecode {name} differs from the verifier on {task}")
       a = autogamma.acceptance_estimate(cnt)
-      g = gs[0] if len(gs) == 1 else None
+      g = gs[0] if len(gs) == 1 and "θ" not in name else None  # θ: blocks of 1..γ
       label = name + (f" (chose {gs})" if name == "γ=auto" else "")
       if g:
         bound = autogamma.predicted_speedup(a, g, c["c"], verify_cost.get(g, 1.0))

@@ -18,8 +18,9 @@ Shared conventions. Output token t of a row sits at decoder position t + 1 (posi
 BOS = 0), so the decoder input at position n is the last committed token out[n − 1]. A row's
 committed length n never exceeds `max_decode_length`; both caches hold valid keys/values for
 positions < n (plus the drafter's extra positions, which are overwritten before being read),
-except that SpecDecode's drafter may lack position n − 1 (it skips the step on a block's last
-draft, whose distribution its target never reads) and rewrites it in the next block's first call.
+except that SpecDecode's and BiLD's drafters may lack position n − 1 (SpecDecode skips the step
+on a block's last draft, whose distribution its target never reads; BiLD's window ends on a draft
+it never feeds back) and write it in the next block's first call, which takes two tokens.
 A row finishes at its first EOS (kept in the output) or at max_decode_length; later positions
 are 0. Every random draw of a row comes from fold_in(key(seed), example_id), then the row's
 own step count, so a row's output does not depend on the batch it sits in, on when it entered
@@ -503,21 +504,35 @@ def _bild_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs
       j, _, _, drafting, _, _, _ = c
       return (j < wmax) & jnp.any(drafting)
 
-    def draft(c):
-      j, cache, tok, drafting, drafts, steps, width = c
-      logits, cache = decode_call("drafter", drafter, cache, tok[:, None], n + j)
-      probs = jax.nn.softmax(logits[:, 0])
+    def take(j, logits, c):
+      """Carry c after the drafter's logits [B, V] at draft step j."""
+      _, cache, _, drafting, drafts, steps, width = c
+      probs = jax.nn.softmax(logits)
       nxt = jnp.argmax(probs, axis=-1).astype(jnp.int32)
       keep = drafting & (jnp.max(probs, axis=-1) >= knobs.fallback_threshold)
       drafts = drafts.at[:, j].set(jnp.where(keep, nxt, 0))
       return (j + 1, cache, nxt, keep, drafts, steps + drafting.astype(jnp.int32),
               width + keep.astype(jnp.int32))
 
+    def draft(c):
+      j, cache, tok = c[:3]
+      logits, cache = decode_call("drafter", drafter, cache, tok[:, None], n + j)
+      return take(j, logits[:, 0], (j, cache) + c[2:])
+
+    # The first call also writes position n − 1 (input out[n − 2]): when the previous block
+    # kept and accepted its whole window, its last draft was never fed to the drafter, so
+    # that cache entry is missing (otherwise it is rewritten unchanged). At n = 0 it writes
+    # BOS at 0 and a throw-away entry at 1 that the next call overwrites.
+    start = jnp.maximum(n - 1, 0)
+    prev = _last_input(state.out, start)
+    logits2, d_cache = decode_call("drafter", drafter, state.d_cache,
+                                   jnp.stack([prev, x0], axis=1), start)
+    q0 = jnp.where((n > 0)[:, None], logits2[:, 1], logits2[:, 0])
     zeros = jnp.zeros((batch,), jnp.int32)
-    init = (jnp.int32(0), state.d_cache, x0, active, jnp.zeros((batch, wmax), jnp.int32),
-            zeros, zeros)
+    first = take(0, q0, (jnp.int32(0), d_cache, x0, active,
+                         jnp.zeros((batch, wmax), jnp.int32), zeros, zeros))
     # Kept drafts are contiguous from 0 (a row stops drafting at its first unsure step).
-    _, d_cache, _, _, drafts, steps, width = jax.lax.while_loop(cond, draft, init)
+    _, d_cache, _, _, drafts, steps, width = jax.lax.while_loop(cond, draft, first)
     v_tokens = jnp.concatenate([x0[:, None], drafts], axis=1)
     v_logits, v_cache = decode_call("verifier", verifier, state.v_cache, v_tokens, n)
     logp = jax.nn.log_softmax(v_logits[:, :wmax])

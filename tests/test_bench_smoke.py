@@ -152,6 +152,7 @@ def test_default_pair_speed_runs_and_checks_outputs(tmp_path_factory, monkeypatc
        "--batches", "2", "--rounds", "1", "--max_decode_length", "6", "--input_length", "32"])
   out = capsys.readouterr().out
   assert "| SpecDecode γ=1 |" in out and "| SpecDecode γ=auto (chose" in out
+  assert "| SpecDecode γ=2 θ=0.4 |" in out  # dynamic draft length, greedy = the verifier
   assert "| T = 1, batch 1 |" in out and "| SpecCascade [Token] α=0.5 |" in out
   assert any(what == "batch 2 SpecDecode auto" for _, what, _ in summary)
   assert all(value > 0 for _, _, value in summary)

@@ -120,6 +120,22 @@ def test_bild_lenient_rollback_equals_greedy_drafter_when_never_falling_back(pai
   assert (c["rejected"] == 0).all() and (c["drafted"] > 0).all()
 
 
+@pytest.mark.parametrize("window", [1, 4])
+def test_bild_keeping_every_window_with_drafter_equal_verifier_is_greedy_verifier(
+    pair, greedy_refs, window):
+  """Drafter = verifier, no fallback, no rollback: every block keeps its whole window, every
+  draft is the verifier's argmax, so BiLD must decode the verifier's greedy tokens exactly
+  (the drafter's cache must hold the last draft of each window)."""
+  _, verifier = pair
+  x, _, v = greedy_refs
+  out = generate(verifier, verifier, x, method="bild", fallback_threshold=0.0,
+                 rollback_threshold=1e9, bild_max_window=window, max_decode_length=MAXLEN)
+  np.testing.assert_array_equal(out.tokens, v.tokens)
+  np.testing.assert_array_equal(out.lengths, v.lengths)
+  c = out.counters
+  assert (c["rejected"] == 0).all() and (c["bonus_tokens"] > 0).any()
+
+
 @pytest.mark.parametrize("method,rule", [("spec_decode", None), ("spec_cascade", "token_v3"),
                                          ("spec_decode_lossy", None)])
 def test_counters_add_up(pair, method, rule):
