@@ -414,9 +414,36 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       return (tokens, num_accepted + 1, num_accepted, rejected, ~rejected,
               jnp.zeros_like(rejected), jnp.ones(best.shape, jnp.float32))
 
+    def verify_lenient_greedy():
+      # Lossy SpecDecode at T = 0 (Leviathan et al.'s lenient greedy acceptance): a greedy
+      # draft x is accepted iff p(x) ≥ (1 − α)·max p under the verifier's untempered p, and
+      # the token after the accepted prefix is argmax p. α = 0 is greedy SpecDecode; the
+      # temperature-scaled lossy target would be one-hot at T = 0 and ignore α.
+      logp = jax.nn.log_softmax(v_logits[:, :gamma].astype(jnp.float32), axis=-1)
+      best = _argmax(v_logits)  # [B, γ+1]
+      top = jnp.max(logp, axis=-1)
+      mine = jnp.take_along_axis(logp, drafts[..., None], axis=-1)[..., 0]
+      lenient = mine >= top + jnp.log1p(-jnp.minimum(knobs.alpha, 1.0))[..., None]
+      proposed = jnp.arange(gamma)[None, :] < num_proposed[:, None]
+      accepted = jnp.cumprod((lenient & proposed).astype(jnp.int32), axis=1)
+      num_accepted = jnp.sum(accepted, axis=1, dtype=jnp.int32)
+      nxt = jnp.take_along_axis(best, num_accepted[:, None], axis=1)
+      pos = jnp.arange(gamma + 1)[None, :]
+      padded = jnp.pad(drafts, ((0, 0), (0, 1)))
+      tokens = jnp.where(pos < num_accepted[:, None], padded,
+                         jnp.where(pos == num_accepted[:, None], nxt, 0)).astype(jnp.int32)
+      rejected = num_accepted < num_proposed
+      # Deferred: the tokens the verifier chose (its argmax), not a lenient drafter token.
+      own = jnp.pad((drafts != best[:, :gamma]).astype(jnp.float32), ((0, 0), (0, 1)))
+      defer_weight = jnp.where(pos < num_accepted[:, None], 1.0 - own, 1.0)
+      return (tokens, num_accepted + 1, num_accepted, rejected, ~rejected,
+              jnp.zeros_like(rejected), defer_weight)
+
     with jax.named_scope("verify"):
       if spec.rule == "verifier":
         verdict = jax.lax.cond(_greedy(knobs), verify_greedy, verify)
+      elif spec.method == "spec_decode_lossy":
+        verdict = jax.lax.cond(_greedy(knobs), verify_lenient_greedy, verify)
       else:
         verdict = verify()
     tokens, num_emitted, num_accepted, rejected, is_bonus, fallback, defer_weight = verdict

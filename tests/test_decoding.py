@@ -120,6 +120,30 @@ def test_bild_lenient_rollback_equals_greedy_drafter_when_never_falling_back(pai
   assert (c["rejected"] == 0).all() and (c["drafted"] > 0).all()
 
 
+def test_lossy_at_t0_is_lenient_greedy_acceptance(pair, greedy_refs):
+  """Lossy SpecDecode at T = 0: α = 0 is greedy SpecDecode (the verifier's tokens); at α = 0.9
+  every emitted token x has p(x | prefix) ≥ 0.1·max p under the verifier, some are not its
+  argmax, and a larger α accepts more drafts."""
+  drafter, verifier = pair
+  x, _, v = greedy_refs
+  kw = dict(method="spec_decode_lossy", temperature=0.0, num_draft_tokens=3,
+            max_decode_length=MAXLEN)
+  strict = generate(drafter, verifier, x, alpha=0.0, **kw)
+  np.testing.assert_array_equal(strict.tokens, v.tokens)
+  loose = generate(drafter, verifier, x, alpha=0.9, **kw)
+  dec = np.pad(loose.tokens[:, :-1], ((0, 0), (1, 0)))
+  logits = np.asarray(verifier.model.forward(verifier.params, jnp.asarray(x), jnp.asarray(dec)))
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  mine = np.take_along_axis(p, loose.tokens[..., None], axis=-1)[..., 0]
+  valid = np.arange(MAXLEN)[None, :] < loose.lengths[:, None]
+  assert (mine >= 0.1 * p.max(-1) - 1e-6)[valid].all()
+  assert (mine < p.max(-1) - 1e-6)[valid].any()  # some lenient (non-argmax) tokens
+  assert loose.counters["deferred"].sum() < loose.counters["output_tokens"].sum()
+  rate = lambda o: o.counters["accepted"].sum() / o.counters["drafted"].sum()
+  assert rate(loose) > rate(strict)
+
+
 @pytest.mark.parametrize("window", [1, 4])
 def test_bild_keeping_every_window_with_drafter_equal_verifier_is_greedy_verifier(
     pair, greedy_refs, window):
