@@ -3,7 +3,8 @@
 Methods (`METHODS`):
   drafter, verifier      autoregressive decoding with one model (greedy / temperature / top-k / top-p)
   token_cascade          sequential token-level cascade [Chow]: the verifier runs only when a
-                         row defers (plus cache catch-up when a row lags by a whole window)
+                         row defers (first catching its cache up over the positions since the
+                         row's last deferral); a row is charged its own calls only
   oracle                 both models every token, any rule (analysis only)
   seq_cascade            sequence-level Chow: drafter output kept unless its length-normalised
                          confidence is below 1 − α; then the row is re-decoded by the verifier
@@ -467,8 +468,11 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
 def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs,
                         row_keys: Array, oracle: bool):
   """One token per step from π = rule(q, p). The oracle calls the verifier every step; the
-  sequential cascade only when some row defers (Chow decides from q alone) or when a row's
-  verifier cache lags a whole window behind (then one call catches it up)."""
+  sequential cascade only when some row defers (Chow decides from q alone). The verifier's
+  cache is brought up to a deferring row's position then: one call scores a window of
+  `token_cascade_window` positions from the row's first unverified one, after as many
+  catch-up windows as the row lags behind (a prefill, made only when a row defers).
+  A row is charged the calls it needed, not those a batch-mate needed."""
   window = 1 if oracle else spec.token_cascade_window
   rule = deferral.get_rule(spec.rule)
   vocab = verifier.model.config.vocab_size
@@ -481,26 +485,40 @@ def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, kno
     d_logits, d_cache = decode_call("drafter", drafter, state.d_cache, x[:, None], n)
     d_logits = d_logits[:, 0]
     if oracle:
-      need = jnp.ones_like(active)
-      call = jnp.array(True)
+      need = active
     else:
       # Chow: defer iff max q < 1 − α (the decision reads unscaled q only).
-      need = jnp.max(jax.nn.softmax(d_logits), axis=-1) < 1.0 - knobs.alpha
-      call = jnp.any(active & (need | (n - m >= window - 1)))
+      need = active & (jnp.max(jax.nn.softmax(d_logits), axis=-1) < 1.0 - knobs.alpha)
+    call = jnp.any(need)
 
-    def verify(v_cache):
-      # Window of `window` inputs starting at each row's first unverified position m.
-      pos = m[:, None] + jnp.arange(window)[None, :]
+    def window_call(v_cache, start):
+      """The verifier over each row's window of inputs at positions start .. start + W − 1
+      (positions past a row's length get placeholders, overwritten before they are read)."""
+      pos = start[:, None] + jnp.arange(window)[None, :]
       prev = jnp.take_along_axis(state.out, jnp.clip(pos - 1, 0, state.out.shape[1] - 1), axis=1)
       toks = jnp.where(pos > 0, prev, PAD_ID)
-      logits, v_cache = decode_call("verifier", verifier, v_cache, toks, m)
-      at_n = jnp.take_along_axis(logits, (n - m)[:, None, None], axis=1)[:, 0]
-      return at_n, v_cache
+      return decode_call("verifier", verifier, v_cache, toks, start)
+
+    def verify(v_cache):
+      lagging = lambda start: need & (n - start >= window)
+
+      def catch_up(c):
+        start, v_cache, calls = c
+        _, v_cache = window_call(v_cache, start)
+        behind = lagging(start)
+        return (jnp.where(behind, start + window, start), v_cache,
+                calls + behind.astype(jnp.int32))
+
+      start, v_cache, calls = jax.lax.while_loop(
+          lambda c: jnp.any(lagging(c[0])), catch_up, (m, v_cache, jnp.zeros_like(n)))
+      logits, v_cache = window_call(v_cache, start)
+      at_n = jnp.take_along_axis(logits, (n - start)[:, None, None], axis=1)[:, 0]
+      return at_n, v_cache, calls + need.astype(jnp.int32)
 
     def skip(v_cache):
-      return jnp.zeros((n.shape[0], vocab), jnp.float32), v_cache
+      return jnp.zeros((n.shape[0], vocab), jnp.float32), v_cache, jnp.zeros_like(n)
 
-    v_logits, v_cache = jax.lax.cond(call, verify, skip, state.v_cache)
+    v_logits, v_cache, row_calls = jax.lax.cond(call, verify, skip, state.v_cache)
     probs = deferral.rule_inputs(d_logits, v_logits, knobs.temperature, spec.top_k, knobs.top_p)
     beta = None if spec.solve_beta else knobs.beta
     pi, defer = rule.fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
@@ -508,10 +526,11 @@ def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, kno
     out, length, done, n_new = _commit(state, tok[:, None], jnp.ones_like(n),
                                        spec.max_decode_length)
     counters = state.counters.add(
-        active, drafter_steps=1, verifier_calls=call.astype(jnp.int32),
-        verifier_sequential_calls=(need & call).astype(jnp.int32), blocks=1,
+        active, drafter_steps=1, verifier_calls=row_calls,
+        verifier_sequential_calls=need.astype(jnp.int32), blocks=1,
         deferred=jnp.where(n_new > 0, defer, 0.0))
-    verified = jnp.where(call, n + 1, m)
+    # A deferring row's cache now holds every position up to n; others keep their m.
+    verified = jnp.where(need, n + 1, m)
     return state.replace(out=out, length=length, done=done, d_cache=d_cache, v_cache=v_cache,
                          verified=verified, counters=counters, step=state.step + 1)
   return body

@@ -19,7 +19,7 @@ compilation is excluded; its cost is recorded as `compile_s`. Wall-clock = Σ ba
 mean (and std) over `trials` repetitions. rel_latency = wall-clock / the verifier alone's at the
 same task and T (the verifier runs first; it is added to the sweep if missing).
 modelled_rel_latency = (Σ drafter_steps · c + Σ verifier_calls) / Σ verifier calls of the verifier
-alone, with c = (drafter decode-call time) / (verifier decode-call time), measured once per task
+alone (a token-level cascade is charged its deferrals, one sequential call each), with c = (drafter decode-call time) / (verifier decode-call time), measured once per task
 with one-token `decode_block` calls run in a compiled loop, as the decode loop makes them
 (`spec_cascade.costs`), at the sweep's batch size and input length.
 
@@ -177,6 +177,15 @@ class Baseline:
   verifier_calls: float
 
 
+def charged_verifier_calls(method: MethodSpec, tot: Mapping[str, float]) -> float:
+  """The verifier calls modelled latency charges a method: a token-level cascade pays one
+  sequential call per deferral (its cache catch-up is a parallel prefill inside that call, as
+  the paper charges it); every other method its verifier calls."""
+  if method.engine_method == "token_cascade":
+    return float(tot["verifier_sequential_calls"])
+  return float(tot["verifier_calls"])
+
+
 def _row(point: Point, quality: float, metric: str, walls: list[float], tot: Mapping[str, float],
          baseline: Baseline | None, c: float, num_examples: int, extra: Mapping[str, Any]
          ) -> ResultRow:
@@ -188,7 +197,8 @@ def _row(point: Point, quality: float, metric: str, walls: list[float], tot: Map
   elif baseline is not None:
     rel = mean / baseline.wallclock_s if baseline.wallclock_s > 0 else math.nan
     if baseline.verifier_calls > 0:
-      modelled = (tot["drafter_steps"] * c + tot["verifier_calls"]) / baseline.verifier_calls
+      modelled = (tot["drafter_steps"] * c + charged_verifier_calls(point.method, tot)
+                  ) / baseline.verifier_calls
   r = infer.rates(tot, point.method)
   return ResultRow(
       task=point.task, method=point.method.name,

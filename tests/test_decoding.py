@@ -194,6 +194,38 @@ def test_token_cascade_counts_sequential_calls(pair):
   assert (c["verifier_calls"] >= c["verifier_sequential_calls"]).all()
 
 
+@pytest.mark.parametrize("window", [2, 5])
+def test_token_cascade_catches_up_only_when_a_row_defers(pair, window):
+  """Greedy Chow with a short verifier window: every token is the argmax of the model Chow
+  picks from the full-sequence logits (so the verifier's cache, caught up over several windows
+  when a row defers late, is right); a row is charged its own calls only (alone = in the
+  batch); no deferral, no verifier call at all."""
+  drafter, verifier = pair
+  x = random_inputs(6, seed=12)
+  alpha = 0.9  # this random drafter is rarely sure: Chow defers seldom
+  kw = dict(method="token_cascade", temperature=0.0, max_decode_length=MAXLEN,
+            token_cascade_window=window)
+  out = generate(drafter, verifier, x, alpha=alpha, **kw)
+  dec = jnp.asarray(np.pad(out.tokens[:, :-1], ((0, 0), (1, 0))))
+  q = np.asarray(drafter.model.forward(drafter.params, jnp.asarray(x), dec))
+  p = np.asarray(verifier.model.forward(verifier.params, jnp.asarray(x), dec))
+  qmax = np.max(np.exp(q - q.max(-1, keepdims=True)) /
+                np.exp(q - q.max(-1, keepdims=True)).sum(-1, keepdims=True), axis=-1)
+  defer = qmax < 1.0 - alpha
+  want = np.where(defer, p.argmax(-1), q.argmax(-1))
+  valid = np.arange(MAXLEN)[None, :] < out.lengths[:, None]
+  np.testing.assert_array_equal(out.tokens[valid], want[valid])
+  c = out.counters
+  np.testing.assert_array_equal(c["verifier_sequential_calls"], (defer & valid).sum(1))
+  assert (c["verifier_calls"] > c["verifier_sequential_calls"]).any()  # some catch-ups
+  for row in range(len(x)):
+    alone = generate(drafter, verifier, x[row:row + 1], alpha=alpha, **kw)
+    for name in ("verifier_calls", "verifier_sequential_calls", "drafter_steps"):
+      assert alone.counters[name][0] == c[name][row], (row, name)
+  never = generate(drafter, verifier, x, alpha=1.0, **kw)
+  assert never.counters["verifier_calls"].sum() == 0
+
+
 # --- distributions ---------------------------------------------------------------------------
 
 def _exact_sequence_distribution(pair, x, rule, alpha, temperature, max_len):
