@@ -67,6 +67,7 @@ class ResultRow:
     temperature: float = 1.0
     num_draft_tokens: int = 0
     quality: float = math.nan
+    quality_std: float = math.nan
     metric: str = ""
     wallclock_s: float = math.nan
     wallclock_std_s: float = math.nan

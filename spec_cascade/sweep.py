@@ -186,9 +186,13 @@ def charged_verifier_calls(method: MethodSpec, tot: Mapping[str, float]) -> floa
   return float(tot["verifier_calls"])
 
 
-def _row(point: Point, quality: float, metric: str, walls: list[float], tot: Mapping[str, float],
-         baseline: Baseline | None, c: float, num_examples: int, extra: Mapping[str, Any]
-         ) -> ResultRow:
+def _row(point: Point, trial_quality: Sequence[float], metric: str, walls: list[float],
+         tot: Mapping[str, float], baseline: Baseline | None, c: float, num_examples: int,
+         extra: Mapping[str, Any]) -> ResultRow:
+  """The results row of a point: quality and wall-clock are means over its trials (each
+  trial its own seed), with their standard deviations; counters are the first trial's."""
+  quality = float(np.mean(trial_quality))
+  quality_std = float(np.std(trial_quality, ddof=1)) if len(trial_quality) > 1 else 0.0
   mean = float(np.mean(walls))
   std = float(np.std(walls, ddof=1)) if len(walls) > 1 else 0.0
   rel = modelled = math.nan
@@ -205,7 +209,8 @@ def _row(point: Point, quality: float, metric: str, walls: list[float], tot: Map
       rule=point.method.rule or results_lib.default_rule(point.method.name),
       alpha=math.nan if point.alpha is None else float(point.alpha),
       temperature=point.temperature, num_draft_tokens=point.num_draft_tokens,
-      quality=float(quality), metric=metric, wallclock_s=mean, wallclock_std_s=std,
+      quality=quality, quality_std=quality_std, metric=metric, wallclock_s=mean,
+      wallclock_std_s=std,
       rel_latency=rel, modelled_rel_latency=modelled, acceptance_rate=r["acceptance_rate"],
       rejection_rate=r["rejection_rate"], deferral_rate=r["deferral_rate"],
       tokens_per_verifier_call=r["tokens_per_verifier_call"], num_examples=num_examples,
@@ -319,7 +324,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   num_examples, max_decode_length, input_length: a value or a {task: value} dict.
   task_feature_lengths: T5X form {'inputs': N | None, 'targets': M}; overrides input_length and
     max_decode_length when given.
-  trials: timed repetitions per point (the mean is reported). Others as in `infer.infer`.
+  trials: repetitions per point, each with its own seed (seed + trial); quality and
+    wall-clock are their means (with standard deviations in results.csv). Others as in `infer.infer`.
   latency_examples > 0: also decode each point's first that many examples one at a time (batch
     1, on one device: the paper's latency regime) and report the mean seconds per example
     (`latency_s`, `rel_latency_batch1`; the report's first table).
@@ -473,9 +479,11 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
       first = infer.warm_up(drafter, verifier, batches, kw, mesh)
     runs = []
     for trial in range(trials):
+      # Each trial draws with its own seed (seed + trial): at T > 0 quality varies between
+      # trials, and the table reports its mean and standard deviation.
       runs.append(infer.decode_batches(
-          drafter, verifier, batches, len(data.examples), kw, mesh, progress,
-          desc=f"{point.name} trial {trial + 1}/{trials}"))
+          drafter, verifier, batches, len(data.examples), dict(kw, seed=kw["seed"] + trial),
+          mesh, progress, desc=f"{point.name} trial {trial + 1}/{trials}"))
     if first is not None:
       compile_s[prog] = infer.compile_seconds(first, runs[0])
     latency = _batch1_latency(drafter, verifier, lat_inputs, kw) if lat_inputs else math.nan
@@ -484,6 +492,8 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
     run = runs[0]
     preds = infer.predictions_of(data, run)
     scores = infer.score(targets, preds, metric)
+    trial_quality = [scores[metric]] + [
+        infer.score(targets, infer.predictions_of(data, r), metric)[metric] for r in runs[1:]]
     tot = infer.totals(run.counters)
     walls = [r.wall_s for r in runs]
     baseline = baselines.get(point.temperature)
@@ -502,7 +512,7 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
         "latency_examples": len(lat_inputs),
         **{f"{k}_total": v for k, v in tot.items()},
     }
-    row = _row(point, scores[metric], metric, walls, tot, baseline, c, len(data.examples), extra)
+    row = _row(point, trial_quality, metric, walls, tot, baseline, c, len(data.examples), extra)
     lat_base = lat_baselines.get(point.temperature)
     row = dataclasses.replace(
         row, latency_s=latency,
@@ -515,7 +525,8 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
           "task": task, "split": split, "method": point.method.name, "rule": row.rule,
           "alpha": point.alpha, "temperature": point.temperature,
           "num_draft_tokens": point.num_draft_tokens, "metric": metric,
-          "quality": scores[metric], "scores": scores, "num_examples": len(data.examples),
+          "quality": row.quality, "quality_std": row.quality_std,
+          "trial_quality": trial_quality, "scores": scores, "num_examples": len(data.examples),
           "counters": tot, **infer.rates(tot, point.method),
           "wallclock_s": row.wallclock_s, "wallclock_std_s": row.wallclock_std_s,
           "trial_wallclock_s": walls, "batch_wallclock_s": [r.batch_wall_s for r in runs],

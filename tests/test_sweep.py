@@ -258,6 +258,26 @@ def test_resume_runs_exactly_the_missing_points(swept):
 
 
 @pytest.mark.slow
+def test_trials_draw_with_their_own_seeds(swept):
+  """Two trials per point: at T = 0 they agree (quality std 0); at T = 1 each trial has its own
+  seed, so sampled methods' trial qualities differ somewhere, and the row reports their mean."""
+  rows = {r.key: r for r in results_lib.read_rows(swept["out"] / "results.csv")}
+  differ = False
+  for path in sorted((swept["out"] / "metrics" / TASK).glob("*.json")):
+    m = json.loads(path.read_text())
+    r = rows[results_lib.make_key(TASK, m["method"], m["alpha"], m["temperature"],
+                                  m["num_draft_tokens"])]
+    assert len(m["trial_quality"]) == 2
+    assert r.quality == pytest.approx(np.mean(m["trial_quality"])) == m["quality"]
+    assert r.quality_std == pytest.approx(np.std(m["trial_quality"], ddof=1))
+    if r.temperature == 0.0:
+      assert r.quality_std == 0.0
+    else:
+      differ |= m["trial_quality"][0] != m["trial_quality"][1]
+  assert differ
+
+
+@pytest.mark.slow
 def test_resume_under_other_settings_or_beside_a_running_sweep_is_refused(swept, capsys):
   """A re-run into the folder with fewer examples or another decode length would mix its
   points with (and normalise them by) the old ones: refused, naming each change; a folder
@@ -320,7 +340,9 @@ def test_sweep_files_agree_with_each_other(swept):
     assert {"input", "target", "prediction", "counters", "index", "id"} <= set(recs[0])
     # Quality: row == metrics file == BLEU recomputed from the predictions file.
     bleu = metrics.bleu([x["target"] for x in recs], [x["prediction"] for x in recs])["bleu"]
-    assert r.quality == m["quality"] == bleu and r.metric == "bleu"
+    # (the predictions are the first trial's; the row's quality is the trials' mean)
+    assert m["trial_quality"][0] == m["scores"]["bleu"] == bleu and r.metric == "bleu"
+    assert r.quality == m["quality"]
     # Counters: per-example sums == the totals in the row and in the metrics file.
     for f in decoding.COUNTER_FIELDS:
       s = sum(x["counters"][f] for x in recs)
