@@ -453,6 +453,7 @@ class DecodeSettings:
   fallback_threshold: float = 0.6
   bild_max_window: int | None = None  # None: γ
   token_cascade_window: int = 8
+  lossy_beta: float | None = None  # lossy SpecDecode's β (≥ 1 − α); None: solved per token
   shrink_batch: bool = True  # decoding.generate's: go on with a quarter batch once most are done
   slots: int | None = None  # decoding.generate's: rows at a time for a stream (make_batches)
 
@@ -484,6 +485,8 @@ def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | N
     kw["rollback_threshold"] = float(alpha)
   elif method.alpha_kind == "rule":
     kw["alpha"] = float(alpha)
+  if method.engine_rule == "lossy" and settings.lossy_beta is not None:
+    kw["beta"] = float(settings.lossy_beta)
   return kw
 
 
@@ -495,7 +498,7 @@ def program_key(method: MethodSpec, settings: DecodeSettings, num_draft_tokens: 
                             max_decode_length=kw["max_decode_length"], top_k=kw["top_k"],
                             token_cascade_window=kw["token_cascade_window"],
                             bild_max_window=kw["bild_max_window"],
-                            shrink_batch=kw["shrink_batch"])
+                            shrink_batch=kw["shrink_batch"], beta=kw.get("beta"))
   return (spec, tuple(shape), kw["slots"])
 
 
@@ -714,6 +717,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
           task_feature_lengths: Mapping[str, int | None] | None = None,
           input_bucket: int | None = None, seed: int = 0, top_k: int = 0, top_p: float = 1.0,
           fallback_threshold: float = 0.6, bild_max_window: int | None = None,
+          lossy_beta: float | None = None,
           vocabulary_path: str | None = None, metric: str | None = None,
           dtype: str = "float32", activation_dtype: str | None = None,
           matmul_dtype: str | None = None,
@@ -725,7 +729,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   Files in output_dir: config.gin (operative gin config), predictions.jsonl (per example: input,
   target, prediction, counters), metrics.json (scores, summed counters, rates, timings).
   `alpha` is the method's lenience (a rule's α, BiLD's rollback threshold); methods without one
-  ignore it, methods with one need it. shrink_batch: see `decoding.generate`. dtype,
+  ignore it, methods with one need it. lossy_beta: lossy SpecDecode's β (≥ 1 − α; None: the
+  β that makes the target sum to one, solved per token). shrink_batch: see `decoding.generate`. dtype,
   activation_dtype, matmul_dtype: see `load_bundle`.
   stream_batches > 1: decode that many batches' worth of examples per call, batch_size rows at
   a time with continuous batching (`make_batches`, `decoding.generate(slots=...)`; same
@@ -746,10 +751,12 @@ def infer(task: str, output_dir: str, method: str = "verifier",
                             top_k=int(top_k), top_p=float(top_p),
                             fallback_threshold=float(fallback_threshold),
                             bild_max_window=bild_max_window, shrink_batch=bool(shrink_batch),
-                            slots=stream_slots(batch_size, stream_batches))
+                            slots=stream_slots(batch_size, stream_batches),
+                            lossy_beta=lossy_beta)
   kw = engine_kwargs(ms, settings, alpha, temperature, num_draft_tokens)
-  decoding.make_knobs(decoding.make_spec(kw["method"], kw["rule"]), alpha=kw["alpha"],
-                      temperature=kw["temperature"], top_p=kw["top_p"])  # validates early
+  decoding.make_knobs(decoding.make_spec(kw["method"], kw["rule"], beta=kw.get("beta")),
+                      alpha=kw["alpha"], beta=kw.get("beta"), temperature=kw["temperature"],
+                      top_p=kw["top_p"])  # validates early
   the_metric = metric_name(task, metric)
   drafter, verifier = load_models(drafter_checkpoint, verifier_checkpoint, [ms], dtype,
                                   activation_dtype, drafter_config, verifier_config,

@@ -308,7 +308,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
               task_feature_lengths: Mapping[str, Any] | None = None,
               input_bucket: int | None = None, seed: int = 0, top_k: int = 0,
               top_p: float = 1.0, fallback_threshold: float = 0.6,
-              bild_max_window: int | None = None, vocabulary_path: str | None = None,
+              bild_max_window: int | None = None, lossy_beta: float | None = None,
+              vocabulary_path: str | None = None,
               metric: str | None = None, dtype: str = "float32",
               activation_dtype: str | None = None, matmul_dtype: str | None = None,
               drafter_config=None, verifier_config=None, model_parallel: int = 1,
@@ -369,7 +370,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
       max_decode_length=max_decode_length, input_length=input_length,
       task_feature_lengths=task_feature_lengths, input_bucket=input_bucket, seed=seed,
       top_k=top_k, top_p=top_p, fallback_threshold=fallback_threshold,
-      bild_max_window=bild_max_window, vocabulary_path=vocabulary_path, metric=metric,
+      bild_max_window=bild_max_window, lossy_beta=lossy_beta,
+      vocabulary_path=vocabulary_path, metric=metric,
       dtype=dtype, activation_dtype=activation_dtype, matmul_dtype=matmul_dtype,
       drafter_config=drafter_config, verifier_config=verifier_config,
       model_parallel=model_parallel, use_mesh=use_mesh, shrink_batch=shrink_batch,
@@ -414,7 +416,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
                       input_bucket=input_bucket, seed=seed, top_k=top_k, top_p=top_p,
                       fallback_threshold=fallback_threshold, bild_max_window=bild_max_window,
                       cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer,
-                      shrink_batch=shrink_batch, latency_examples=int(latency_examples))
+                      shrink_batch=shrink_batch, latency_examples=int(latency_examples),
+                    lossy_beta=lossy_beta)
       finally:
         if outer is not None:
           outer.close()
@@ -431,13 +434,13 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
               output_dir: str, results_path: str, metric: str, *, split: str, batch_size: int,
               trials: int, num_examples, lengths, input_bucket, seed, top_k, top_p,
               fallback_threshold, bild_max_window, cost_ratio_reps, progress, outer,
-              shrink_batch, latency_examples=0) -> None:
+              shrink_batch, latency_examples=0, lossy_beta=None) -> None:
   input_length, max_decode_length = lengths
   settings = infer.DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
                                   top_k=int(top_k), top_p=float(top_p),
                                   fallback_threshold=float(fallback_threshold),
                                   bild_max_window=bild_max_window,
-                                  shrink_batch=bool(shrink_batch))
+                                  shrink_batch=bool(shrink_batch), lossy_beta=lossy_beta)
   data = infer.load_task(task, split, num_examples, seed, vocab, input_length)
   infer.check_pair(drafter, verifier, data.tokenizer)
   batches = infer.make_batches(data, batch_size, input_bucket)
