@@ -360,6 +360,8 @@ def test_paper_gins_set_the_papers_setup(task, seqio_name):
     _parse(f"configs/paper/{task}.gin", "configs/paper/appendix_temperature.gin",
            "configs/paper/appendix_gamma.gin")
     assert q("%TEMPERATURES") == [0.0, 0.1, 0.5, 1.0] and q("%NUM_DRAFT_TOKENS") == [3, 5, 7]
+    _parse(f"configs/paper/{task}.gin", "configs/paper/appendix_top_p.gin")
+    assert (q("%TOP_P"), q("%TEMPERATURES")) == (0.9, [1.0])
   finally:
     gin.clear_config()
 
