@@ -387,6 +387,20 @@ def plot_quality_vs_latency(rows: Sequence[ResultRow], out_prefix: str,
     return _plot_panels(rows, out_prefix, lambda r: _latency(r, latency), label, verifier_line=True)
 
 
+def verifier_calls_per_token(r: ResultRow) -> float:
+    """The ICLR version's rejection-rate axis: verifier calls per generated token (1 for the
+    verifier alone, 1 / tokens per call for speculative methods, the deferral share for a
+    sequential cascade)."""
+    t = r.tokens_per_verifier_call
+    return 1.0 / t if math.isfinite(t) and t > 0 else (0.0 if t == math.inf else math.nan)
+
+
+def plot_quality_vs_verifier_calls(rows: Sequence[ResultRow], out_prefix: str) -> list[str]:
+    """Quality vs verifier calls per generated token (the rejection-rate axis); PNG + SVG."""
+    return _plot_panels(rows, out_prefix, verifier_calls_per_token,
+                        "verifier calls per generated token", verifier_line=True)
+
+
 def plot_quality_vs_deferral(rows: Sequence[ResultRow], out_prefix: str) -> list[str]:
     """Quality vs deferral rate (fraction of tokens emitted from the verifier); PNG + SVG."""
     return _plot_panels(rows, out_prefix, lambda r: r.deferral_rate, "deferral rate",
@@ -415,6 +429,8 @@ def write_report(run_dir: str, mode: str = "pareto") -> str:
             rows, os.path.join(run_dir, "quality_vs_modelled_latency"), "modelled"),
         "quality_vs_deferral": plot_quality_vs_deferral(
             rows, os.path.join(run_dir, "quality_vs_deferral")),
+        "quality_vs_verifier_calls": plot_quality_vs_verifier_calls(
+            rows, os.path.join(run_dir, "quality_vs_verifier_calls")),
     })
     tasks = sorted({r.task for r in rows})
     frontier_name = "Pareto" if mode == "pareto" else "convex-hull"

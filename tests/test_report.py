@@ -1,4 +1,5 @@
 """Tests for spec_cascade.results (table I/O) and spec_cascade.report (curve reading, tables, plots)."""
+import dataclasses
 import math
 import os
 
@@ -282,7 +283,8 @@ def test_write_report_and_cli(tmp_path, capsys):
     assert "one example at a time" not in md  # no batch-1 columns in these rows
     assert "(wall-clock latency)" in md and "(modelled latency)" in md
     assert "![quality_vs_latency](quality_vs_latency.png)" in md
-    for name in ("quality_vs_latency", "quality_vs_modelled_latency", "quality_vs_deferral"):
+    for name in ("quality_vs_latency", "quality_vs_modelled_latency", "quality_vs_deferral",
+                 "quality_vs_verifier_calls"):
         for ext in ("png", "svg"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
     assert capsys.readouterr().out.strip().endswith("report.md")
@@ -299,3 +301,10 @@ def test_import_is_light():
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
         os.path.dirname(os.path.abspath(__file__))), timeout=60)
+
+
+def test_verifier_calls_per_token_axis():
+    row = lambda t: dataclasses.replace(_row("specdecode"), tokens_per_verifier_call=t)
+    assert report.verifier_calls_per_token(row(4.0)) == 0.25
+    assert report.verifier_calls_per_token(row(math.inf)) == 0.0  # never called the verifier
+    assert math.isnan(report.verifier_calls_per_token(row(math.nan)))
