@@ -39,17 +39,6 @@ from spec_cascade import autogamma, costs, infer, pretrained  # noqa: E402
 from spec_cascade.decoding import Bundle, generate  # noqa: E402
 
 
-def bootstrap_interval(targets, preds, metric: str, reps: int = 200, seed: int = 0):
-  """90 % bootstrap interval of the corpus metric over examples."""
-  rng = np.random.default_rng(seed)
-  n = len(targets)
-  vals = []
-  for _ in range(reps):
-    idx = rng.integers(0, n, n)
-    vals.append(infer.score([targets[i] for i in idx], [preds[i] for i in idx], metric)[metric])
-  return float(np.percentile(vals, 5)), float(np.percentile(vals, 95))
-
-
 def run_per_example(drafter, verifier, xs, configs, rounds: int):
   """Decodes each example alone with every config; returns {name: (tokens [N, L], counters
   summed, seconds summed over examples (median over rounds per example))}."""
@@ -185,7 +174,7 @@ def main(argv=None):
       for name, (tok, cnt, s, gs) in res.items():
         preds = [data.tokenizer.decode(row) for row in tok]
         q = infer.score(targets, preds, metric)[metric]
-        lo, hi = bootstrap_interval(targets, preds, metric)
+        lo, hi = infer.bootstrap_interval(targets, preds, metric)
         quality[name] = (q, s / v_s)
         print(f"| {name} | {q:.2f} ({lo:.1f}–{hi:.1f}) | {s / v_s:.3f} | "
               f"{','.join(map(str, gs)) or '–'} |")

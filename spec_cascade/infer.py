@@ -617,6 +617,20 @@ def score(targets: Sequence[str], predictions: Sequence[str], metric: str) -> di
   return fn(list(targets), list(predictions))
 
 
+def bootstrap_interval(targets: Sequence[str], predictions: Sequence[str], metric: str,
+                       reps: int = 200, seed: int = 0, level: float = 0.9
+                       ) -> tuple[float, float]:
+  """The `level` bootstrap interval of the corpus metric, resampling examples (fixed seed)."""
+  rng = np.random.default_rng(seed)
+  n = len(targets)
+  vals = []
+  for _ in range(reps):
+    idx = rng.integers(0, n, n)
+    vals.append(score([targets[i] for i in idx], [predictions[i] for i in idx], metric)[metric])
+  tail = 100 * (1 - level) / 2
+  return float(np.percentile(vals, tail)), float(np.percentile(vals, 100 - tail))
+
+
 def predictions_of(data: TaskData, run: DecodeRun) -> list[str]:
   return [data.tokenizer.decode(row) for row in run.tokens]
 
