@@ -725,7 +725,7 @@ def _task_feature_lengths(task_feature_lengths, input_length, max_decode_length)
 
 def infer(task: str, output_dir: str, method: str = "verifier",
           drafter_checkpoint: str | None = None, verifier_checkpoint: str | None = None,
-          alpha: float | None = None, temperature: float = 1.0, num_draft_tokens: int = 5,
+          alpha: float | None = None, temperature: float = 1.0, num_draft_tokens: int | str = 5,
           num_examples: int | None = None, split: str = "validation", batch_size: int = 8,
           max_decode_length: int = 64, input_length: int | None = None,
           task_feature_lengths: Mapping[str, int | None] | None = None,

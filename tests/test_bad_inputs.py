@@ -151,3 +151,24 @@ def test_relative_checkpoint_paths_load(tmp_path, monkeypatch):
     _assert_same(loaded, params)
     bundle = infer.load_bundle(rel)
     assert bundle.model.config.num_decoder_layers == V11.num_decoder_layers
+
+
+@pytest.mark.slow  # the paper gins import the seqio tasks (TensorFlow)
+def test_every_shipped_gin_binds_values_of_the_annotated_types(monkeypatch):
+  """The type check refuses a mistyped value; none of our own gin files may trip it."""
+  import glob
+
+  import gin
+  monkeypatch.chdir(ROOT)
+  files = sorted(glob.glob("configs/**/*.gin", recursive=True))
+  assert len(files) > 15
+  try:
+    for path in ("", str(ROOT), str(ROOT / "configs")):
+      if path not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+        gin.add_config_file_search_path(path)
+    for f in files:
+      gin.clear_config()
+      gin.parse_config_file(f)
+      gin_cli.check_bound_types()
+  finally:
+    gin.clear_config()
