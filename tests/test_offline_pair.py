@@ -77,12 +77,18 @@ def test_committed_stage_artifacts_load_and_record_their_step():
   from spec_cascade import checkpoints, stages
   from spec_cascade.models import get_config
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stages")
-  folder = os.path.join(root, "offline_deep", "verifier")
-  if not os.path.isdir(folder):
+  found = 0
+  for name, recipe, size in (("verifier", "configs/offline/train_verifier_deep.gin", "mini_deep"),
+                             ("drafter", "configs/offline/distill_drafter.gin", "tiny")):
+    folder = os.path.join(root, "offline_deep", name)
+    if not os.path.isdir(folder):
+      continue
+    found += 1
+    record = stages.stage_record(folder)
+    assert record["recipe"] == recipe and record["step"] > 0
+    assert stages.start_step(folder, None) == record["step"]
+    params, config = checkpoints.load_params(folder)
+    assert config == get_config(size)
+    assert all(np.isfinite(np.asarray(x)).all() for x in checkpoints.flatten(params).values())
+  if not found:
     pytest.skip("no stage artifact committed (the deep pair is finished or not started)")
-  record = stages.stage_record(folder)
-  assert record["recipe"] == "configs/offline/train_verifier_deep.gin" and record["step"] > 0
-  assert stages.start_step(folder, None) == record["step"]
-  params, config = checkpoints.load_params(folder)
-  assert config == get_config("mini_deep")
-  assert all(np.isfinite(np.asarray(x)).all() for x in checkpoints.flatten(params).values())
