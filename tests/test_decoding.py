@@ -329,7 +329,9 @@ def _assert_same_outputs(a, b):
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_array_equal(a.lengths, b.lengths)
   for name in decoding.COUNTER_FIELDS:
-    np.testing.assert_allclose(a.counters[name], b.counters[name], rtol=1e-6, err_msg=name)
+    # Integer counters match exactly; `deferred` sums float32 weights, whose last bits depend
+    # on the batch a row was computed in (rows are padded to bucketed shapes).
+    np.testing.assert_allclose(a.counters[name], b.counters[name], rtol=1e-5, err_msg=name)
 
 
 def _shrunk_and_whole(pair, method, rule, temperature, batch):
