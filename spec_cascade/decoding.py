@@ -397,14 +397,12 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       return (res.tokens, res.num_emitted, res.num_accepted, res.rejected, res.is_bonus,
               res.residual_fallback, res.defer_weight)
 
-    def verify_greedy():
-      # Greedy SpecDecode (π = p̃ = one-hot argmax p, drafts = argmax q): a draft is
-      # accepted iff it equals argmax p, and the token after the accepted prefix (residual
-      # at a rejection, bonus otherwise) is argmax p there. Same result as `verify`
-      # without the [B, γ+1, V] softmaxes and the Gumbel draw.
-      best = _argmax(v_logits)  # [B, γ+1]
+    def greedy_block(ok, best):
+      """Committed tokens when draft j is accepted iff ok[:, j] (and proposed), the token
+      after the accepted prefix being best (argmax p [B, γ+1]) there. Returns the verdict
+      fields but defer_weight, and the accepted count."""
       proposed = jnp.arange(gamma)[None, :] < num_proposed[:, None]
-      accepted = jnp.cumprod(((drafts == best[:, :gamma]) & proposed).astype(jnp.int32), axis=1)
+      accepted = jnp.cumprod((ok & proposed).astype(jnp.int32), axis=1)
       num_accepted = jnp.sum(accepted, axis=1, dtype=jnp.int32)
       nxt = jnp.take_along_axis(best, num_accepted[:, None], axis=1)
       pos = jnp.arange(gamma + 1)[None, :]
@@ -413,7 +411,16 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
                          jnp.where(pos == num_accepted[:, None], nxt, 0)).astype(jnp.int32)
       rejected = num_accepted < num_proposed
       return (tokens, num_accepted + 1, num_accepted, rejected, ~rejected,
-              jnp.zeros_like(rejected), jnp.ones(best.shape, jnp.float32))
+              jnp.zeros_like(rejected)), num_accepted
+
+    def verify_greedy():
+      # Greedy SpecDecode (π = p̃ = one-hot argmax p, drafts = argmax q): a draft is
+      # accepted iff it equals argmax p, and the token after the accepted prefix (residual
+      # at a rejection, bonus otherwise) is argmax p there. Same result as `verify`
+      # without the [B, γ+1, V] softmaxes and the Gumbel draw.
+      best = _argmax(v_logits)  # [B, γ+1]
+      verdict, _ = greedy_block(drafts == best[:, :gamma], best)
+      return verdict + (jnp.ones(best.shape, jnp.float32),)
 
     def verify_lenient_greedy():
       # Lossy SpecDecode at T = 0 (Leviathan et al.'s lenient greedy acceptance): a greedy
@@ -425,20 +432,11 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       top = jnp.max(logp, axis=-1)
       mine = jnp.take_along_axis(logp, drafts[..., None], axis=-1)[..., 0]
       lenient = mine >= top + jnp.log1p(-jnp.minimum(knobs.alpha, 1.0))[..., None]
-      proposed = jnp.arange(gamma)[None, :] < num_proposed[:, None]
-      accepted = jnp.cumprod((lenient & proposed).astype(jnp.int32), axis=1)
-      num_accepted = jnp.sum(accepted, axis=1, dtype=jnp.int32)
-      nxt = jnp.take_along_axis(best, num_accepted[:, None], axis=1)
-      pos = jnp.arange(gamma + 1)[None, :]
-      padded = jnp.pad(drafts, ((0, 0), (0, 1)))
-      tokens = jnp.where(pos < num_accepted[:, None], padded,
-                         jnp.where(pos == num_accepted[:, None], nxt, 0)).astype(jnp.int32)
-      rejected = num_accepted < num_proposed
+      verdict, num_accepted = greedy_block(lenient, best)
       # Deferred: the tokens the verifier chose (its argmax), not a lenient drafter token.
       own = jnp.pad((drafts != best[:, :gamma]).astype(jnp.float32), ((0, 0), (0, 1)))
-      defer_weight = jnp.where(pos < num_accepted[:, None], 1.0 - own, 1.0)
-      return (tokens, num_accepted + 1, num_accepted, rejected, ~rejected,
-              jnp.zeros_like(rejected), defer_weight)
+      pos = jnp.arange(gamma + 1)[None, :]
+      return verdict + (jnp.where(pos < num_accepted[:, None], 1.0 - own, 1.0),)
 
     with jax.named_scope("verify"):
       if spec.rule == "verifier":
