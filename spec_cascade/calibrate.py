@@ -211,11 +211,11 @@ def summary(record: Mapping[str, Any]) -> str:
 @gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m spec_cascade.calibrate` (see the module docstring); returns the exit status."""
-  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
   gin_cli.setup_logging()
-  parallel.initialize_distributed()
   args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv,
-                             "python -m spec_cascade.calibrate", __doc__.splitlines()[0])
+                             "python -m spec_cascade.calibrate", __doc__.splitlines()[0],
+                             pod_flags=True)
+  gin_cli.start_pod(args)
   gin_cli.configure(args)
   record = gin_cli.call_configured(calibrate)
   print(summary(record))

@@ -221,7 +221,7 @@ class LazyArray:
 
 def _sharding_for(sharding: ShardingSpec, path: str, shape: tuple[int, ...]):
   if sharding is None:
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   if isinstance(sharding, jax.sharding.Sharding):
     return sharding
   if callable(sharding):

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec_cascade import autogamma, deferral, parallel, programs, sampling
+from spec_cascade import autogamma, deferral, parallel, pod, programs, sampling
 from spec_cascade.models.configs import T5Config
 from spec_cascade.models.t5 import DecoderCache, T5Model
 
@@ -167,6 +167,9 @@ class DecodeResult:
   tokens: Array     # int32 [B, max_decode_length], 0 after EOS
   lengths: Array    # int32 [B]
   counters: Counters
+  # int32 [B]: iterations of the loop that decoded each row (its device's own loop under a
+  # data-parallel mesh): what a call costs, padding rows included.
+  steps: Array
 
 
 # ----------------------------------------------------------------------------------------------
@@ -775,9 +778,11 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
                   sizes)
     out, length, counters = _seq_merge(defer, (first.out, first.length, first.counters),
                                        (second.out, second.length, second.counters))
-    state = first.replace(out=out, length=length, counters=counters)
+    state = first.replace(out=out, length=length, counters=counters,
+                          step=first.step + second.step)
   counters = state.counters.replace(output_tokens=state.length)
-  return DecodeResult(tokens=state.out[:, :max_len], lengths=state.length, counters=counters)
+  return DecodeResult(tokens=state.out[:, :max_len], lengths=state.length, counters=counters,
+                      steps=jnp.full((batch,), state.step, jnp.int32))
 
 
 @flax.struct.dataclass
@@ -926,7 +931,7 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
     st = _stream(_make_body(spec, drafter, verifier, knobs), spec, all_keys,
                  caches(drafter, spec.method in _USES_DRAFTER, queue[:slots]),
                  caches(verifier, spec.method in _USES_VERIFIER, queue[:slots]), queue, count)
-    out, length, counters = st.out, st.length, st.counters
+    out, length, counters, steps = st.out, st.length, st.counters, st.slots.step
   else:
     first = _stream(_seq_first_body(spec, drafter, knobs), spec, all_keys,
                     caches(drafter, True, queue[:slots]), (None, None), queue, count)
@@ -938,8 +943,10 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
                      jnp.sum(defer, dtype=jnp.int32))
     out, length, counters = _seq_merge(defer, (first.out, first.length, first.counters),
                                        (second.out, second.length, second.counters))
+    steps = first.slots.step + second.slots.step
   counters = counters.replace(output_tokens=length)
-  return DecodeResult(tokens=out[:, :max_len], lengths=length, counters=counters)
+  return DecodeResult(tokens=out[:, :max_len], lengths=length, counters=counters,
+                      steps=jnp.full((n,), steps, jnp.int32))
 
 
 def _jit(fn, mesh):
@@ -1001,6 +1008,9 @@ class GenerateOutput:
   wall_s: float
   num_draft_tokens: int | None = None
   gamma_choice: autogamma.GammaChoice | None = None
+  # Iterations of the longest loop the call ran (under a data-parallel mesh each device runs
+  # its own loop; rows that exist only as padding start finished and add none).
+  loop_steps: int | None = None
 
 
 def resolve_rule(method: str, rule: str | None) -> str | None:
@@ -1214,11 +1224,12 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   wall = time.perf_counter() - t0
   # Back to the input order; rows past `batch` are the mesh's padding.
   back = slice(None) if order is None else np.argsort(order)
-  rows = lambda x: np.asarray(x)[back][:batch]
+  rows = lambda x: pod.to_host(x)[back][:batch]
   counters = {f: rows(getattr(res.counters, f)) for f in COUNTER_FIELDS}
   return GenerateOutput(tokens=rows(res.tokens), lengths=rows(res.lengths), counters=counters,
                         wall_s=wall, num_draft_tokens=(spec.num_draft_tokens if method in
-                                                       autogamma.GAMMA_METHODS else None))
+                                                       autogamma.GAMMA_METHODS else None),
+                        loop_steps=int(pod.to_host(res.steps).max()))
 
 
 def _generate_auto(drafter, verifier, inputs, *, method: str, candidates: tuple[int, ...],

@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 import gin
 import numpy as np
 
+from spec_cascade import pod
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 
@@ -62,18 +64,21 @@ class _GinSearchFilter(logging.Filter):
 
 
 def parse_flags(argv: Sequence[str], prog: str, description: str = "",
-                extra_flags: Callable[[argparse.ArgumentParser], None] | None = None
-                ) -> argparse.Namespace:
+                extra_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+                pod_flags: bool = False) -> argparse.Namespace:
   """Parses T5X-style flags.
 
   Returns a Namespace with gin_file (list), gin_bindings (list of 'NAME = VALUE' strings),
   binding_sources (the flag each binding came from, same order), gin_search_paths (list),
-  tfds_data_dir (str | None), plus whatever `extra_flags(parser)` adds. Raises FlagError on
-  anything it does not understand.
+  tfds_data_dir (str | None), plus whatever `extra_flags(parser)` adds and, with pod_flags,
+  the multi-host flags (`pod.add_flags`; pass the Namespace to `start_pod`). Raises FlagError
+  on anything it does not understand.
   """
   parser = argparse.ArgumentParser(prog=prog, description=description, add_help=True)
   if extra_flags is not None:
     extra_flags(parser)
+  if pod_flags:
+    pod.add_flags(parser)
   parser.add_argument("--gin_file", action="append", default=[],
                       help="gin config file (repeatable; later files override earlier ones)")
   parser.add_argument("--gin_bindings", action="append", default=[],
@@ -95,8 +100,10 @@ def parse_flags(argv: Sequence[str], prog: str, description: str = "",
     elif arg in ("--alsologtostderr", "--logtostderr"):
       continue  # T5X habits; we always log to stderr.
     else:
+      more = (", --multiprocess, --coordinator_address, --num_processes, --process_id, "
+              "--pod_timeout_s" if pod_flags else "")
       raise FlagError(f"unrecognized argument {arg!r}. Flags: --gin_file, --gin.NAME=VALUE, "
-                      "--gin_bindings, --gin_search_paths, --tfds_data_dir.")
+                      f"--gin_bindings, --gin_search_paths, --tfds_data_dir{more}.")
   if not args.gin_file:
     raise FlagError(f"{prog} needs at least one --gin_file (e.g. configs/runs/sweep.gin).")
   args.gin_search_paths = [p for entry in args.gin_search_paths for p in entry.split(",") if p]
@@ -329,7 +336,13 @@ def describe_error(e: BaseException) -> str:
                    if not line.strip().startswith("In call to configurable")).strip()
 
 
-USER_ERRORS = (FlagError, ValueError, TypeError, OSError, KeyError)
+USER_ERRORS = (FlagError, ValueError, TypeError, OSError, KeyError, pod.PodError)
+
+
+def start_pod(args: argparse.Namespace) -> None:
+  """Joins the multi-host run the parsed pod flags (or the environment) describe; nothing for a
+  single process. Call before anything touches a JAX device."""
+  pod.initialize(pod.settings_from(args))
 
 
 def run_cli(main: Callable[[], Any]) -> int:
@@ -342,7 +355,7 @@ def run_cli(main: Callable[[], Any]) -> int:
     if os.environ.get("SPEC_CASCADE_DEBUG"):
       raise
     msg = describe_error(e)
-    if not isinstance(e, (ValueError, OSError)):
+    if not isinstance(e, (ValueError, OSError, pod.PodError)):
       msg = f"{type(e).__name__}: {msg} (run with SPEC_CASCADE_DEBUG=1 for the traceback)"
     print(f"error: {msg}", file=sys.stderr)
     return 2

@@ -37,6 +37,7 @@ from spec_cascade import decoding
 from spec_cascade import deferral
 from spec_cascade import gin_cli
 from spec_cascade import metrics as metrics_lib
+from spec_cascade import pod
 from spec_cascade import results as results_lib
 
 log = logging.getLogger(__name__)
@@ -292,17 +293,44 @@ def _seqio_task(task: str):
   return t
 
 
-def _seqio_rows(task: str, split: str):
-  """(rows with pre-tokenized input ids, tokenizer) of a registered seqio task."""
+def _seqio_rows(task: str, split: str, shard: tuple[int, int] = (0, 1)):
+  """(rows with pre-tokenized input ids, tokenizer) of a registered seqio task; with
+  shard = (index, count) > 1 process, seqio's `ShardInfo` share of them."""
+  import seqio  # pylint: disable=g-import-not-at-top
   t = _seqio_task(task)
+  info = seqio.ShardInfo(index=shard[0], num_shards=shard[1]) if shard[1] > 1 else None
   ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
-                     use_cached=False)
+                     use_cached=False, shard_info=info)
   rows = []
-  for i, ex in enumerate(ds.as_numpy_iterator()):
+  for ex in ds.as_numpy_iterator():
     text = lambda k: ex[k].decode("utf-8") if isinstance(ex[k], bytes) else str(ex[k])
     rows.append({"inputs": text("inputs_pretokenized"), "targets": text("targets_pretokenized"),
-                 "id": str(i), "input_ids": [int(x) for x in ex["inputs"]]})
+                 "input_ids": [int(x) for x in ex["inputs"]]})
   return rows, _SeqioTokenizer(t.output_features["targets"].vocabulary)
+
+
+def _read_split(task: str, split: str, vocabulary_path: str | None):
+  """(rows, tokenizer): every example of the split as {inputs, targets, id, input_ids (EOS
+  last)}, in split order. In a multi-host run each process reads and tokenizes only its share
+  (`pod.shard_of`) and the shares are exchanged, so every process returns the same rows (for
+  seqio tasks whose files seqio shards whole, "split order" is seqio's per-host order
+  interleaved: fixed for a given number of hosts)."""
+  index, count = pod.process_index(), pod.process_count()
+  if task in _offline_task_names():
+    rows = _offline_rows(task, split)
+    tokenizer = offline_tokenizer(vocabulary_path)
+    share = [dict(rows[i], id=str(rows[i].get("id", i)),
+                  input_ids=tokenizer.encode(rows[i]["inputs"]) + [tokenizer.eos_id])
+             for i in pod.shard_of(len(rows), index, count)]
+  else:
+    share, tokenizer = _seqio_rows(task, split, (index, count))
+    for r in share:
+      if r["input_ids"][-1:] != [1]:
+        r["input_ids"] = r["input_ids"] + [1]
+  rows = pod.interleave_shares(pod.allgather_objects(share)) if count > 1 else share
+  for i, r in enumerate(rows):
+    r.setdefault("id", str(i))
+  return rows, tokenizer
 
 
 def _offline_task_names() -> tuple[str, ...]:
@@ -339,14 +367,10 @@ def load_task(task: str, split: str = "validation", num_examples: int | None = N
     seqio tasks use their own vocabulary.
   input_length: cut longer inputs (counted in `truncated`); None = longest input rounded up to
     `length_multiple`.
+  Multi-host: each process reads its share; all return the same TaskData (`_read_split`).
   """
-  if task in _offline_task_names():
-    rows = _offline_rows(task, split)
-    tokenizer = offline_tokenizer(vocabulary_path)
-    ids = [tokenizer.encode(r["inputs"]) + [tokenizer.eos_id] for r in rows]
-  else:
-    rows, tokenizer = _seqio_rows(task, split)
-    ids = [r["input_ids"] if r["input_ids"][-1:] == [1] else r["input_ids"] + [1] for r in rows]
+  rows, tokenizer = _read_split(task, split, vocabulary_path)
+  ids = [r["input_ids"] for r in rows]
   if not rows:
     raise ValueError(f"{task}/{split} has no examples.")
   picked = np.arange(len(rows))
@@ -367,7 +391,7 @@ def load_task(task: str, split: str = "validation", num_examples: int | None = N
       truncated += 1
       x = x[:input_length - 1] + [tokenizer.eos_id]
     r = rows[i]
-    examples.append(Example(int(i), str(r.get("id", i)), r["inputs"], r["targets"], tuple(x)))
+    examples.append(Example(int(i), r["id"], r["inputs"], r["targets"], tuple(x)))
   if truncated:
     log.warning("%s/%s: %d of %d inputs are longer than input_length=%d and were cut "
                 "(longest: %d tokens).", task, split, truncated, len(examples), input_length,
@@ -680,8 +704,7 @@ def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
 
 def is_writer() -> bool:
   """Only process 0 of a multi-host run writes files."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index() == 0
+  return pod.is_writer()
 
 
 def device_summary() -> str:
@@ -699,6 +722,15 @@ def make_mesh(model_parallel: int = 1, use_mesh: bool | None = None):
   if use_mesh is None:
     use_mesh = jax.device_count() > 1
   return parallel.make_mesh(model=model_parallel) if use_mesh else None
+
+
+def on_mesh(bundle: Bundle | None, mesh) -> Bundle | None:
+  """bundle with its parameters placed on `mesh` once (T5X rules, `parallel.shard_params`), so
+  that the decode calls over a run's batches do not each move them; None / no mesh: as is."""
+  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
+  if bundle is None or mesh is None:
+    return bundle
+  return Bundle(bundle.model, parallel.shard_params(mesh, bundle.params))
 
 
 def write_config(output_dir: str) -> None:
@@ -780,6 +812,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   check_pair(drafter, verifier, data.tokenizer)
   batches = make_batches(data, batch_size, input_bucket, stream_batches)
   mesh = make_mesh(model_parallel, use_mesh)
+  drafter, verifier = on_mesh(drafter, mesh), on_mesh(verifier, mesh)
   if is_writer():
     os.makedirs(output_dir, exist_ok=True)
     write_config(output_dir)
@@ -821,11 +854,10 @@ def infer(task: str, output_dir: str, method: str = "verifier",
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m spec_cascade.infer` (see the module docstring); returns the exit status."""
   from spec_cascade import gin_cli  # pylint: disable=g-import-not-at-top
-  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
   gin_cli.setup_logging()
-  parallel.initialize_distributed()
   args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv, "python -m spec_cascade.infer",
-                             __doc__.splitlines()[0])
+                             __doc__.splitlines()[0], pod_flags=True)
+  gin_cli.start_pod(args)
   gin_cli.configure(args)
   result = gin_cli.call_configured(infer)
   print(f"{result['method']} on {result['task']}: {result['metric']} = {result['quality']:.2f}, "

@@ -6,8 +6,6 @@ joined_kv → model; embed replicated). jit with NamedSharding is the current fo
 """
 from __future__ import annotations
 
-import logging
-import os
 import re
 from typing import Any
 
@@ -31,18 +29,6 @@ _PARAM_AXES = (
     (r"relpos_bias/rel_embedding$", ("heads", "relpos_buckets")),
     (r"scale$", ("embed",)),
 )
-
-
-def initialize_distributed() -> None:
-  """Multi-host start-up: `jax.distributed.initialize()` when JAX sees several processes.
-
-  On Cloud TPU VMs JAX discovers the slice itself; elsewhere set the usual
-  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables.
-  """
-  if os.environ.get("SPEC_CASCADE_MULTIHOST", "0") == "1" or os.environ.get(
-      "JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
@@ -88,7 +74,15 @@ def param_shardings(mesh: Mesh, params: Any) -> Any:
 
 
 def shard_params(mesh: Mesh, params: Any) -> Any:
-  return jax.device_put(params, param_shardings(mesh, params))
+  """Places params on the mesh by the T5X rules. A mesh spanning several processes takes each
+  leaf from host memory (every process holds the whole tree, each uploads its own shards):
+  XLA's CPU and GPU clients cannot copy device to device across hosts."""
+  shardings = param_shardings(mesh, params)
+  if jax.process_count() > 1:
+    params = jax.tree_util.tree_map(
+        lambda x, s: x if getattr(x, "sharding", None) == s else np.asarray(x), params,
+        shardings)
+  return jax.device_put(params, shardings)
 
 
 def shard_batch(mesh: Mesh, x) -> jax.Array:

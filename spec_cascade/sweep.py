@@ -46,6 +46,7 @@ from spec_cascade import deferral
 from spec_cascade import gin_cli
 from spec_cascade import infer
 from spec_cascade import output_dir as output_dir_lib
+from spec_cascade import pod
 from spec_cascade import results as results_lib
 from spec_cascade.infer import MethodSpec
 from spec_cascade.results import ResultRow
@@ -295,6 +296,21 @@ def _run_staged(remote: str, run: Callable[[str], Any]):
       log.info("copied the sweep's files to %s", remote)
 
 
+def _open_output_dir(output_dir: str, settings: Mapping[str, Any]) -> output_dir_lib.DirLock:
+  """Creates output_dir, takes its lock, checks a resume's settings, writes config.gin; the
+  lock is released again if any step fails."""
+  os.makedirs(output_dir, exist_ok=True)
+  lock = output_dir_lib.DirLock(output_dir)
+  lock.acquire()
+  try:
+    output_dir_lib.check_settings(output_dir, settings)
+    infer.write_config(output_dir)
+  except BaseException:
+    lock.release()
+    raise
+  return lock
+
+
 def run_sweep(task: str | Sequence[str], output_dir: str,
               drafter_checkpoint: str | None = None, verifier_checkpoint: str | None = None,
               methods: str | Sequence[str] = "all",
@@ -377,13 +393,12 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
       model_parallel=model_parallel, use_mesh=use_mesh, shrink_batch=shrink_batch,
       latency_examples=latency_examples, cost_ratio_reps=cost_ratio_reps,
       devices=infer.device_summary())
-  if writer:
-    os.makedirs(output_dir, exist_ok=True)
-  # One writer per folder, and a resume only under the settings its results were made with.
-  with (output_dir_lib.DirLock(output_dir) if writer else contextlib.nullcontext()):
-    if writer:
-      output_dir_lib.check_settings(output_dir, settings)
-      infer.write_config(output_dir)
+  # One writer per folder, and a resume only under the settings its results were made with;
+  # a refusal on process 0 stops every process of a pod (`pod.run_on_writer`).
+  lock = pod.run_on_writer(lambda: _open_output_dir(output_dir, settings))
+  with contextlib.ExitStack() as held:
+    if lock is not None:
+      held.callback(lock.release)
     done = results_lib.done_keys(results_path)
     pending = {t: [p for p in plans[t] if p.key not in done] for t in tasks}
     pending = _agree_across_hosts(plans, pending)
@@ -446,6 +461,9 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
   batches = infer.make_batches(data, batch_size, input_bucket)
   targets = [e.targets for e in data.examples]
   writer = infer.is_writer()
+  # The mesh decodes take the parameters placed on it once; the per-example latencies and c
+  # are timed on one device, with the bundles as loaded.
+  on_mesh = infer.on_mesh(drafter, mesh), infer.on_mesh(verifier, mesh)
 
   # c: measured once per task (the batch shape differs between tasks) and kept for resumes.
   ratio_path = os.path.join(output_dir, COST_RATIO_FILE)
@@ -479,13 +497,13 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
                              batches[0].inputs.shape)
     first = None
     if prog not in compile_s:
-      first = infer.warm_up(drafter, verifier, batches, kw, mesh)
+      first = infer.warm_up(*on_mesh, batches, kw, mesh)
     runs = []
     for trial in range(trials):
       # Each trial draws with its own seed (seed + trial): at T > 0 quality varies between
       # trials, and the table reports its mean and standard deviation.
       runs.append(infer.decode_batches(
-          drafter, verifier, batches, len(data.examples), dict(kw, seed=kw["seed"] + trial),
+          *on_mesh, batches, len(data.examples), dict(kw, seed=kw["seed"] + trial),
           mesh, progress, desc=f"{point.name} trial {trial + 1}/{trials}"))
     if first is not None:
       compile_s[prog] = infer.compile_seconds(first, runs[0])
@@ -549,13 +567,13 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m spec_cascade.sweep` (see the module docstring); returns the exit status."""
   from spec_cascade import gin_cli  # pylint: disable=g-import-not-at-top
-  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
   from spec_cascade import report  # pylint: disable=g-import-not-at-top
   gin_cli.setup_logging()
-  parallel.initialize_distributed()
   started = time.time()
   args = gin_cli.parse_flags(sys.argv[1:] if argv is None else argv,
-                             "python -m spec_cascade.sweep", __doc__.splitlines()[0])
+                             "python -m spec_cascade.sweep", __doc__.splitlines()[0],
+                             pod_flags=True)
+  gin_cli.start_pod(args)
   gin_cli.configure(args)
   rows = gin_cli.call_configured(run_sweep)
   if infer.is_writer() and rows:

@@ -983,13 +983,11 @@ def benchmark_train_step(model: T5Config | str, batch_size: int = 64, input_leng
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   """--gin_file (repeated), --gin_bindings (repeated), --gin.NAME=VALUE (rewritten to
   the binding 'NAME = VALUE'), --gin_search_paths (comma-separated, repeated),
-  --tfds_data_dir, --multiprocess (jax.distributed.initialize()); `gin_cli.FlagError` on a
+  --tfds_data_dir and the multi-host flags (`pod.add_flags`); `gin_cli.FlagError` on a
   mistake."""
   from spec_cascade import gin_cli  # pylint: disable=import-outside-toplevel
-  return gin_cli.parse_flags(
-      argv, "python -m spec_cascade.train", __doc__.split("\n")[0],
-      extra_flags=lambda p: p.add_argument("--multiprocess", action="store_true",
-                                           help="jax.distributed.initialize() first (pods)"))
+  return gin_cli.parse_flags(argv, "python -m spec_cascade.train", __doc__.split("\n")[0],
+                             pod_flags=True)
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
@@ -998,8 +996,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
   from spec_cascade import gin_cli  # pylint: disable=import-outside-toplevel
   gin_cli.setup_logging()  # also quiets absl: Orbax logs every file it writes
   args = parse_flags(sys.argv[1:] if argv is None else argv)
-  if args.multiprocess:
-    jax.distributed.initialize()
+  gin_cli.start_pod(args)
   # Not finalized: modules imported lazily during training (the offline data,
   # checkpoints) register gin configurables of their own, which a locked config refuses.
   gin_cli.configure(args)

@@ -71,3 +71,18 @@ def use_env(monkeypatch, env: OfflineEnv) -> None:
   monkeypatch.setenv(offline.ENV_RAW, str(env.raw))
   monkeypatch.setenv(offline.ENV_CACHE, str(env.cache))
   monkeypatch.setenv(pretrained.ENV_PAIR, str(env.pair))
+
+
+def write_sweep_gin(path: pathlib.Path, task: str, drafter: str, verifier: str,
+                    settings: str) -> pathlib.Path:
+  """A sweep gin file: configs/runs/sweep.gin for `task` and the given checkpoint expressions
+  (gin values, e.g. "@pretrained.offline_drafter_path()"), then `settings` (gin lines)."""
+  path.write_text(
+      "from __gin__ import dynamic_registration\n"
+      "import spec_cascade.pretrained as pretrained\n"
+      "import spec_cascade.sweep as sweep_script\n"
+      "include 'configs/runs/sweep.gin'\n"
+      f"MIXTURE_OR_TASK_NAME = '{task}'\n"
+      f"DRAFTER_CHECKPOINT_PATH = {drafter}\n"
+      f"VERIFIER_CHECKPOINT_PATH = {verifier}\n" + settings)
+  return path

@@ -35,14 +35,8 @@ def _write_gin(path, pair=False):
   # Without the pair, the checkpoint paths do not exist: errors must come before loading.
   drafter = "@pretrained.offline_drafter_path()" if pair else "'/nonexistent/drafter'"
   verifier = "@pretrained.offline_verifier_path()" if pair else "'/nonexistent/verifier'"
-  path.write_text(
-      "from __gin__ import dynamic_registration\n"
-      "import spec_cascade.pretrained as pretrained\n"
-      "import spec_cascade.sweep as sweep_script\n"
-      "include 'configs/runs/sweep.gin'\n"
-      f"MIXTURE_OR_TASK_NAME = '{TASK}'\n"
-      f"DRAFTER_CHECKPOINT_PATH = {drafter}\n"
-      f"VERIFIER_CHECKPOINT_PATH = {verifier}\n"
+  return sweep_helpers.write_sweep_gin(
+      path, TASK, drafter, verifier,
       "METHODS = ['drafter', 'specdecode', 'spec_cascade_chow', 'token_cascade_chow']\n"
       "ALPHAS = {'chow': [0.0, 0.6]}\n"
       "TEMPERATURES = [0.0, 1.0]\n"
@@ -53,7 +47,6 @@ def _write_gin(path, pair=False):
       "TASK_FEATURE_LENGTHS = {'inputs': None, 'targets': 10}\n"
       "sweep_script.run_sweep.progress = False\n"
       "sweep_script.run_sweep.cost_ratio_reps = 3\n")
-  return path
 
 
 # ----------------------------------------------------------------------------------------------
