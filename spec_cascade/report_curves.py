@@ -180,7 +180,9 @@ def best_quality_within(curve: Iterable[Sequence[float]], max_latency: float,
 def verifier_calls_per_token(r: ResultRow) -> float:
   """The ICLR version's rejection-rate axis: verifier calls per generated token (1 for the
   verifier alone, 1 / tokens per call for speculative methods, the deferral share for a
-  sequential cascade)."""
+  sequential cascade, 0 for the drafter alone, whose rate the sweep leaves undefined)."""
+  if r.method == "drafter":
+    return 0.0
   t = r.tokens_per_verifier_call
   return 1.0 / t if math.isfinite(t) and t > 0 else (0.0 if t == math.inf else math.nan)
 

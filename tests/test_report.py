@@ -292,6 +292,9 @@ def test_verifier_calls_per_token_axis():
     assert report.verifier_calls_per_token(row(4.0)) == 0.25
     assert report.verifier_calls_per_token(row(math.inf)) == 0.0  # never called the verifier
     assert math.isnan(report.verifier_calls_per_token(row(math.nan)))
+    # The drafter alone never calls the verifier, though the sweep cannot divide by its 0 calls.
+    drafter = dataclasses.replace(_row("drafter", gamma=0), tokens_per_verifier_call=math.nan)
+    assert report.verifier_calls_per_token(drafter) == 0.0
 
 
 # ------------------------------------------------------------------------------------------------
