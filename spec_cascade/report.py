@@ -511,6 +511,12 @@ def report_blocks(rows: Sequence[ResultRow], run_dir: str, reps: stats.Replicate
     if not mine:
       continue
     blocks.append(doc.Heading(3, _panel_title(key)))
+    best = [m for m in main_methods(methods, reps, mode) if m in figures.OTHER_SPEC_CASCADE]
+    if best:
+      blocks.append(doc.Para(
+          f"Besides SpecCascade [Token], the main figures draw {display_name(best[0])}: the other "
+          f"SpecCascade rule with the largest latency reduction at the verifier's quality "
+          f"({_LATENCY_LABELS[headline_latency(methods)]} latency)."))
     for _, kind, axis, path in mine:
       alt = f"{_panel_title(key)}: quality vs {figures.AXIS_TITLES[axis]}, {caption[kind]}"
       (blocks if kind == "main" else appendix).append(doc.Image(path, alt))

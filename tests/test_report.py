@@ -514,6 +514,7 @@ def test_figures_name_axes_with_units_and_keep_panels_small(tmp_path):
 
 def test_write_report_summary_tables_figures_and_html(tmp_path, capsys):
     rows = _stats_rows(tmp_path, trials_of={"specdecode": 3})
+    (tmp_path / "settings.json").write_text(json.dumps({"split": "validation"}))
     assert report.main([str(tmp_path), "--reps", "100"]) == 0
     assert capsys.readouterr().out.strip().endswith("report.md")
     md = (tmp_path / "report.md").read_text()
@@ -526,6 +527,8 @@ def test_write_report_summary_tables_figures_and_html(tmp_path, capsys):
     assert "(wall-clock latency)" in md and "(modelled latency)" in md
     assert "one example at a time" not in md  # no batch-1 columns in these rows
     assert "α chosen on validation → test" in md and "--test_dir" in md
+    assert f"({len(rows)} operating points; tasks: debian_ende; split: validation)" in md
+    assert "the main figures draw SpecCascade [Diff]" in md
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     slug = "debian_ende_T0_g5"
     for axis in ("latency", "modelled_latency", "deferral", "verifier_calls"):
@@ -558,6 +561,14 @@ def test_alpha_chosen_on_validation_is_read_on_test(tmp_path):
                      r"[0-9.]+ \| yes \|", md)
     # SpecCascade [Diff] never reaches it on dev: its closest α is named as such.
     assert re.search(r"\| SpecCascade \[Diff\] \| 0\.1 \| 0\.900 \| [0-9.]+ \| no \(closest α\)", md)
+    # The same through the command line: the test sweep's folder holds only its results table,
+    # so its quality has no interval there, and the verdict is read off the point values.
+    results.write_rows(tmp_path / "test" / "results.csv", test)
+    assert report.main([str(tmp_path / "dev"), "--test_dir", str(tmp_path / "test"),
+                        "--reps", "20"]) == 0
+    full = (tmp_path / "dev" / "report.md").read_text()
+    section = full[full.index("## α chosen on validation → test"):full.index("## Figures")]
+    assert "| SpecCascade [Token] | 0.5 | 0.500 |" in section and "0.550" in section
     missing = [r for r in test if not (r.method == "spec_cascade_token_v3" and r.alpha == 0.5)]
     md = report_doc.to_markdown(report.alpha_transfer_blocks(dev, missing, "modelled"))
     assert "not in the test sweep" in md
