@@ -644,15 +644,9 @@ def score(targets: Sequence[str], predictions: Sequence[str], metric: str) -> di
 def bootstrap_interval(targets: Sequence[str], predictions: Sequence[str], metric: str,
                        reps: int = 200, seed: int = 0, level: float = 0.9
                        ) -> tuple[float, float]:
-  """The `level` bootstrap interval of the corpus metric, resampling examples (fixed seed)."""
-  rng = np.random.default_rng(seed)
-  n = len(targets)
-  vals = []
-  for _ in range(reps):
-    idx = rng.integers(0, n, n)
-    vals.append(score([targets[i] for i in idx], [predictions[i] for i in idx], metric)[metric])
-  tail = 100 * (1 - level) / 2
-  return float(np.percentile(vals, tail)), float(np.percentile(vals, 100 - tail))
+  """The `level` bootstrap interval of the corpus metric over examples (`metrics`' resampler,
+  which the report's confidence bands use too)."""
+  return metrics_lib.bootstrap_interval(targets, predictions, metric, reps, seed, level)
 
 
 def predictions_of(data: TaskData, run: DecodeRun) -> list[str]:

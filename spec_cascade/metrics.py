@@ -54,12 +54,17 @@ def bleu(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]
   Returns:
     {"bleu": float}.
   """
-  import sacrebleu  # pylint: disable=g-import-not-at-top
   _check(targets, predictions)
-  score = sacrebleu.corpus_bleu(
-      list(predictions), [list(targets)], smooth_method="exp", smooth_value=0.0,
-      force=False, lowercase=False, tokenize="intl", use_effective_order=False)
+  score = _bleu_metric().corpus_score(list(predictions), [list(targets)])
   return {"bleu": float(score.score)}
+
+
+def _bleu_metric():
+  """sacrebleu's BLEU with T5's settings (the module docstring), shared by corpus scoring and
+  the per-example statistics so both always count n-grams alike."""
+  from sacrebleu.metrics import BLEU  # pylint: disable=g-import-not-at-top
+  return BLEU(smooth_method="exp", smooth_value=0.0, force=False, lowercase=False,
+              tokenize="intl", effective_order=False)
 
 
 def _sentence_lines(text: str) -> str:
@@ -112,3 +117,121 @@ def primary_metric(task_name: str) -> str:
 def metric_for_task(task_name: str) -> Callable[[Sequence[str], Sequence[str]], dict[str, float]]:
   """The metric function (`bleu` or `rouge`) of a task, `(targets, predictions) -> dict`."""
   return bleu if primary_metric(task_name) == "bleu" else rouge
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-example statistics and bootstrap intervals over examples.
+
+# BLEU's per-example sufficient statistics, in sacrebleu's order.
+BLEU_STAT_FIELDS = ("sys_len", "ref_len", "correct_1", "correct_2", "correct_3", "correct_4",
+                    "total_1", "total_2", "total_3", "total_4")
+
+
+def stat_fields(metric: str) -> tuple[str, ...]:
+  """Names of the columns `example_stats` returns for `metric`."""
+  if metric == "bleu":
+    return BLEU_STAT_FIELDS
+  if metric in ROUGE_KEYS:
+    return (f"{metric}_f",)
+  raise ValueError(f"no per-example statistics for metric {metric!r}; use bleu or one of "
+                   f"{ROUGE_KEYS}.")
+
+
+def example_stats(targets: Sequence[str], predictions: Sequence[str], metric: str) -> np.ndarray:
+  """Per-example statistics from which the corpus score of any resample of the examples follows.
+
+  BLEU is a corpus metric (n-gram counts are summed before the precisions are taken), so an
+  example's contribution is its sufficient statistics (`BLEU_STAT_FIELDS`), not a score. For
+  ROUGE the corpus score is the mean of per-example F-measures, so each example contributes its
+  F-measure × 100 of `metric`.
+
+  Returns:
+    float64 [N, len(stat_fields(metric))].
+  """
+  fields = stat_fields(metric)
+  _check(targets, predictions)
+  if metric == "bleu":
+    # sacrebleu's own per-segment extraction (tokenisation included): summing these rows gives
+    # exactly the statistics `bleu` scores.
+    stats = _bleu_metric()._extract_corpus_statistics(  # pylint: disable=protected-access
+        list(predictions), [list(targets)])
+    return np.asarray(stats, dtype=np.float64).reshape(-1, len(fields))
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+  scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
+  return np.asarray([[100.0 * scorer.score(target=_sentence_lines(t),
+                                           prediction=_sentence_lines(p))[metric].fmeasure]
+                     for t, p in zip(targets, predictions)], dtype=np.float64)
+
+
+def _bleu_from_stats(stats: np.ndarray) -> np.ndarray:
+  """Vectorised `sacrebleu.BLEU.compute_bleu` (exp smoothing, full order 4) over rows of summed
+  statistics [..., 10]."""
+  stats = np.asarray(stats, dtype=np.float64)
+  sys_len, ref_len = stats[..., 0], stats[..., 1]
+  correct, total = stats[..., 2:6], stats[..., 6:10]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    bp = np.where(sys_len < ref_len,
+                  np.where(sys_len > 0, np.exp(1.0 - ref_len / np.maximum(sys_len, 1e-300)), 0.0),
+                  1.0)
+    # mteval's smoothing: the k-th order with no match gets precision 100 / (2^k · total).
+    zero = correct == 0
+    smooth = 2.0 ** np.cumsum(zero, axis=-1)
+    precision = np.where(zero, 100.0 / (smooth * total), 100.0 * correct / total)
+    score = bp * np.exp(np.mean(np.log(precision), axis=-1))
+  # sacrebleu scores 0 when nothing matches or an n-gram order has no candidates at all.
+  valid = np.all(total > 0, axis=-1) & np.any(correct > 0, axis=-1)
+  return np.where(valid, score, 0.0)
+
+
+def corpus_scores(stats: np.ndarray, weights: np.ndarray, metric: str) -> np.ndarray:
+  """Corpus scores of weighted example sets.
+
+  Args:
+    stats: [N, K] from `example_stats`.
+    weights: [R, N] how often each example enters each set (a bootstrap resample's counts; a row
+      of ones is the corpus itself).
+    metric: the metric `stats` were computed for.
+  Returns:
+    float64 [R].
+  """
+  stats = np.asarray(stats, dtype=np.float64)
+  weights = np.asarray(weights, dtype=np.float64)
+  if stats.ndim != 2 or stats.shape[1] != len(stat_fields(metric)):
+    raise ValueError(f"{metric} statistics must be [N, {len(stat_fields(metric))}], got "
+                     f"{stats.shape}.")
+  summed = weights @ stats
+  if metric == "bleu":
+    return _bleu_from_stats(summed)
+  return summed[:, 0] / weights.sum(axis=1)
+
+
+def bootstrap_weights(num_examples: int, reps: int, seed: int = 0) -> np.ndarray:
+  """[reps, num_examples] counts of a bootstrap resample of the examples per row (fixed seed)."""
+  if num_examples < 1 or reps < 1:
+    raise ValueError(f"bootstrap needs examples and reps >= 1, got {num_examples}, {reps}.")
+  idx = np.random.default_rng(seed).integers(0, num_examples, (reps, num_examples))
+  rows = np.repeat(np.arange(reps), num_examples)
+  weights = np.zeros((reps, num_examples))
+  np.add.at(weights, (rows, idx.ravel()), 1.0)
+  return weights
+
+
+def percentile_interval(values, level: float = 0.9) -> tuple[float, float]:
+  """The central `level` percentile interval of bootstrap replicates (±inf kept as bounds)."""
+  tail = 100 * (1 - level) / 2
+  values = np.asarray(values, dtype=np.float64)
+  return (float(np.percentile(values, tail, method="lower")),
+          float(np.percentile(values, 100 - tail, method="higher")))
+
+
+def bootstrap_interval(targets: Sequence[str], predictions: Sequence[str], metric: str,
+                       reps: int = 200, seed: int = 0, level: float = 0.9
+                       ) -> tuple[float, float]:
+  """The `level` bootstrap interval of the corpus metric, resampling examples (fixed seed).
+
+  ROUGE resamples are scored as the mean of their examples' F-measures (the corpus score is the
+  bootstrap mid of the same, which differs from the mean only by rouge_score's resampling noise).
+  """
+  stats = example_stats(targets, predictions, metric)
+  scores = corpus_scores(stats, bootstrap_weights(len(stats), reps, seed), metric)
+  return percentile_interval(scores, level)

@@ -1,161 +1,59 @@
-"""Paper-style tables and plots from a sweep's results table (docs/paper.md §6–§7).
+"""Paper-style report of a sweep: `python -m spec_cascade.report RUN_DIR [--test_dir DIR]`.
 
-Each method traces a curve over its lenience α: points (relative latency, quality). The paper's main
-table reads two numbers off each curve:
-  (a) the latency reduction 1 − rel_latency at which the method first matches the verifier's quality;
-  (b) the best quality the method reaches without exceeding the verifier's latency.
+Reads RUN_DIR/results.csv (and, for confidence intervals, each point's per-example statistics in
+metrics/ or predictions/) and writes RUN_DIR/report.md, a self-contained RUN_DIR/report.html and
+the figures. The report opens with a five-line summary (per task × T: which method is fastest at
+the verifier's quality, by how much, with its interval), then the tables, then the figures.
 
-How a curve is read (the "frontier"):
-- Points with NaN latency or quality are dropped.
-- `frontier="pareto"` (default): keep only Pareto-efficient points — sorted by latency, a point stays
-  only if its quality is strictly higher than every faster point's. An α that is both slower and worse
-  than another α is never the one a user would pick, so it must not decide the answer (this is what
-  makes non-monotone curves, e.g. a cascade that overshoots the verifier's quality and then falls back
-  to it as α → SpecDecode, well-defined).
-- Between adjacent frontier points the curve is linear. This is achievable in expectation: running
-  α₁ on a fraction w of the examples and α₂ on the rest gives the w-weighted mean of both latency and
-  quality. It is therefore a conservative reading of the curve.
-- `frontier="convex"`: the upper concave hull of the Pareto points (equivalently, the lower convex
-  hull of latency as a function of quality) — every mixture of any two α values, the most optimistic
-  achievable reading. Offered for comparison; the tables use the Pareto reading.
+- Curves and the paper's two numbers per method — (a) the latency reduction at the verifier's
+  quality, (b) the best quality within the verifier's latency — are read on each method's frontier
+  over α (`report_curves`).
+- Every number read off a curve comes with a bootstrap interval over examples, paired across the
+  methods of a task, and wall-clock latency with its spread over trials (`report_stats`). A cell is
+  marked '≈' where its difference to the verifier (latency in (a), quality in (b)) is within that
+  noise.
+- Figures (`report_figures`): per (task, T, γ) and per x axis (batch-1, wall-clock and modelled
+  latency, deferral rate, verifier calls per token) a main figure with the paper's main-figure
+  methods and an appendix figure with every method as small multiples.
+- With `--test_dir` (a second sweep of the same grid on a held-out split, e.g. `calibrate`'s
+  OUTPUT_DIR/test), a table of the α each method would be given on this sweep's split to reach the
+  verifier's quality (`budget.choose`) and what that α gives on the held-out split.
 
-Pure numpy + matplotlib (Agg, imported lazily); no TensorFlow or JAX.
+Importing this module loads neither matplotlib, TensorFlow nor JAX.
 """
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import math
 import os
 import sys
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from spec_cascade import budget as budget_lib
 from spec_cascade import gin_cli
+from spec_cascade import report_doc as doc
+from spec_cascade import report_figures as figures
+from spec_cascade import report_stats as stats
 from spec_cascade import results as results_lib
+# The curve-reading API has always been reachable as report.<name>.
+from spec_cascade.report_curves import (FRONTIERS, LATENCY_KINDS,  # pylint: disable=unused-import
+                                        axis_value, best_quality_within, by_alpha, curve_of,
+                                        display_name, frontier, frontier_indices,
+                                        latency_at_quality, method_sort_key, metric_name,
+                                        METHOD_ORDER,
+                                        verifier_calls_per_token, REFERENCE_METHODS)
 from spec_cascade.results import ResultRow
 
-LATENCY_KINDS = ("batch1", "wallclock", "modelled")
-_LATENCY_FIELDS = {"batch1": "rel_latency_batch1", "wallclock": "rel_latency",
-                   "modelled": "modelled_rel_latency"}
-_LATENCY_LABELS = {"batch1": "batch-1", "wallclock": "wall-clock",
-                   "modelled": "modelled"}
-FRONTIERS = ("pareto", "convex")
-
-# Row order and display names of the paper's tables (unknown methods follow, sorted).
-_METHOD_ORDER = (
-    "drafter", "verifier", "seq_cascade", "token_cascade_chow", "oracle_diff", "specdecode",
-    "specdecode_lossy", "bild", "spec_cascade_bild_star", "spec_cascade_chow", "spec_cascade_diff",
-    "spec_cascade_opt", "spec_cascade_token_v1", "spec_cascade_token_v2", "spec_cascade_token_v3",
-)
-_DISPLAY = {
-    "drafter": "Drafter (small)",
-    "verifier": "Verifier (large)",
-    "seq_cascade": "SeqCascade [Chow]",
-    "token_cascade_chow": "TokenCascade [Chow]",
-    "oracle_diff": "Oracle cascade [Diff]",
-    "specdecode": "SpecDecode",
-    "specdecode_lossy": "SpecDecode [Lossy]",
-    "bild": "BiLD",
-    "spec_cascade_bild_star": "SpecCascade [BiLD*]",
-    "spec_cascade_chow": "SpecCascade [Chow]",
-    "spec_cascade_diff": "SpecCascade [Diff]",
-    "spec_cascade_opt": "SpecCascade [OPT]",
-    "spec_cascade_token_v1": "SpecCascade [Token v1]",
-    "spec_cascade_token_v2": "SpecCascade [Token v2]",
-    "spec_cascade_token_v3": "SpecCascade [Token]",
-}
-_METRIC_DISPLAY = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougelsum": "ROUGE-Lsum"}
-_REFERENCE_METHODS = ("drafter", "verifier")
-
-
-def display_name(method: str) -> str:
-    return _DISPLAY.get(method, method)
-
-
-def _metric_name(metric: str) -> str:
-    return _METRIC_DISPLAY.get(metric.lower().replace("_", "").replace("-", ""), metric or "quality")
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading a curve.
-
-
-def frontier(curve: Iterable[Sequence[float]], mode: str = "pareto") -> np.ndarray:
-    """The frontier of a curve, as described in the module docstring.
-
-    Args:
-      curve: points (latency, quality), shape [N, 2] or an iterable of pairs; any order.
-      mode: "pareto" or "convex".
-    Returns:
-      float64 [K, 2], K ≤ N, sorted by latency with latency and quality both strictly increasing.
-    """
-    if mode not in FRONTIERS:
-        raise ValueError(f"frontier mode must be one of {FRONTIERS}, got {mode!r}.")
-    pts = np.asarray(list(curve) if not isinstance(curve, np.ndarray) else curve, dtype=np.float64)
-    if pts.size == 0:
-        return np.zeros((0, 2))
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"a curve is a list of (latency, quality) pairs, got shape {pts.shape}.")
-    pts = pts[np.all(np.isfinite(pts), axis=1)]
-    # Latency ascending; at equal latency the best quality first, so the others are dropped.
-    pts = pts[np.lexsort((-pts[:, 1], pts[:, 0]))]
-    kept = []
-    for lat, q in pts:
-        if not kept or q > kept[-1][1]:
-            kept.append((lat, q))
-    if mode == "convex":
-        hull: list[tuple[float, float]] = []
-        for p in kept:
-            # Pop the last hull point while it lies on or below the chord from its predecessor to p.
-            while len(hull) >= 2:
-                (ox, oy), (ax, ay) = hull[-2], hull[-1]
-                if (ax - ox) * (p[1] - oy) - (ay - oy) * (p[0] - ox) >= 0:
-                    hull.pop()
-                else:
-                    break
-            hull.append(p)
-        kept = hull
-    return np.asarray(kept, dtype=np.float64).reshape(-1, 2)
-
-
-def latency_at_quality(curve: Iterable[Sequence[float]], target_quality: float,
-                       mode: str = "pareto") -> float | None:
-    """The lowest latency at which the curve's quality is ≥ `target_quality`.
-
-    Linear interpolation between adjacent frontier points; None if the curve never reaches the
-    target (or has no finite points).
-    """
-    f = frontier(curve, mode)
-    if len(f) == 0 or not math.isfinite(target_quality):
-        return None
-    if f[0, 1] >= target_quality:
-        return float(f[0, 0])
-    for (l0, q0), (l1, q1) in zip(f[:-1], f[1:]):
-        if q0 < target_quality <= q1:
-            return float(l0 + (target_quality - q0) / (q1 - q0) * (l1 - l0))
-    return None
-
-
-def best_quality_within(curve: Iterable[Sequence[float]], max_latency: float,
-                        mode: str = "pareto") -> float | None:
-    """The best quality reachable at latency ≤ `max_latency`.
-
-    When the budget falls between two adjacent frontier points the quality is interpolated at the
-    budget; None if no point is within budget.
-    """
-    f = frontier(curve, mode)
-    if len(f) == 0 or not math.isfinite(max_latency):
-        return None
-    within = np.nonzero(f[:, 0] <= max_latency)[0]
-    if len(within) == 0:
-        return None
-    i = int(within[-1])
-    if i + 1 < len(f):
-        (l0, q0), (l1, q1) = f[i], f[i + 1]
-        return float(q0 + (max_latency - l0) / (l1 - l0) * (q1 - q0))
-    return float(f[i, 1])
+_LATENCY_LABELS = {"batch1": "batch-1", "wallclock": "wall-clock", "modelled": "modelled"}
+# Files are named after the axis: quality_vs_<name>__<task>_T<t>_g<γ>.png.
+_AXIS_FILE = {"batch1": "batch1_latency", "wallclock": "latency", "modelled": "modelled_latency",
+              "deferral": "deferral", "verifier_calls": "verifier_calls"}
+# Analysis-only methods (both models every token): in the tables, never the summary's winner.
+_ANALYSIS_ONLY = ("oracle_diff",)
+SUMMARY_LINES = 5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,326 +61,522 @@ def best_quality_within(curve: Iterable[Sequence[float]], max_latency: float,
 
 
 def _is_gamma_independent(r: ResultRow) -> bool:
-    return r.method in results_lib.GAMMA_INDEPENDENT_METHODS or r.num_draft_tokens == 0
-
-
-def _method_sort_key(method: str):
-    if method in _METHOD_ORDER:
-        return (0, _METHOD_ORDER.index(method), method)
-    return (1, 0, method)
+  return r.method in results_lib.GAMMA_INDEPENDENT_METHODS or r.num_draft_tokens == 0
 
 
 def group_rows(rows: Sequence[ResultRow]) -> list[tuple[tuple, dict[str, list[ResultRow]]]]:
-    """Splits rows into panels keyed by (task, T, γ), each a {method: rows} dict.
+  """Splits rows into panels keyed by (task, T, γ), each a {method: rows} dict.
 
-    γ-independent rows (drafter, verifier, sequential cascades; γ = 0) join every γ panel of their
-    (task, T); if they were recorded at several γ, a panel takes those at its own γ, else those at the
-    smallest γ. A (task, T) with no γ-dependent rows forms one panel with γ = None.
-    """
-    by_tt: dict[tuple, list[ResultRow]] = {}
-    for r in rows:
-        by_tt.setdefault((r.task, results_lib._norm_float(r.temperature)), []).append(r)
-    panels = []
-    for (task, temp) in sorted(by_tt, key=lambda k: (k[0], k[1])):
-        tt_rows = by_tt[(task, temp)]
-        gammas = sorted({r.num_draft_tokens for r in tt_rows if not _is_gamma_independent(r)})
-        for g in gammas or [None]:
-            methods: dict[str, list[ResultRow]] = {}
-            for m in sorted({r.method for r in tt_rows}, key=_method_sort_key):
-                mrows = [r for r in tt_rows if r.method == m]
-                same = [r for r in mrows if g is not None and r.num_draft_tokens == g]
-                if same:
-                    methods[m] = same
-                elif all(_is_gamma_independent(r) for r in mrows):
-                    g0 = min(r.num_draft_tokens for r in mrows)
-                    methods[m] = [r for r in mrows if r.num_draft_tokens == g0]
-            panels.append(((task, temp, g), methods))
-    return panels
-
-
-def _latency(r: ResultRow, kind: str) -> float:
-    if kind not in LATENCY_KINDS:
-        raise ValueError(f"latency must be one of {LATENCY_KINDS}, got {kind!r}.")
-    return getattr(r, _LATENCY_FIELDS[kind])
-
-
-def _by_alpha(rows: Sequence[ResultRow]) -> list[ResultRow]:
-    """Rows ordered by α, rows without α (NaN) last."""
-    return sorted(rows, key=lambda r: (math.isnan(r.alpha), 0.0 if math.isnan(r.alpha) else r.alpha))
-
-
-def curve_of(rows: Sequence[ResultRow], latency: str = "wallclock") -> np.ndarray:
-    """[N, 2] (latency, quality) of a method's rows, ordered by α (NaN α last)."""
-    pts = [(_latency(r, latency), r.quality) for r in _by_alpha(rows)]
-    return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+  γ-independent rows (drafter, verifier, sequential cascades; γ = 0) join every γ panel of their
+  (task, T); if they were recorded at several γ, a panel takes those at its own γ, else those at the
+  smallest γ. A (task, T) with no γ-dependent rows forms one panel with γ = None.
+  """
+  by_tt: dict[tuple, list[ResultRow]] = {}
+  for r in rows:
+    by_tt.setdefault((r.task, results_lib._norm_float(r.temperature)), []).append(r)  # pylint: disable=protected-access
+  panels = []
+  for (task, temp) in sorted(by_tt, key=lambda k: (k[0], k[1])):
+    tt_rows = by_tt[(task, temp)]
+    gammas = sorted({r.num_draft_tokens for r in tt_rows if not _is_gamma_independent(r)})
+    for g in gammas or [None]:
+      methods: dict[str, list[ResultRow]] = {}
+      for m in sorted({r.method for r in tt_rows}, key=method_sort_key):
+        mrows = [r for r in tt_rows if r.method == m]
+        same = [r for r in mrows if g is not None and r.num_draft_tokens == g]
+        if same:
+          methods[m] = same
+        elif all(_is_gamma_independent(r) for r in mrows):
+          g0 = min(r.num_draft_tokens for r in mrows)
+          methods[m] = [r for r in mrows if r.num_draft_tokens == g0]
+      panels.append(((task, temp, g), methods))
+  return panels
 
 
 def _panel_title(key: tuple) -> str:
-    task, temp, g = key
-    t = f"{task} · T = {temp:g}"
-    return t + (f" · γ = {g}" if g is not None else "")
+  task, temp, g = key
+  t = f"{task} · T = {temp:g}"
+  return t + (f" · γ = {g}" if g is not None else "")
+
+
+def _panel_slug(key: tuple) -> str:
+  task, temp, g = key
+  return f"{task}_T{temp:g}" + (f"_g{g}" if g is not None else "")
+
+
+def _panel_metric(methods: dict[str, list[ResultRow]]) -> str:
+  return next((r.metric for rs in methods.values() for r in rs if r.metric), "")
+
+
+def _verifier(methods: dict[str, list[ResultRow]]) -> ResultRow | None:
+  """The panel's verifier row with a quality (the first, if it was recorded at several γ)."""
+  return next((r for r in methods.get("verifier", []) if math.isfinite(r.quality)), None)
+
+
+def _has_axis(methods: dict[str, list[ResultRow]], axis: str) -> bool:
+  return any(math.isfinite(axis_value(r, axis)) for rs in methods.values() for r in rs
+             if r.method not in REFERENCE_METHODS)
+
+
+def headline_latency(methods: dict[str, list[ResultRow]]) -> str:
+  """The latency kind the summary and the main figure's method choice read: the paper's batch-1
+  wall-clock where the sweep measured it, else modelled latency (batched wall-clock on a CPU
+  charges a verifier block call ≈ 2.4× a one-token call, which an accelerator does not)."""
+  for kind in ("batch1", "modelled", "wallclock"):
+    if _has_axis(methods, kind):
+      return kind
+  return "wallclock"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the panels.
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+  return "—" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _fmt_interval(values: np.ndarray, level: float, spec: str, never: str = "n.r.") -> str:
+  """'[lo, hi]' of replicates; an infinite bound (a replicate that never reaches) as `never`
+  (−inf) or '+∞'."""
+  lo, hi = stats.interval(values, level)
+  end = lambda x: never if x == -math.inf else "+∞" if x == math.inf else format(x, spec)
+  return f"[{end(lo)}, {end(hi)}]"
+
+
+def _reference(methods: dict[str, list[ResultRow]], name: str, latency: str):
+  """(quality, latency) of a one-point reference method (mean over its rows), or None."""
+  rs = methods.get(name)
+  if not rs:
+    return None
+  qs = [r.quality for r in rs if math.isfinite(r.quality)]
+  lats = [axis_value(r, latency) for r in rs if math.isfinite(axis_value(r, latency))]
+  return (float(np.mean(qs)) if qs else math.nan), (float(np.mean(lats)) if lats else math.nan)
+
+
+def _no_replicates() -> stats.Replicates:
+  """Replicates that do not vary: the point readings, without intervals."""
+  return stats.Replicates(1, stats.LEVEL, {}, {}, {})
+
+
+def panel_readings(methods: dict[str, list[ResultRow]], latency: str,
+                   reps: stats.Replicates | None, mode: str = "pareto"
+                   ) -> dict[str, stats.Reading]:
+  """{method: Reading} of every non-reference method of a panel ({} without a verifier)."""
+  ver = _verifier(methods)
+  if ver is None:
+    return {}
+  reps = reps or _no_replicates()
+  return {m: stats.read_curve(rs, ver, latency, reps, mode) for m, rs in methods.items()
+          if m not in REFERENCE_METHODS}
+
+
+def best_other_spec_cascade(readings: dict[str, stats.Reading]) -> str | None:
+  """The SpecCascade rule (other than Token) with the largest latency reduction at the
+  verifier's quality, ties and never-reached broken by the best quality within its latency."""
+  cands = [m for m in figures.OTHER_SPEC_CASCADE if m in readings]
+  if not cands:
+    return None
+  score = lambda m: tuple(-math.inf if v is None else v for v in
+                          (readings[m].reduction, readings[m].best_quality))
+  return max(cands, key=score)
+
+
+def main_methods(methods: dict[str, list[ResultRow]], reps: stats.Replicates | None,
+                 mode: str = "pareto") -> list[str]:
+  """The main figure's methods present in a panel (the paper's, plus the best other rule)."""
+  names = [m for m in figures.MAIN_METHODS if m in methods]
+  best = best_other_spec_cascade(panel_readings(methods, headline_latency(methods), reps, mode))
+  if best is None:
+    best = next((m for m in figures.OTHER_SPEC_CASCADE if m in methods), None)
+  return names + ([best] if best else [])
 
 
 # ----------------------------------------------------------------------------------------------
 # Tables.
 
 
-def _fmt(x: float | None, spec: str = ".2f") -> str:
-    return "—" if x is None or not math.isfinite(x) else format(x, spec)
-
-
-def _reference(methods: dict[str, list[ResultRow]], name: str, latency: str):
-    """(quality, latency) of a one-point reference method (mean over its rows), or None."""
-    rs = methods.get(name)
-    if not rs:
-        return None
-    q = float(np.nanmean([r.quality for r in rs])) if any(math.isfinite(r.quality) for r in rs) else math.nan
-    lats = [_latency(r, latency) for r in rs if math.isfinite(_latency(r, latency))]
-    return q, (float(np.mean(lats)) if lats else math.nan)
-
-
-def paper_table(rows: Sequence[ResultRow], latency: str = "wallclock", mode: str = "pareto") -> str:
-    """Markdown tables in the paper's form, one per (task, T, γ).
-
-    Per method: (a) latency reduction 1 − rel_latency when matching the verifier's quality (negative
-    when the method is slower than the verifier there; "—" if never matched); (b) best quality within
-    the verifier's latency ("—" if no operating point is that fast).
-    """
-    if latency not in LATENCY_KINDS:
-        raise ValueError(f"latency must be one of {LATENCY_KINDS}, got {latency!r}.")
-    rows = list(rows)
-    if not rows:
-        raise ValueError("paper_table got no rows; the results table is empty.")
-    kind = _LATENCY_LABELS[latency]
-    out = []
-    for key, methods in group_rows(rows):
-        metric = _metric_name(next((r.metric for rs in methods.values() for r in rs if r.metric), ""))
-        out.append(f"### {_panel_title(key)} ({kind} latency)\n")
-        ver = _reference(methods, "verifier", latency)
-        dra = _reference(methods, "drafter", latency)
-        refs = []
-        for label, ref in (("Drafter", dra), ("Verifier", ver)):
-            if ref is not None:
-                refs.append(f"{label} {metric}: {_fmt(ref[0])} (rel. latency {_fmt(ref[1])})")
-        if refs:
-            out.append(" · ".join(refs) + "\n")
-        if ver is None or not math.isfinite(ver[0]):
-            out.append("_No verifier row with a quality in this panel: the paper's columns are "
-                       "relative to the verifier, so they cannot be computed. Add the `verifier` "
-                       "method to the sweep._\n")
-            continue
-        v_quality = ver[0]
-        # The verifier's own latency is 1 by definition; a measured value is used when present so
-        # the modelled table stays consistent with its own normalisation.
-        budget = ver[1] if math.isfinite(ver[1]) else 1.0
-        out.append(f"| Method | Rule | α points | Latency reduction at verifier {metric} (↑) "
-                   f"| Best {metric} within verifier latency (↑) |")
-        out.append("|---|---|---:|---:|---:|")
-        for m, rs in methods.items():
-            if m in _REFERENCE_METHODS:
-                continue
-            curve = curve_of(rs, latency)
-            lat = latency_at_quality(curve, v_quality, mode)
-            best = best_quality_within(curve, budget, mode)
-            red = None if lat is None else 100.0 * (1.0 - lat / budget)
-            rule = rs[0].rule or results_lib.default_rule(m)
-            out.append(f"| {display_name(m)} | {rule} | {len(rs)} | "
-                       f"{_fmt(red, '.1f') + ('%' if red is not None else '')} | {_fmt(best)} |")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def points_table(rows: Sequence[ResultRow]) -> str:
-    """Every operating point, per panel (for the report's appendix)."""
-    out = []
-    for key, methods in group_rows(rows):
-        out.append(f"#### {_panel_title(key)}\n")
-        out.append("| Method | α | quality | rel. latency (batch 1) | rel. latency (batches) | "
-                   "modelled | accept | defer | tok/call |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for m, rs in methods.items():
-            for r in _by_alpha(rs):
-                out.append(f"| {display_name(m)} | {_fmt(r.alpha, '.3g')} | {_fmt(r.quality)} | "
-                           f"{_fmt(r.rel_latency_batch1, '.3f')} | "
-                           f"{_fmt(r.rel_latency, '.3f')} | {_fmt(r.modelled_rel_latency, '.3f')} | "
-                           f"{_fmt(r.acceptance_rate, '.3f')} | {_fmt(r.deferral_rate, '.3f')} | "
-                           f"{_fmt(r.tokens_per_verifier_call, '.2f')} |")
-        out.append("")
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------------------------
-# Plots (matplotlib's object API on the Agg canvas: no pyplot global state, no display needed).
-
-
-def _save_figure(fig, out_prefix: str) -> list[str]:
-    paths = []
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
-        path = f"{out_prefix}.{ext}"
-        results_lib.atomic_write_bytes(path, buf.getvalue())
-        paths.append(path)
-    return paths
-
-
-def _plot_panels(rows: Sequence[ResultRow], out_prefix: str, x_of, x_label: str,
-                 verifier_line: bool) -> list[str]:
-    import matplotlib  # lazy: importing matplotlib costs ~0.3 s
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = list(rows)
-    if not rows:
-        raise ValueError("nothing to plot: no result rows.")
-    panels = group_rows(rows)
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(5.2 * ncols + 2.4, 4.0 * nrows))
-    FigureCanvasAgg(fig)
-    all_methods = sorted({r.method for r in rows}, key=_method_sort_key)
-    cmap = matplotlib.colormaps["tab20"]
-    colors = {m: cmap(i % 20) for i, m in enumerate(all_methods)}
-    handles = {}
-    for i, (key, methods) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        metric = _metric_name(next((r.metric for rs in methods.values() for r in rs if r.metric), ""))
-        for m, rs in methods.items():
-            pts = [(x_of(r), r.quality) for r in _by_alpha(rs)]
-            pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-            pts = pts[np.all(np.isfinite(pts), axis=1)]
-            if len(pts) == 0:
-                continue
-            style = dict(color=colors[m], label=display_name(m))
-            if m == "verifier":
-                (h,) = ax.plot(pts[:, 0], pts[:, 1], "k*", markersize=11, label=display_name(m))
-            elif len(pts) == 1:
-                (h,) = ax.plot(pts[:, 0], pts[:, 1], "D", markersize=7, **style)
-            else:
-                (h,) = ax.plot(pts[:, 0], pts[:, 1], "-o", markersize=3, linewidth=1.3, **style)
-            handles.setdefault(display_name(m), h)
-        ver = _reference(methods, "verifier", "wallclock")
-        if verifier_line and ver is not None and math.isfinite(ver[0]):
-            ax.axhline(ver[0], color="k", linestyle="--", linewidth=0.8)
-        ax.set_title(_panel_title(key), fontsize=10)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(metric)
-        ax.grid(True, alpha=0.3)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="center left",
-               bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    return _save_figure(fig, out_prefix)
-
-
-def plot_quality_vs_latency(rows: Sequence[ResultRow], out_prefix: str,
-                            latency: str = "wallclock") -> list[str]:
-    """Quality vs relative latency, one line per method over α, one panel per (task, T, γ).
-
-    A dashed horizontal line marks the verifier's quality. Writes `<out_prefix>.png` and `.svg` and
-    returns their paths.
-    """
-    if latency not in LATENCY_KINDS:
-        raise ValueError(f"latency must be one of {LATENCY_KINDS}, got {latency!r}.")
-    label = f"relative latency ({_LATENCY_LABELS[latency]})"
-    return _plot_panels(rows, out_prefix, lambda r: _latency(r, latency), label, verifier_line=True)
-
-
-def verifier_calls_per_token(r: ResultRow) -> float:
-    """The ICLR version's rejection-rate axis: verifier calls per generated token (1 for the
-    verifier alone, 1 / tokens per call for speculative methods, the deferral share for a
-    sequential cascade)."""
-    t = r.tokens_per_verifier_call
-    return 1.0 / t if math.isfinite(t) and t > 0 else (0.0 if t == math.inf else math.nan)
-
-
-def plot_quality_vs_verifier_calls(rows: Sequence[ResultRow], out_prefix: str) -> list[str]:
-    """Quality vs verifier calls per generated token (the rejection-rate axis); PNG + SVG."""
-    return _plot_panels(rows, out_prefix, verifier_calls_per_token,
-                        "verifier calls per generated token", verifier_line=True)
-
-
-def plot_quality_vs_deferral(rows: Sequence[ResultRow], out_prefix: str) -> list[str]:
-    """Quality vs deferral rate (fraction of tokens emitted from the verifier); PNG + SVG."""
-    return _plot_panels(rows, out_prefix, lambda r: r.deferral_rate, "deferral rate",
-                        verifier_line=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# The report.
-
-
-def write_report(run_dir: str, mode: str = "pareto") -> str:
-    """Reads `run_dir/results.csv`; writes `run_dir/report.md` and the plots; returns the markdown."""
-    path = os.path.join(run_dir, results_lib.RESULTS_FILENAME)
-    rows = results_lib.read_rows(path)
-    if not rows:
-        raise ValueError(f"{path} has no rows; nothing to report.")
-    batch1 = any(math.isfinite(r.rel_latency_batch1) for r in rows)
-    plots = {}
-    if batch1:
-        plots["quality_vs_batch1_latency"] = plot_quality_vs_latency(
-            rows, os.path.join(run_dir, "quality_vs_batch1_latency"), "batch1")
-    plots.update({
-        "quality_vs_latency": plot_quality_vs_latency(
-            rows, os.path.join(run_dir, "quality_vs_latency"), "wallclock"),
-        "quality_vs_modelled_latency": plot_quality_vs_latency(
-            rows, os.path.join(run_dir, "quality_vs_modelled_latency"), "modelled"),
-        "quality_vs_deferral": plot_quality_vs_deferral(
-            rows, os.path.join(run_dir, "quality_vs_deferral")),
-        "quality_vs_verifier_calls": plot_quality_vs_verifier_calls(
-            rows, os.path.join(run_dir, "quality_vs_verifier_calls")),
-    })
-    tasks = sorted({r.task for r in rows})
-    frontier_name = "Pareto" if mode == "pareto" else "convex-hull"
-    md = [
-        "# Speculative cascades: results\n",
-        f"Source: `{results_lib.RESULTS_FILENAME}` ({len(rows)} operating points; tasks: "
-        f"{', '.join(tasks)}).\n",
-        "Columns: (a) latency reduction 1 − rel. latency at which the method first matches the "
-        "verifier's quality; (b) the best quality reachable within the verifier's latency. Curves "
-        f"are read on their {frontier_name} frontier over α with linear interpolation between "
-        "adjacent points (see `spec_cascade/report.py`). '—' means never reached / no point "
-        "within budget.\n",
-    ]
-    if batch1:
-        n = sorted({r.extra.get("latency_examples", "") for r in rows} - {""})
-        md += ["## Latency: one example at a time (batch 1, the paper's regime)\n",
-               f"Mean seconds per example, each decoded alone, relative to the verifier alone "
-               f"(on the first {', '.join(n) or '?'} examples of each task).\n",
-               paper_table(rows, "batch1", mode)]
-    md += [
-        "## Throughput: wall-clock over the sweep's batches (relative to the verifier alone)\n",
-        paper_table(rows, "wallclock", mode),
-        "## Modelled latency ((drafter steps · c + verifier calls) / verifier-alone steps)\n",
-        paper_table(rows, "modelled", mode),
-        "## Plots\n",
-    ]
-    for name, paths in plots.items():
-        md.append(f"![{name}]({os.path.basename(paths[0])})\n")
-    md += ["## All operating points\n", "<details><summary>table</summary>\n",
-           points_table(rows), "</details>\n"]
-    text = "\n".join(md)
-    results_lib.atomic_write_text(os.path.join(run_dir, "report.md"), text)
+def _reading_cell(value: float | None, text: str, diff_reps: np.ndarray, shown_reps: np.ndarray,
+                  has_interval: bool, level: float, spec: str) -> str:
+  """A table cell: the value (`text`), its interval (of `shown_reps`) and '≈' where the
+  difference to the verifier (`diff_reps`) is within noise; '—' for a value never reached."""
+  if value is None:
+    return "—"
+  if not has_interval:
     return text
+  near = "≈ " if stats.within_noise(diff_reps, level) else ""
+  return f"{near}{text} {_fmt_interval(shown_reps, level, spec)}"
+
+
+def paper_table_blocks(rows: Sequence[ResultRow], latency: str = "wallclock",
+                       mode: str = "pareto", reps: stats.Replicates | None = None
+                       ) -> list[doc.Block]:
+  """The paper's table per (task, T, γ) as report blocks (see `paper_table`)."""
+  if latency not in LATENCY_KINDS:
+    raise ValueError(f"latency must be one of {LATENCY_KINDS}, got {latency!r}.")
+  rows = list(rows)
+  if not rows:
+    raise ValueError("paper_table got no rows; the results table is empty.")
+  kind = _LATENCY_LABELS[latency]
+  out: list[doc.Block] = []
+  level = reps.level if reps else stats.LEVEL
+  for key, methods in group_rows(rows):
+    metric = metric_name(_panel_metric(methods))
+    out.append(doc.Heading(3, f"{_panel_title(key)} ({kind} latency)"))
+    refs = []
+    for label, name in (("Drafter", "drafter"), ("Verifier", "verifier")):
+      ref = _reference(methods, name, latency)
+      if ref is not None:
+        refs.append(f"{label} {metric}: {_fmt(ref[0])} (rel. latency {_fmt(ref[1])})")
+    if refs:
+      out.append(doc.Para(" · ".join(refs)))
+    ver = _verifier(methods)
+    if ver is None:
+      out.append(doc.Para("_No verifier row with a quality in this panel: the paper's columns "
+                          "are relative to the verifier, so they cannot be computed. Add the "
+                          "`verifier` method to the sweep._"))
+      continue
+    ci = f", {100 * level:.0f} % CI" if reps is not None and reps.has_quality(ver) else ""
+    header = ("Method", "Rule", "α points",
+              f"Latency reduction at verifier {metric} (↑){ci}",
+              f"Best {metric} within verifier latency (↑){ci}")
+    body = []
+    for m, rd in panel_readings(methods, latency, reps, mode).items():
+      rs = methods[m]
+      rule = rs[0].rule or results_lib.default_rule(m)
+      red = _reading_cell(rd.reduction, f"{rd.reduction:.1f}%" if rd.reduction is not None
+                          else "", rd.reduction_reps, rd.reduction_reps, rd.has_interval,
+                          level, ".1f")
+      best = _reading_cell(rd.best_quality, _fmt(rd.best_quality), rd.best_gain_reps,
+                           rd.best_gain_reps + ver.quality, rd.has_interval, level, ".2f")
+      body.append((display_name(m), rule, str(len(rs)), red, best))
+    out.append(doc.Table(header, tuple(body), "llrrr"))
+  return out
+
+
+def paper_table(rows: Sequence[ResultRow], latency: str = "wallclock", mode: str = "pareto",
+                reps: stats.Replicates | None = None) -> str:
+  """Markdown tables in the paper's form, one per (task, T, γ).
+
+  Per method: (a) latency reduction 1 − rel_latency when matching the verifier's quality (negative
+  when the method is slower than the verifier there; "—" if never matched); (b) best quality within
+  the verifier's latency ("—" if no operating point is that fast). With `reps`, each cell carries
+  its bootstrap interval ('n.r.': beyond that bound the curve never reaches the verifier's quality /
+  has no point within its latency) and '≈' where the difference to the verifier is within it.
+  """
+  return doc.to_markdown(paper_table_blocks(rows, latency, mode, reps))
+
+
+def points_table_blocks(rows: Sequence[ResultRow], reps: stats.Replicates | None = None
+                        ) -> list[doc.Block]:
+  """Every operating point per panel, with the quality interval and the wall-clock spread."""
+  out: list[doc.Block] = []
+  level = reps.level if reps else stats.LEVEL
+  for key, methods in group_rows(rows):
+    out.append(doc.Heading(4, _panel_title(key)))
+    body = []
+    for m, rs in methods.items():
+      for r in by_alpha(rs):
+        q = _fmt(r.quality)
+        if reps is not None and reps.has_quality(r):
+          q += " " + _fmt_interval(reps.of_quality(r), level, ".2f")
+        wall = _fmt(r.rel_latency, ".3f")
+        if r.trials > 1 and math.isfinite(r.wallclock_std_s) and r.wallclock_s > 0:
+          wall += f" ± {r.rel_latency * r.wallclock_std_s / r.wallclock_s:.3f}"
+        body.append((display_name(m), _fmt(r.alpha, ".3g"), q, _fmt(r.rel_latency_batch1, ".3f"),
+                     wall, _fmt(r.modelled_rel_latency, ".3f"), _fmt(r.acceptance_rate, ".3f"),
+                     _fmt(r.deferral_rate, ".3f"), _fmt(verifier_calls_per_token(r), ".3f"),
+                     str(r.trials)))
+    out.append(doc.Table(
+        ("Method", "α", f"quality [{100 * level:.0f} % CI]", "rel. latency (batch 1)",
+         "rel. latency (batches) ± s.d.", "modelled", "accept", "defer", "verifier calls / token",
+         "trials"), tuple(body)))
+  return out
+
+
+def points_table(rows: Sequence[ResultRow], reps: stats.Replicates | None = None) -> str:
+  """Every operating point, per panel (for the report's appendix), as Markdown."""
+  return doc.to_markdown(points_table_blocks(rows, reps))
+
+
+def alpha_transfer_blocks(dev_rows: Sequence[ResultRow], test_rows: Sequence[ResultRow],
+                          latency: str, test_reps: stats.Replicates | None = None
+                          ) -> list[doc.Block]:
+  """"α chosen on validation → test": per panel and method with α, the cheapest α whose quality
+  reaches the verifier's on the dev sweep (`budget.choose`, cost = `latency`), and that α's
+  latency and quality (with interval) on the test sweep."""
+  # The choice reads measured points only, never an interpolated frontier: an α has to exist.
+  tests = dict(group_rows(test_rows))
+  out: list[doc.Block] = []
+  level = test_reps.level if test_reps else stats.LEVEL
+  for key, methods in group_rows(dev_rows):
+    ver, t_methods = _verifier(methods), tests.get(key, {})
+    t_ver = _verifier(t_methods)
+    if ver is None or t_ver is None:
+      continue
+    metric = metric_name(_panel_metric(methods))
+    body = []
+    for m, rs in methods.items():
+      pts = [(r.alpha, axis_value(r, latency), r.quality) for r in rs if math.isfinite(r.alpha)]
+      if m in REFERENCE_METHODS or not pts:
+        continue
+      try:
+        choice = budget_lib.choose(pts, "verifier_quality", 0.0, ver.quality)
+      except ValueError:
+        continue
+      test = next((r for r in t_methods.get(m, []) if math.isfinite(r.alpha)
+                   and abs(r.alpha - choice.alpha) < 1e-9), None)
+      dev_cells = (display_name(m), f"{choice.alpha:.3g}", _fmt(choice.cost, ".3f"),
+                   f"{choice.quality:.2f}", "yes" if choice.met else "no (closest α)")
+      if test is None:
+        body.append(dev_cells + ("not in the test sweep", "—", "—"))
+        continue
+      q = _fmt(test.quality)
+      verdict = "yes" if test.quality >= t_ver.quality else "no"
+      if test_reps is not None and test_reps.has_quality(test) and test_reps.has_quality(t_ver):
+        q += " " + _fmt_interval(test_reps.of_quality(test), level, ".2f")
+        gap = test_reps.of_quality(test) - test_reps.of_quality(t_ver)
+        if stats.within_noise(gap, level):
+          verdict = "≈"
+      body.append(dev_cells + (_fmt(axis_value(test, latency), ".3f"), q, verdict))
+    if body:
+      out.append(doc.Heading(3, f"{_panel_title(key)} ({_LATENCY_LABELS[latency]} latency)"))
+      out.append(doc.Para(f"Verifier {metric}: {ver.quality:.2f} on the sweep's split, "
+                          f"{t_ver.quality:.2f} on the test sweep's."))
+      out.append(doc.Table(
+          ("Method", "α (chosen)", "latency (dev)", f"{metric} (dev)", "reaches verifier (dev)",
+           "latency (test)", f"{metric} (test) [{100 * level:.0f} % CI]",
+           "reaches verifier (test)"), tuple(body), "lrrrlrrl"))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The summary.
+
+
+def _summary_line(key: tuple, methods: dict[str, list[ResultRow]],
+                  reps: stats.Replicates | None, mode: str) -> str:
+  latency = headline_latency(methods)
+  ver = _verifier(methods)
+  title = f"**{_panel_title(key)}** ({_LATENCY_LABELS[latency]} latency)"
+  if ver is None:
+    return f"{title}: no verifier row, so nothing to compare against."
+  metric = metric_name(ver.metric)
+  level = reps.level if reps else stats.LEVEL
+  readings = {m: rd for m, rd in panel_readings(methods, latency, reps, mode).items()
+              if m not in _ANALYSIS_ONLY}
+  ranked = sorted((m for m in readings if readings[m].reduction is not None),
+                  key=lambda m: -readings[m].reduction)
+  if not ranked:
+    return (f"{title}: no method reaches the verifier's {metric} ({ver.quality:.2f}) on its "
+            "frontier.")
+  win = ranked[0]
+  rd = readings[win]
+  ci = f" {_fmt_interval(rd.reduction_reps, level, '.1f')}" if rd.has_interval else ""
+  noise = rd.has_interval and stats.within_noise(rd.reduction_reps, level)
+  if rd.reduction > 0:
+    line = (f"{title}: {display_name(win)} matches the verifier's {metric} ({ver.quality:.2f}) "
+            f"at {rd.reduction:.1f}% lower latency{ci}")
+  else:
+    line = (f"{title}: no method matches the verifier's {metric} ({ver.quality:.2f}) at lower "
+            f"latency; closest {display_name(win)}, {-rd.reduction:.1f}% slower (reduction{ci})")
+  line += ", ≈ the verifier's latency within noise" if noise else ""
+  if len(ranked) > 1:
+    second = readings[ranked[1]]
+    line += f"; next {display_name(ranked[1])} {second.reduction:.1f}%"
+    if rd.has_interval and second.has_interval:
+      diff = stats.difference(rd.reduction_reps, second.reduction_reps)
+      line += (f" (paired difference {rd.reduction - second.reduction:.1f} points "
+               f"{_fmt_interval(diff, level, '.1f', '−∞')}"
+               f"{', ≈ a tie' if stats.within_noise(diff, level) else ''})")
+  return line + "."
+
+
+def summary_lines(rows: Sequence[ResultRow], reps: stats.Replicates | None = None,
+                  mode: str = "pareto") -> list[str]:
+  """At most `SUMMARY_LINES` lines: what is compared, then one line per (task, T, γ) panel —
+  which method is fastest at the verifier's quality, by how much, with its interval, and how far
+  ahead of the next one (paired interval)."""
+  panels = group_rows(rows)
+  level = reps.level if reps else stats.LEVEL
+  with_ci = reps is not None and bool(reps.quality)
+  lines = [f"Fastest method at the verifier's quality per task × T (latency reduction relative to "
+           f"the verifier alone"
+           + (f"; [{100 * level:.0f} % bootstrap interval over examples, paired across methods]"
+              if with_ci else "; no per-example scores, so no intervals") + "):"]
+  room = SUMMARY_LINES - 1
+  shown = panels if len(panels) <= room else panels[:room - 1]
+  lines += [_summary_line(key, methods, reps, mode) for key, methods in shown]
+  if len(shown) < len(panels):
+    lines.append(f"… and {len(panels) - len(shown)} more task × T × γ panels in the tables below.")
+  return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures and the report.
+
+
+def write_figures(rows: Sequence[ResultRow], run_dir: str, reps: stats.Replicates | None,
+                  mode: str = "pareto") -> list[tuple[tuple, str, str, str]]:
+  """Writes every panel's main and appendix figure for each axis it has data on.
+
+  Returns (panel key, "main" / "appendix", axis, PNG path relative to run_dir) per figure; main
+  figures are also written as SVG.
+  """
+  out = []
+  for key, methods in group_rows(rows):
+    metric = _panel_metric(methods)
+    names = main_methods(methods, reps, mode)
+    title = _panel_title(key)
+    for axis in figures.AXIS_LABELS:
+      if not _has_axis(methods, axis):
+        continue
+      name = f"quality_vs_{_AXIS_FILE[axis]}__{_panel_slug(key)}"
+      fig = figures.main_figure(title, methods, names, axis, metric, reps, mode)
+      figures.save_figure(fig, os.path.join(run_dir, name), ("png", "svg"))
+      out.append((key, "main", axis, name + ".png"))
+      if figures.families(list(methods)):
+        fig = figures.appendix_figure(title, methods, axis, metric, reps, mode)
+        figures.save_figure(fig, os.path.join(run_dir, "appendix_" + name))
+        out.append((key, "appendix", axis, "appendix_" + name + ".png"))
+  return out
+
+
+def _split_of(run_dir: str) -> str:
+  try:
+    with open(os.path.join(run_dir, "settings.json"), encoding="utf-8") as f:
+      return str(json.load(f).get("split") or "?")
+  except (OSError, ValueError, AttributeError):
+    return "?"
+
+
+def report_blocks(rows: Sequence[ResultRow], run_dir: str, reps: stats.Replicates | None,
+                  figure_list, mode: str = "pareto", test_rows=None,
+                  test_reps: stats.Replicates | None = None, test_dir: str | None = None
+                  ) -> list[doc.Block]:
+  """The report's content: summary, tables, figures, appendix."""
+  rows = list(rows)
+  tasks = sorted({r.task for r in rows})
+  reading = "Pareto" if mode == "pareto" else "convex-hull"
+  lines = summary_lines(rows, reps, mode)
+  blocks: list[doc.Block] = [doc.Heading(1, "Speculative cascades: results"),
+                             doc.Para(lines[0]), doc.Bullets(tuple(lines[1:]))]
+  missing = sum(1 for r in rows if reps is not None and not reps.has_quality(r))
+  blocks.append(doc.Para(
+      f"Source: `{results_lib.RESULTS_FILENAME}` ({len(rows)} operating points; tasks: "
+      f"{', '.join(tasks)}; split: {_split_of(run_dir)})."
+      + (f" {missing} points have no per-example scores and so no interval." if missing else "")))
+  blocks.append(doc.Heading(2, "Tables"))
+  blocks.append(doc.Para(
+      "Columns: (a) latency reduction 1 − rel. latency at which the method first matches the "
+      "verifier's quality; (b) the best quality reachable within the verifier's latency. Curves "
+      f"are read on their {reading} frontier over α with linear interpolation between adjacent "
+      "points (`spec_cascade/report_curves.py`). '—': never reached / no point within budget. "
+      "Brackets: bootstrap interval over examples (and over trials for wall-clock); 'n.r.': at "
+      "that end of the interval the curve never reaches the verifier's quality. '≈': the "
+      "difference to the verifier — latency in (a), quality in (b) — is within that interval."))
+  batch1 = any(math.isfinite(r.rel_latency_batch1) for r in rows)
+  sections = []
+  if batch1:
+    n = sorted({r.extra.get("latency_examples", "") for r in rows} - {""})
+    sections.append(("batch1", "Latency: one example at a time (batch 1, the paper's regime)",
+                     f"Mean seconds per example, each decoded alone, relative to the verifier "
+                     f"alone (on the first {', '.join(n) or '?'} examples of each task)."))
+  sections += [("wallclock", "Throughput: wall-clock over the sweep's batches",
+                "Relative to the verifier alone on the same batches."),
+               ("modelled", "Modelled latency",
+                "(drafter steps · c + verifier calls) / the verifier alone's calls.")]
+  for kind, heading, text in sections:
+    blocks += [doc.Heading(2, heading), doc.Para(text)]
+    blocks += paper_table_blocks(rows, kind, mode, reps)
+  blocks.append(doc.Heading(2, "α chosen on validation → test"))
+  if test_rows:
+    latency = "batch1" if batch1 else "modelled"
+    transfer = alpha_transfer_blocks(rows, test_rows, latency, test_reps)
+    blocks.append(doc.Para(
+        f"Per method, the cheapest α ({_LATENCY_LABELS[latency]} latency) whose quality reaches "
+        f"the verifier's on this sweep (split {_split_of(run_dir)}), then that α on the sweep in "
+        f"`{test_dir}` (split {_split_of(test_dir or '')})."))
+    blocks += transfer or [doc.Para("_The test sweep shares no (task, T, γ) panel with this "
+                                    "one._")]
+  else:
+    blocks.append(doc.Para(
+        "_Needs a second sweep of the same grid on a held-out split: run the sweep again with "
+        "`SPLIT='test'` (or use `spec_cascade.calibrate`'s OUTPUT_DIR/dev and /test) and pass "
+        "`--test_dir`._"))
+  blocks.append(doc.Heading(2, "Figures"))
+  caption = {"main": "the paper's main-figure methods", "appendix": "all methods by family"}
+  appendix: list[doc.Block] = []
+  for key, methods in group_rows(rows):
+    mine = [f for f in figure_list if f[0] == key]
+    if not mine:
+      continue
+    blocks.append(doc.Heading(3, _panel_title(key)))
+    best = [m for m in main_methods(methods, reps, mode) if m in figures.OTHER_SPEC_CASCADE]
+    if best:
+      blocks.append(doc.Para(
+          f"Besides SpecCascade [Token], the main figures draw {display_name(best[0])}: the other "
+          f"SpecCascade rule with the largest latency reduction at the verifier's quality "
+          f"({_LATENCY_LABELS[headline_latency(methods)]} latency)."))
+    for _, kind, axis, path in mine:
+      alt = f"{_panel_title(key)}: quality vs {figures.AXIS_TITLES[axis]}, {caption[kind]}"
+      (blocks if kind == "main" else appendix).append(doc.Image(path, alt))
+  blocks.append(doc.Heading(2, "Appendix"))
+  blocks.append(doc.Details("All methods, one panel per family", tuple(appendix)))
+  blocks.append(doc.Details("All operating points", tuple(points_table_blocks(rows, reps))))
+  return blocks
+
+
+def _replicates_for(run_dir: str, rows: Sequence[ResultRow], reps: int) -> stats.Replicates:
+  return stats.replicates(rows, lambda r: stats.load_example_stats(run_dir, r), reps)
+
+
+def write_report(run_dir: str, mode: str = "pareto", test_dir: str | None = None,
+                 reps: int = stats.REPS) -> str:
+  """Reads `run_dir/results.csv`; writes report.md, report.html and the figures into run_dir;
+  returns the Markdown. `test_dir`: a held-out sweep for the α-transfer table."""
+  path = os.path.join(run_dir, results_lib.RESULTS_FILENAME)
+  rows = results_lib.read_rows(path)
+  if not rows:
+    raise ValueError(f"{path} has no rows; nothing to report.")
+  if mode not in FRONTIERS:
+    raise ValueError(f"frontier mode must be one of {FRONTIERS}, got {mode!r}.")
+  replic = _replicates_for(run_dir, rows, reps)
+  test_rows = test_reps = None
+  if test_dir:
+    test_rows = results_lib.read_rows(os.path.join(test_dir, results_lib.RESULTS_FILENAME))
+    test_reps = _replicates_for(test_dir, test_rows, reps)
+  figure_list = write_figures(rows, run_dir, replic, mode)
+  blocks = report_blocks(rows, run_dir, replic, figure_list, mode, test_rows, test_reps, test_dir)
+  text = doc.to_markdown(blocks)
+  results_lib.atomic_write_text(os.path.join(run_dir, "report.md"), text)
+  results_lib.atomic_write_text(os.path.join(run_dir, "report.html"),
+                                doc.to_html(blocks, run_dir, "Speculative cascades: results"))
+  return text
 
 
 @gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m spec_cascade.report",
-        description="Writes RUN_DIR/report.md and plots from RUN_DIR/results.csv.")
-    parser.add_argument("run_dir", help="a sweep's output folder (holds results.csv)")
-    parser.add_argument("--frontier", choices=FRONTIERS, default="pareto",
-                        help="how curves are read (see the module docstring)")
-    args = parser.parse_args(argv)
-    try:
-        write_report(args.run_dir, args.frontier)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(os.path.join(args.run_dir, "report.md"))
-    return 0
+  """`python -m spec_cascade.report RUN_DIR` (module docstring); returns the exit status."""
+  parser = argparse.ArgumentParser(
+      prog="python -m spec_cascade.report",
+      description="Writes RUN_DIR/report.md, report.html and figures from RUN_DIR/results.csv.")
+  parser.add_argument("run_dir", help="a sweep's output folder (holds results.csv)")
+  parser.add_argument("--frontier", choices=FRONTIERS, default="pareto",
+                      help="how curves are read (see spec_cascade/report_curves.py)")
+  parser.add_argument("--test_dir", default=None,
+                      help="a sweep of the same grid on a held-out split: adds the "
+                           "'α chosen on validation → test' table")
+  parser.add_argument("--reps", type=int, default=stats.REPS,
+                      help="bootstrap replicates per interval")
+  args = parser.parse_args(argv)
+  try:
+    write_report(args.run_dir, args.frontier, args.test_dir, args.reps)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(os.path.join(args.run_dir, "report.md"))
+  return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

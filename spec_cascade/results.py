@@ -132,6 +132,18 @@ def make_key(task: str, method: str, alpha: float | None, temperature: float,
     return (task, method, _norm_float(alpha), _norm_float(temperature), int(num_draft_tokens))
 
 
+def point_name(method: str, alpha: float | None, temperature: float, num_draft_tokens: int) -> str:
+    """The file-name-safe name of a point's predictions / metrics files, e.g.
+    spec_cascade_chow__T1__g5__a0.25 (no α part for methods without α)."""
+    a = "" if alpha is None or math.isnan(alpha) else f"__a{alpha:.6g}"
+    return f"{method}__T{temperature:g}__g{int(num_draft_tokens)}{a}"
+
+
+def row_point_name(row: ResultRow) -> str:
+    """`point_name` of a results row: where the sweep wrote its per-point files."""
+    return point_name(row.method, row.alpha, row.temperature, row.num_draft_tokens)
+
+
 def _format_cell(value: Any) -> str:
     if isinstance(value, bool):
         return str(int(value))

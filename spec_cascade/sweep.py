@@ -45,6 +45,7 @@ from spec_cascade import decoding
 from spec_cascade import deferral
 from spec_cascade import gin_cli
 from spec_cascade import infer
+from spec_cascade import metrics as metrics_lib
 from spec_cascade import output_dir as output_dir_lib
 from spec_cascade import pod
 from spec_cascade import results as results_lib
@@ -126,8 +127,8 @@ class Point:
   @property
   def name(self) -> str:
     """A file-name-safe identifier, e.g. spec_cascade_chow__T1__g5__a0.25."""
-    a = "" if self.alpha is None else f"__a{self.alpha:.6g}"
-    return f"{self.method.name}__T{self.temperature:g}__g{self.num_draft_tokens}{a}"
+    return results_lib.point_name(self.method.name, self.alpha, self.temperature,
+                                  self.num_draft_tokens)
 
 
 def plan_points(task: str, methods: Sequence[MethodSpec], alphas, num_alphas: int,
@@ -511,10 +512,11 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
     if point.method.name == "verifier":
       lat_baselines[point.temperature] = latency
     run = runs[0]
-    preds = infer.predictions_of(data, run)
+    trial_preds = [infer.predictions_of(data, r) for r in runs]
+    preds = trial_preds[0]
     scores = infer.score(targets, preds, metric)
-    trial_quality = [scores[metric]] + [
-        infer.score(targets, infer.predictions_of(data, r), metric)[metric] for r in runs[1:]]
+    trial_quality = [scores[metric]] + [infer.score(targets, p, metric)[metric]
+                                        for p in trial_preds[1:]]
     tot = infer.totals(run.counters)
     walls = [r.wall_s for r in runs]
     baseline = baselines.get(point.temperature)
@@ -548,6 +550,11 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
           "num_draft_tokens": point.num_draft_tokens, "metric": metric,
           "quality": row.quality, "quality_std": row.quality_std,
           "trial_quality": trial_quality, "scores": scores, "num_examples": len(data.examples),
+          # Per trial, per example: what the report's bootstrap intervals resample (BLEU is a
+          # corpus metric, so these are its n-gram statistics; ROUGE's are F-measures).
+          "example_stats": {"fields": list(metrics_lib.stat_fields(metric)),
+                            "trials": [metrics_lib.example_stats(targets, p, metric)
+                                       for p in trial_preds]},
           "counters": tot, **infer.rates(tot, point.method),
           "wallclock_s": row.wallclock_s, "wallclock_std_s": row.wallclock_std_s,
           "trial_wallclock_s": walls, "batch_wallclock_s": [r.batch_wall_s for r in runs],

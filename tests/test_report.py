@@ -1,12 +1,20 @@
-"""Tests for spec_cascade.results (table I/O) and spec_cascade.report (curve reading, tables, plots)."""
+"""Tests for spec_cascade.results (table I/O) and spec_cascade.report (curve reading, intervals,
+tables, summary, figures, report.md / report.html)."""
 import dataclasses
+import json
 import math
 import os
+import re
+import struct
 
 import numpy as np
 import pytest
 
+from spec_cascade import metrics
 from spec_cascade import report
+from spec_cascade import report_doc
+from spec_cascade import report_figures
+from spec_cascade import report_stats
 from spec_cascade import results
 from spec_cascade.results import ResultRow
 
@@ -21,6 +29,14 @@ NON_MONOTONE = [(0.9, 25.0), (0.3, 20.0), (1.2, 28.0), (0.6, 27.0), (1.0, 25.5)]
 def test_frontier_drops_dominated_points_and_sorts():
     f = report.frontier(NON_MONOTONE)
     np.testing.assert_allclose(f, [[0.3, 20.0], [0.6, 27.0], [1.2, 28.0]])
+
+
+def test_frontier_indices_point_into_the_curve():
+    # NON_MONOTONE's frontier is its points 1, 3, 2 (by latency); NaN points never count.
+    np.testing.assert_array_equal(report.frontier_indices(NON_MONOTONE), [1, 3, 2])
+    np.testing.assert_array_equal(
+        report.frontier_indices([(0.5, 1.0), (math.nan, 9.0), (0.2, 2.0)]), [2])
+    assert report.frontier_indices([]).shape == (0,)
 
 
 def test_frontier_drops_nan_and_keeps_best_of_equal_latency():
@@ -260,38 +276,6 @@ def test_paper_table_without_verifier_says_so():
         report.paper_table([])
 
 
-def test_plots_write_png_and_svg(tmp_path):
-    rows = _synthetic_rows() + [_row("verifier", gamma=0, quality=30.0, temperature=0.0)]
-    paths = report.plot_quality_vs_latency(rows, str(tmp_path / "q_lat"))
-    paths += report.plot_quality_vs_deferral(rows, str(tmp_path / "q_def"))
-    assert sorted(os.path.basename(p) for p in paths) == [
-        "q_def.png", "q_def.svg", "q_lat.png", "q_lat.svg"]
-    for p in paths:
-        data = open(p, "rb").read()
-        assert len(data) > 2000
-        if p.endswith(".png"):
-            assert data[:8] == b"\x89PNG\r\n\x1a\n"
-        else:
-            assert b"<svg" in data[:2000]
-
-
-def test_write_report_and_cli(tmp_path, capsys):
-    results.write_rows(tmp_path / "results.csv", _synthetic_rows())
-    assert report.main([str(tmp_path)]) == 0
-    md = (tmp_path / "report.md").read_text()
-    assert "## Throughput: wall-clock" in md and "## Modelled latency" in md
-    assert "one example at a time" not in md  # no batch-1 columns in these rows
-    assert "(wall-clock latency)" in md and "(modelled latency)" in md
-    assert "![quality_vs_latency](quality_vs_latency.png)" in md
-    for name in ("quality_vs_latency", "quality_vs_modelled_latency", "quality_vs_deferral",
-                 "quality_vs_verifier_calls"):
-        for ext in ("png", "svg"):
-            assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
-    assert capsys.readouterr().out.strip().endswith("report.md")
-    assert report.main([str(tmp_path / "missing")]) == 2
-    assert "run the sweep" in capsys.readouterr().err
-
-
 def test_import_is_light():
     # The report must load on machines without TensorFlow/JAX, and plotting libraries only on use.
     import subprocess
@@ -308,3 +292,283 @@ def test_verifier_calls_per_token_axis():
     assert report.verifier_calls_per_token(row(4.0)) == 0.25
     assert report.verifier_calls_per_token(row(math.inf)) == 0.0  # never called the verifier
     assert math.isnan(report.verifier_calls_per_token(row(math.nan)))
+    # The drafter alone never calls the verifier, though the sweep cannot divide by its 0 calls.
+    drafter = dataclasses.replace(_row("drafter", gamma=0), tokens_per_verifier_call=math.nan)
+    assert report.verifier_calls_per_token(drafter) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-example statistics and bootstrap intervals.
+
+TARGETS = ["the cat sat on the mat .", "a dog ran in the park", "it is raining today",
+           "we went to the market", "the sun is bright", "she reads a long book",
+           "birds fly over the sea", "he drinks hot tea", "the train left early",
+           "my phone is broken", "they play football", "the shop opens at nine"]
+
+
+def _corrupt(text: str, k: int) -> str:
+    """Replaces every k-th word (k = 0: unchanged), so quality falls as k shrinks."""
+    words = text.split()
+    return " ".join("xx" if k and i % k == 0 else w for i, w in enumerate(words))
+
+
+def test_example_stats_rescore_the_corpus_and_any_resample():
+    preds = [_corrupt(t, 3) for t in TARGETS]
+    st = metrics.example_stats(TARGETS, preds, "bleu")
+    assert st.shape == (12, 10)
+    full = metrics.corpus_scores(st, np.ones((1, 12)), "bleu")[0]
+    assert full == pytest.approx(metrics.bleu(TARGETS, preds)["bleu"], abs=1e-9)
+    w = metrics.bootstrap_weights(12, 5, seed=3)
+    assert w.shape == (5, 12) and np.all(w.sum(axis=1) == 12)
+    for row, score in zip(w, metrics.corpus_scores(st, w, "bleu")):
+        idx = np.repeat(np.arange(12), row.astype(int))
+        assert score == pytest.approx(
+            metrics.bleu([TARGETS[i] for i in idx], [preds[i] for i in idx])["bleu"], abs=1e-9)
+    rouge = metrics.example_stats(TARGETS, preds, "rouge2")
+    assert rouge.shape == (12, 1) and 0 < rouge.mean() < 100
+    lo, hi = metrics.bootstrap_interval(TARGETS, preds, "bleu", reps=200)
+    assert lo < full < hi
+
+
+def _stats_rows(tmp_path, trials_of=None):
+    """A one-panel sweep folder (results.csv + per-point metrics JSON with example_stats): the
+    verifier, the drafter, SpecDecode and two SpecCascade rules over α."""
+    spec = [  # method, α, k of _corrupt (quality), wall-clock rel., modelled rel., defer
+        ("verifier", math.nan, 5, 1.0, 1.0, 1.0), ("drafter", math.nan, 2, 0.2, 0.15, 0.0),
+        ("specdecode", math.nan, 5, 0.8, 0.7, 1.0),
+        ("spec_cascade_token_v3", 0.2, 0, 0.9, 0.8, 0.6),
+        ("spec_cascade_token_v3", 0.5, 5, 0.6, 0.5, 0.4),
+        ("spec_cascade_token_v3", 0.8, 3, 0.5, 0.4, 0.2),
+        ("spec_cascade_diff", 0.1, 4, 0.95, 0.9, 0.5),
+        ("spec_cascade_diff", 0.4, 2, 0.7, 0.6, 0.3),
+        ("seq_cascade", 0.3, 4, 1.1, 1.0, 0.5),
+    ]
+    rows = []
+    for method, alpha, k, lat, mlat, defer in spec:
+        gamma = 0 if method in results.GAMMA_INDEPENDENT_METHODS else 5
+        preds = [_corrupt(t, k) for t in TARGETS]
+        trials = (trials_of or {}).get(method, 1)
+        row = _row(method, alpha=alpha, gamma=gamma, quality=metrics.bleu(TARGETS, preds)["bleu"],
+                   lat=lat, mlat=mlat, defer=defer, task="debian_ende", temperature=0.0)
+        row = dataclasses.replace(row, trials=trials, num_examples=len(TARGETS),
+                                  wallclock_std_s=0.5 if trials > 1 else 0.0)
+        rows.append(row)
+        stats = metrics.example_stats(TARGETS, preds, "bleu")
+        path = tmp_path / "metrics" / "debian_ende" / (results.row_point_name(row) + ".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"example_stats": {
+            "fields": list(metrics.stat_fields("bleu")), "trials": [stats.tolist()] * trials}}))
+    results.write_rows(tmp_path / "results.csv", rows)
+    return rows
+
+
+def test_quality_replicates_are_paired_centred_and_read_from_the_sweep(tmp_path):
+    rows = _stats_rows(tmp_path)
+    reps = report_stats.replicates(rows, lambda r: report_stats.load_example_stats(
+        str(tmp_path), r), reps=300)
+    assert set(reps.quality) == {r.key for r in rows}
+    assert reps.num_examples == {"debian_ende": 12}
+    by = {(r.method, r.alpha if math.isfinite(r.alpha) else None): r for r in rows}
+    ver, spec = by[("verifier", None)], by[("specdecode", None)]
+    # SpecDecode scored exactly the verifier's outputs: paired draws agree in every replicate.
+    np.testing.assert_allclose(reps.of_quality(spec), reps.of_quality(ver))
+    lo, hi = report_stats.interval(reps.of_quality(ver))
+    assert lo < ver.quality < hi
+    # The paired band of a point scored like the verifier has zero width; its marginal one not.
+    assert report_stats.quality_band(spec, reps, ver) == pytest.approx((spec.quality,) * 2)
+    mlo, mhi = report_stats.quality_band(spec, reps)
+    assert mhi - mlo > 1.0
+    # A sweep without per-example files: no replicates, so the report shows no interval.
+    bare = report_stats.replicates(rows, lambda r: report_stats.load_example_stats(
+        str(tmp_path / "none"), r), reps=10)
+    assert not bare.quality and not bare.has_quality(ver)
+
+
+def test_old_sweeps_fall_back_to_the_predictions_file(tmp_path):
+    row = _row("verifier", gamma=0, task="debian_ende")
+    path = tmp_path / "predictions" / "debian_ende" / (results.row_point_name(row) + ".jsonl")
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"target": t, "prediction": _corrupt(t, 3)}) + "\n"
+                            for t in TARGETS))
+    (trial,) = report_stats.load_example_stats(str(tmp_path), row)
+    np.testing.assert_array_equal(
+        trial, metrics.example_stats(TARGETS, [_corrupt(t, 3) for t in TARGETS], "bleu"))
+
+
+def test_wallclock_spread_over_trials():
+    one = dataclasses.replace(_row("specdecode", lat=0.5), trials=1)
+    many = dataclasses.replace(_row("specdecode", alpha=0.1, lat=0.5), trials=4,
+                               wallclock_s=10.0, wallclock_std_s=2.0)
+    ver = dataclasses.replace(_row("verifier", gamma=0), trials=1)
+    draws = report_stats.wallclock_replicates([ver, one, many], reps=4000)
+    np.testing.assert_array_equal(draws[one.key], 0.5)  # one trial: no spread to draw from
+    np.testing.assert_array_equal(draws[ver.key], 1.0)
+    # Standard error of the mean of 4 trials: 0.5 · (2 / 10) / √4 = 0.05.
+    assert np.std(draws[many.key]) == pytest.approx(0.05, rel=0.1)
+    data = report_stats.curve_data([many, one], "wallclock", None)
+    assert list(data.x_err) == pytest.approx([0.1, 0.0])  # by α; ± 1 s.d. of the trials, relative
+
+
+def test_read_curve_hand_computed_replicates():
+    ver = _row("verifier", gamma=0, quality=25.0)
+    pts = [_row("spec_cascade_opt", alpha=0.1, quality=24.0, lat=0.4),
+           _row("spec_cascade_opt", alpha=0.2, quality=26.0, lat=0.8)]
+    q = {ver.key: np.array([25.0, 26.5, 23.0]), pts[0].key: np.array([24.0, 24.0, 24.0]),
+         pts[1].key: np.array([26.0, 26.0, 26.0])}
+    reps = report_stats.Replicates(3, 0.9, q, {}, {"wmt": 10})
+    rd = report_stats.read_curve(pts, ver, "wallclock", reps)
+    # Point: 25 is reached halfway between 0.4 and 0.8 → 0.6 → 40 % reduction.
+    assert rd.reduction == pytest.approx(40.0) and rd.best_quality == pytest.approx(26.0)
+    # Replicates: the verifier at 25, 26.5 (never reached), 23 (reached at 0.4).
+    np.testing.assert_allclose(rd.reduction_reps, [40.0, -math.inf, 60.0])
+    np.testing.assert_allclose(rd.best_gain_reps, [1.0, -0.5, 3.0])
+    assert rd.has_interval and report_stats.within_noise(rd.best_gain_reps, 0.5)
+    assert not report_stats.within_noise(np.array([1.0, 2.0, 3.0]))
+    assert report_stats.interval(rd.reduction_reps, 0.5) == (-math.inf, 60.0)
+    np.testing.assert_array_equal(
+        report_stats.difference(np.array([-math.inf, 5.0, -math.inf]),
+                                np.array([-math.inf, -math.inf, 1.0])), [0.0, math.inf, -math.inf])
+
+
+# ------------------------------------------------------------------------------------------------
+# Colours, summary, figures, report.
+
+
+def test_methods_sharing_a_colour_never_share_a_panel():
+    panels = [tuple(report_figures.MAIN_METHODS) + (m,) for m in report_figures.OTHER_SPEC_CASCADE]
+    panels += [members for _, members in report_figures.FAMILIES]
+    for names in panels:
+        colours = [report_figures.style(m).colour for m in names]
+        assert len(set(colours)) == len(colours), names
+    styles = {(s.colour, s.marker) for s in report_figures.STYLES.values()}
+    assert len(styles) == len(report_figures.STYLES)  # every method looks different
+    everything = [m for _, ms in report_figures.FAMILIES for m in ms]
+    assert sorted(everything) == sorted(set(report.METHOD_ORDER) - {"drafter", "verifier"})
+
+
+def test_summary_names_the_winner_with_its_interval(tmp_path):
+    rows = _stats_rows(tmp_path)
+    reps = report_stats.replicates(rows, lambda r: report_stats.load_example_stats(
+        str(tmp_path), r), reps=200)
+    lines = report.summary_lines(rows, reps)
+    assert len(lines) == 2 and "90 % bootstrap interval" in lines[0]
+    # Modelled latency (no batch-1 here): SpecCascade [Token] reaches the verifier's BLEU at its
+    # α = 0.5 point (modelled 0.5, same outputs as the verifier) → 50 % lower; SpecDecode 30 %.
+    line = lines[1]
+    assert line.startswith("**debian_ende · T = 0 · γ = 5** (modelled latency): "
+                           "SpecCascade [Token] matches the verifier's BLEU")
+    assert "at 50.0% lower latency [" in line and "next SpecDecode 30.0%" in line
+    assert re.search(r"paired difference 20\.0 points \[[-−0-9.∞]+, [-+0-9.∞]+\]", line)
+    many = [dataclasses.replace(r, task=f"t{i}") for i in range(6) for r in rows]
+    lines = report.summary_lines(many)
+    assert len(lines) == report.SUMMARY_LINES and "no intervals" in lines[0]
+    assert lines[-1] == "… and 3 more task × T × γ panels in the tables below."
+
+
+def test_tables_mark_differences_within_noise(tmp_path):
+    rows = _stats_rows(tmp_path)
+    reps = report_stats.replicates(rows, lambda r: report_stats.load_example_stats(
+        str(tmp_path), r), reps=200)
+    md = report.paper_table(rows, "modelled", reps=reps)
+    # SpecDecode has the verifier's outputs: its best quality equals the verifier's in every
+    # replicate (≈), while its 30 % reduction is the same in all of them (not ≈).
+    assert re.search(r"\| SpecDecode \|  \| 1 \| 30\.0% \[30\.0, 30\.0\] \| ≈ [0-9.]+ \[", md)
+    assert "90 % CI" in md
+
+
+def _png_size(path):
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_figures_name_axes_with_units_and_keep_panels_small(tmp_path):
+    rows = _stats_rows(tmp_path)
+    reps = report_stats.replicates(rows, lambda r: report_stats.load_example_stats(
+        str(tmp_path), r), reps=100)
+    ((key, methods),) = report.group_rows(rows)
+    names = report.main_methods(methods, reps)
+    assert names == ["specdecode", "seq_cascade", "spec_cascade_token_v3", "spec_cascade_diff"]
+    figs = [report_figures.main_figure("t", methods, names, axis, "bleu", reps)
+            for axis in report_figures.AXIS_LABELS]
+    figs.append(report_figures.appendix_figure("t", methods, "modelled", "bleu", reps))
+    for fig in figs:
+        for ax in fig.axes:
+            for label in (ax.get_xlabel(), ax.get_ylabel()):
+                assert re.search(r"\(.+\)", label), label  # a unit or scale in brackets
+            labelled = [h for h in ax.get_legend_handles_labels()[1]
+                        if h not in ("Drafter (small)", "Verifier (large)", "verifier quality")]
+            assert len(labelled) <= (7 if len(fig.axes) == 1 else 4)
+    assert figs[0].axes[0].get_ylabel() == "BLEU (corpus, 0–100)"
+    assert "wall-clock" in figs[1].axes[0].get_xlabel()  # the order of AXIS_LABELS
+    assert "modelled" in figs[2].axes[0].get_xlabel()
+    # The frontier line of a method holds only its Pareto points (dominated α drawn apart).
+    ax = figs[2].axes[0]
+    diff_line = next(l for l in ax.get_lines() if l.get_label() == "SpecCascade [Diff]")
+    assert len(diff_line.get_xdata()) == 2
+    paths = report_figures.save_figure(figs[2], str(tmp_path / "f"), ("png", "svg"))
+    w, h = _png_size(paths[0])
+    assert 500 < w < 2500 and 300 < h < 1500
+    assert b"<svg" in open(paths[1], "rb").read()[:2000]
+
+
+def test_write_report_summary_tables_figures_and_html(tmp_path, capsys):
+    rows = _stats_rows(tmp_path, trials_of={"specdecode": 3})
+    (tmp_path / "settings.json").write_text(json.dumps({"split": "validation"}))
+    assert report.main([str(tmp_path), "--reps", "100"]) == 0
+    assert capsys.readouterr().out.strip().endswith("report.md")
+    md = (tmp_path / "report.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == "# Speculative cascades: results"
+    summary = md[:md.index("Source:")]
+    assert summary.count("\n- ") == 1 and "SpecCascade [Token]" in summary
+    assert md.index("Source:") < md.index("## Tables") < md.index("## Figures") \
+        < md.index("## Appendix")
+    assert "(wall-clock latency)" in md and "(modelled latency)" in md
+    assert "one example at a time" not in md  # no batch-1 columns in these rows
+    assert "α chosen on validation → test" in md and "--test_dir" in md
+    assert f"({len(rows)} operating points; tasks: debian_ende; split: validation)" in md
+    assert "the main figures draw SpecCascade [Diff]" in md
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    slug = "debian_ende_T0_g5"
+    for axis in ("latency", "modelled_latency", "deferral", "verifier_calls"):
+        assert f"quality_vs_{axis}__{slug}.png" in images
+        assert f"appendix_quality_vs_{axis}__{slug}.png" in images
+        assert (tmp_path / f"quality_vs_{axis}__{slug}.svg").stat().st_size > 5000
+    for name in images:
+        w, h = _png_size(tmp_path / name)
+        assert 500 < w < 2500 and 300 < h < 2000, name
+    # SpecDecode ran 3 trials with s.d. 0.5 s of 8 s: ± 0.05 in the points table.
+    assert "| SpecDecode | — | " in md and "0.800 ± 0.050" in md
+    html = (tmp_path / "report.html").read_text()
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) == len(images) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "href=" not in html and "<link" not in html and "@import" not in html
+    assert "<table>" in html and "SpecCascade [Token]" in html
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert "run the sweep" in capsys.readouterr().err
+
+
+def test_alpha_chosen_on_validation_is_read_on_test(tmp_path):
+    dev = _stats_rows(tmp_path / "dev")
+    # On test the verifier scores lower and SpecCascade [Token] at α = 0.5 is slower.
+    test = [dataclasses.replace(r, quality=r.quality - 1.0 if r.method == "verifier" else r.quality,
+                                modelled_rel_latency=0.55 if r.alpha == 0.5 else
+                                r.modelled_rel_latency) for r in dev]
+    md = report_doc.to_markdown(report.alpha_transfer_blocks(dev, test, "modelled"))
+    # Token: the cheapest α reaching the verifier's BLEU on dev is 0.5 (modelled 0.5).
+    assert re.search(r"\| SpecCascade \[Token\] \| 0\.5 \| 0\.500 \| [0-9.]+ \| yes \| 0\.550 \| "
+                     r"[0-9.]+ \| yes \|", md)
+    # SpecCascade [Diff] never reaches it on dev: its closest α is named as such.
+    assert re.search(r"\| SpecCascade \[Diff\] \| 0\.1 \| 0\.900 \| [0-9.]+ \| no \(closest α\)", md)
+    # The same through the command line: the test sweep's folder holds only its results table,
+    # so its quality has no interval there, and the verdict is read off the point values.
+    results.write_rows(tmp_path / "test" / "results.csv", test)
+    assert report.main([str(tmp_path / "dev"), "--test_dir", str(tmp_path / "test"),
+                        "--reps", "20"]) == 0
+    full = (tmp_path / "dev" / "report.md").read_text()
+    section = full[full.index("## α chosen on validation → test"):full.index("## Figures")]
+    assert "| SpecCascade [Token] | 0.5 | 0.500 |" in section and "0.550" in section
+    missing = [r for r in test if not (r.method == "spec_cascade_token_v3" and r.alpha == 0.5)]
+    md = report_doc.to_markdown(report.alpha_transfer_blocks(dev, missing, "modelled"))
+    assert "not in the test sweep" in md

@@ -311,9 +311,17 @@ def test_sweep_files_agree_with_each_other(swept):
       ["drafter", "specdecode", "spec_cascade_chow", "token_cascade_chow"]),
       {"chow": [0.0, 0.6]}, 5, [0.0, 1.0], [3])
   assert sorted(r.key for r in rows) == sorted(p.key for p in plan)
-  for name in ("config.gin", "report.md", "quality_vs_latency.png", "quality_vs_latency.svg",
-               "quality_vs_modelled_latency.png", "quality_vs_deferral.svg", "cost_ratio.json"):
+  for name in ("config.gin", "report.md", "report.html", f"quality_vs_latency__{TASK}_T0_g3.png",
+               f"quality_vs_latency__{TASK}_T1_g3.svg",
+               f"quality_vs_modelled_latency__{TASK}_T0_g3.png",
+               f"quality_vs_deferral__{TASK}_T1_g3.svg",
+               f"appendix_quality_vs_modelled_latency__{TASK}_T1_g3.png", "cost_ratio.json"):
     assert (out / name).is_file(), name
+  # The per-example statistics the report's intervals resample, one list per trial.
+  stored = json.loads((out / "metrics" / TASK / "spec_cascade_chow__T1__g3__a0.6.json"
+                       ).read_text())["example_stats"]
+  assert stored["fields"] and len(stored["trials"]) == rows[0].trials
+  assert "% bootstrap interval over examples" in (out / "report.md").read_text()
   config = (out / "config.gin").read_text()
   assert "run_sweep" in config and TASK in config
   assert "Speculative cascades: results" in (out / "report.md").read_text()
@@ -430,7 +438,7 @@ def test_batch1_latency_regime_is_measured_and_reported_first(tmp_path, env,
   report_md = (out / "report.md").read_text()
   assert report_md.index("one example at a time (batch 1") < report_md.index("## Throughput")
   assert "(batch-1 latency)" in report_md
-  assert (out / "quality_vs_batch1_latency.png").exists()
+  assert (out / f"quality_vs_batch1_latency__{TASK}_T0_g3.png").exists()
 
 
 def test_lossy_beta_reaches_the_engine_and_its_program_key():
