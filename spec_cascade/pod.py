@@ -155,8 +155,9 @@ def initialize(settings: PodSettings | None = None) -> None:
           "process 0 is running, every process was given the same coordinator address and "
           "--num_processes, and each its own --process_id.") from None
     if jax.process_count() != settings.num_processes:
-      raise PodError(f"asked for {settings.num_processes} processes, the pod has "
-                     f"{jax.process_count()}.")
+      raise PodError(f"asked for {settings.num_processes} processes (--num_processes), but "
+                     f"the coordinator at {settings.coordinator_address} formed a pod of "
+                     f"{jax.process_count()}: give every process the same --num_processes.")
   log.info("pod: process %d of %d, %d local of %d devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
 

@@ -498,7 +498,17 @@ _MULTI_DEVICE = textwrap.dedent("""
     sq = generate(d, v, random_inputs(11, seed=9), method="seq_cascade", alpha=0.975,
                   temperature=1.0, max_decode_length=16, seed=5, example_ids=np.arange(20, 31),
                   slots=4, mesh=mesh)
+    # A batch of 1 (the paper's latency regime) on the mesh: the 3 rows added as padding start
+    # finished, so the call runs as many loop iterations as on one device.
+    short = int(np.argmin(generate(None, v, x, method="verifier", temperature=0.0,
+                                   max_decode_length=12).lengths))
+    b1 = [generate(d, v, x[short:short + 1], method=m, temperature=0.0, num_draft_tokens=3,
+                   max_decode_length=12, seed=1, mesh=me)
+          for m in ("spec_decode", "verifier")
+          for me in ((mesh, parallel.make_mesh(model=2)) if {n} > 1 else (None, None))]
     print(json.dumps({{"tokens": out.tokens.tolist(), "accepted": out.counters["accepted"].tolist(),
+                      "b1_steps": [r.loop_steps for r in b1],
+                      "b1_tokens": [r.tokens.tolist() for r in b1],
                       "big": big.tokens.tolist(), "big_blocks": big.counters["blocks"].tolist(),
                       "mp": mp.tokens.tolist(), "stream": st.tokens.tolist(),
                       "stream_lengths": st.lengths.tolist(),
@@ -527,6 +537,8 @@ def test_identical_outputs_on_one_and_four_devices():
   steps = sorted(one["big_blocks"], reverse=True)
   assert steps[0] > steps[4], steps  # the second stage ran
   assert sum(d > 0 for d in one["seq_deferred"]) == 4  # as in one batch (the stream test)
+  # The batch-1 row ends before the length cap, so rows decoding to the cap would show.
+  assert 0 < one["b1_steps"][2] < 12 and one["b1_steps"][0] <= one["b1_steps"][2]
 
 
 class TestErrors:

@@ -163,7 +163,7 @@ def test_infer_as_a_pod_matches_one_process(pair_env, tmp_path, procs, devices, 
   out = tmp_path / "pod"
   code = simulate_pod.run(
       procs, devices, [sys.executable, "-m", "spec_cascade.infer",
-                       *_infer_flags(out, f"--gin.infer_script.infer.model_parallel={model}")],
+                       *_infer_flags(out, f"--gin.MODEL_PARALLEL={model}")],
       str(tmp_path / "logs"), timeout_s=POD_TIMEOUT_S, echo=False)
   logs = {p.name: p.read_text()[-3000:] for p in (tmp_path / "logs").iterdir()}
   assert code == 0, logs
@@ -244,3 +244,21 @@ def test_sweep_as_a_pod_resumes_after_a_process_dies(pair_env, tmp_path):
   assert not (out / ".lock").exists()
   # Only process 0 wrote: one metrics file per point, none from a second writer.
   assert len(list((out / "metrics" / TASK).glob("*.json"))) == 5
+
+
+@pytest.mark.slow
+def test_mismatched_process_counts_are_an_error(tmp_path):
+  """Process 0 starts a pod of 2; process 1 believes in 3: it stops at once naming the
+  mismatch (process 0 here stops on its own missing gin values)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  port = simulate_pod.free_port()
+  procs = []
+  for index, num in ((0, 2), (1, 3)):
+    env = simulate_pod.process_env(dict(os.environ), port, num, index, 1, 20)
+    procs.append(subprocess.Popen([sys.executable, "-m", "spec_cascade.infer",
+                                   "--gin_file=configs/runs/infer.gin"], env=env, cwd=REPO,
+                                  stderr=subprocess.PIPE, text=True))
+  errors = [p.communicate(timeout=120)[1] for p in procs]
+  assert procs[1].returncode == 2, errors[1][-2000:]
+  assert "asked for 3 processes (--num_processes), but the coordinator" in errors[1]
+  assert "formed a pod of 2" in errors[1]

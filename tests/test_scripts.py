@@ -151,6 +151,8 @@ def test_launch_runs_module_on_all_workers_with_passthrough(tmp_path, fake_bin):
     assert "--worker=all" in ssh and "--zone=us-central2-b" in ssh
     remote = [a for a in ssh if a.startswith("--command=")][0][len("--command="):]
     assert "python -m spec_cascade.sweep --gin_file=configs/paper/wmt_ende.gin" in remote
+    # Every host joins one pod (jax.distributed.initialize() finds the slice on TPU VMs).
+    assert "SPEC_CASCADE_MULTIHOST=1" in remote
 
     # Run for real with a fake gcloud, then execute the remote command in a fake checkout with a
     # fake python: every pass-through argument must arrive as one argv element, unchanged.

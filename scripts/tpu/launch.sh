@@ -39,7 +39,9 @@ fi
 
 PY_CMD="python -m $MODULE"
 for a in "${ARGS[@]}"; do PY_CMD+=" $(printf '%q' "$a")"; done
-REMOTE="cd $(remote_path "$REMOTE_DIR") && . .venv/bin/activate && export TF_CPP_MIN_LOG_LEVEL=3"
+# SPEC_CASCADE_MULTIHOST=1: every host calls jax.distributed.initialize(), which finds the
+# slice by itself on TPU VMs (one host or many), so the hosts form one pod (spec_cascade/pod.py).
+REMOTE="cd $(remote_path "$REMOTE_DIR") && . .venv/bin/activate && export TF_CPP_MIN_LOG_LEVEL=3 SPEC_CASCADE_MULTIHOST=1"
 if ((BACKGROUND)); then
   [[ -n "$LOG" ]] || LOG="logs/${MODULE##*.}-$(date -u +%Y%m%dT%H%M%SZ).log"
   QLOG="$(printf '%q' "$LOG")"
