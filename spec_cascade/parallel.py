@@ -73,16 +73,23 @@ def param_shardings(mesh: Mesh, params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(one, params)
 
 
-def shard_params(mesh: Mesh, params: Any) -> Any:
-  """Places params on the mesh by the T5X rules. A mesh spanning several processes takes each
-  leaf from host memory (every process holds the whole tree, each uploads its own shards):
-  XLA's CPU and GPU clients cannot copy device to device across hosts."""
-  shardings = param_shardings(mesh, params)
+def put(tree: Any, shardings: Any) -> Any:
+  """jax.device_put(tree, shardings) that also works when the shardings span several
+  processes: there each leaf not already placed so is taken from host memory (every process
+  holds the whole tree, each uploads its own shards), because XLA's CPU and GPU clients cannot
+  copy device to device across hosts. shardings: one Sharding or a tree like `tree`'s."""
   if jax.process_count() > 1:
-    params = jax.tree_util.tree_map(
-        lambda x, s: x if getattr(x, "sharding", None) == s else np.asarray(x), params,
+    if isinstance(shardings, jax.sharding.Sharding):
+      shardings = jax.tree_util.tree_map(lambda _: shardings, tree)
+    tree = jax.tree_util.tree_map(
+        lambda x, s: x if getattr(x, "sharding", None) == s else np.asarray(x), tree,
         shardings)
-  return jax.device_put(params, shardings)
+  return jax.device_put(tree, shardings)
+
+
+def shard_params(mesh: Mesh, params: Any) -> Any:
+  """Places params on the mesh by the T5X rules (`put`: also on a mesh spanning processes)."""
+  return put(params, param_shardings(mesh, params))
 
 
 def shard_batch(mesh: Mesh, x) -> jax.Array:

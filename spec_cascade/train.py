@@ -11,6 +11,9 @@ on non-padding targets, averaged over the batch's real target tokens.
 Optimizer: Adafactor (T5X's settings) or AdamW, with T5X's factor-string
 learning-rate schedules. Data parallel: jit over a 1-D mesh ('data',) of all
 devices; parameters and optimizer state are replicated, batches split by rows.
+In a multi-host run (spec_cascade.pod) the mesh spans every process's devices; each
+process uploads only its devices' rows of the global batch, and only process 0
+writes files other than Orbax's (which every process saves together).
 
 MODEL_DIR layout:
     config.gin                    the operative gin config of the run
@@ -51,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spec_cascade import distill, stages, train_data
+from spec_cascade import distill, parallel, pod, stages, train_data
 from spec_cascade.models import T5Config, T5Model, get_config
 from spec_cascade.models.t5 import shift_right
 
@@ -63,6 +66,8 @@ TrainState = dict  # {"step": int32 [], "params": Params, "opt_state": optax sta
 
 # Set by the CLI's SIGTERM/SIGINT handlers (or by a caller): the loop then finishes its step,
 # saves a checkpoint and raises TrainingStopped, so a stopped run resumes with nothing lost.
+# One process only: a pod stops through SIGTERM and JAX's preemption sync point
+# (`_stop_requested`), since its processes must agree on the step.
 STOP_REQUESTED = threading.Event()
 
 
@@ -340,22 +345,31 @@ def export_params(export_dir, params: Params, config: T5Config,
   # Orbax saves only to absolute paths.
   export_dir = epath.Path(export_dir if "://" in str(export_dir) else os.path.abspath(export_dir))
   tmp = export_dir.parent / (export_dir.name + ".tmp")
-  if tmp.exists():
-    tmp.rmtree()
-  tmp.mkdir(parents=True)
-  with ocp.StandardCheckpointer() as ckptr:
+
+  def fresh_tmp():
+    if tmp.exists():
+      tmp.rmtree()
+    tmp.mkdir(parents=True)
+
+  # In a pod one process clears the folder while the others wait (run_on_writer is
+  # collective): a late rmtree elsewhere would delete shards already written into it.
+  pod.run_on_writer(fresh_tmp)
+  with ocp.StandardCheckpointer() as ckptr:  # every process saves; Orbax coordinates them
     ckptr.save(tmp / "params", jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params))
     ckptr.wait_until_finished()
   model_config = dataclasses.asdict(config)
   model_config["mlp_activations"] = list(config.mlp_activations)
   info = {**_EXPORT_FORMAT, "t5_config": model_config, "param_dtypes": ["float32"],
           "vocabulary_path": vocabulary_path, **dict(extra or {})}
-  if jax.process_index() == 0:
+
+  def finish():
     (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     # Swap in the complete export; a kill here leaves either the old or the .tmp one.
     if export_dir.exists():
       export_dir.rmtree()
     tmp.rename(export_dir)
+
+  pod.run_on_writer(finish)
 
 
 def read_export_info(path) -> dict:
@@ -377,7 +391,11 @@ def load_exported(path) -> tuple[T5Config, Params]:
   """(T5Config, float32 params) from an export of this trainer (or its MODEL_DIR)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   info = read_export_info(path)
-  target = T5Model(info["config"]).abstract_params()
+  # An explicit device: without one Orbax restores onto the saved sharding, which names
+  # devices (a pod's) that a later run on another machine does not have.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                        T5Model(info["config"]).abstract_params())
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(info["path"], "params"), target)
   return info["config"], params
@@ -634,6 +652,29 @@ def _init_params_fn(config: T5Config) -> Callable:
   return jax.jit(lambda rng: model.module.init(rng, enc, enc)["params"])
 
 
+def check_batch_size(batch_size: int, num_devices: int, num_processes: int = 1) -> None:
+  """ValueError unless BATCH_SIZE splits evenly over the data-parallel mesh: every device
+  takes BATCH_SIZE / num_devices rows of each global batch (so a pod trains on the same
+  batches as one process)."""
+  if batch_size % num_devices:
+    where = (f"{num_processes} processes × {num_devices // num_processes} devices"
+             if num_processes > 1 else f"{num_devices} devices")
+    fit = -(-batch_size // num_devices) * num_devices
+    raise ValueError(f"BATCH_SIZE={batch_size} must be a multiple of the {num_devices} "
+                     f"devices of the data-parallel mesh ({where}), each of which takes an "
+                     f"equal share of every batch; use e.g. --gin.BATCH_SIZE={fit}.")
+
+
+def _stop_requested(step: int) -> bool:
+  """Whether to save and stop after `step`. A pod's processes must all stop at the same step
+  (the save is collective), so there a stop comes from SIGTERM through JAX's preemption sync
+  point, which they agree on; one process alone reads STOP_REQUESTED."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return multihost_utils.reached_preemption_sync_point(step)
+  return STOP_REQUESTED.is_set()
+
+
 @dataclasses.dataclass
 class TrainResult:
   step: int
@@ -702,9 +743,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   mesh = jax.sharding.Mesh(devices, ("data",))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  if batch_size % devices.size:
-    raise ValueError(f"BATCH_SIZE={batch_size} must be divisible by the {devices.size} "
-                     "devices of the data-parallel mesh.")
+  check_batch_size(batch_size, devices.size, jax.process_count())
 
   # Data first: a wrong task name should fail before any compilation.
   if train_source is None:
@@ -730,7 +769,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   if distillation is not None:
     teacher, teacher_params = load_teacher(distillation.teacher_checkpoint_path, config)
     teacher_config = teacher.config
-    teacher_params = jax.device_put(teacher_params, replicated)
+    teacher_params = parallel.put(teacher_params, replicated)
     log.info("Distilling from %s (%.2fM parameters): %s.",
              distillation.teacher_checkpoint_path, teacher.num_params() / 1e6, distillation)
     if distillation.sequence_targets != "none":
@@ -742,7 +781,8 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   train_step, on_policy_step, eval_step = _jitted_steps(
       config, tx, float(z_loss), config.dropout_rate > 0, mesh, distillation, teacher_config)
   teacher_args = () if distillation is None else (teacher_params,)
-  dropout_key = jax.device_put(jax.random.key(random_seed + 1), replicated)
+  # Made on the mesh by a computation: a typed key has no host form for `parallel.put`.
+  dropout_key = jax.jit(lambda: jax.random.key(random_seed + 1), out_shardings=replicated)()
 
   def init_state(params):
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
@@ -787,7 +827,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
         params = _init_params_fn(config)(jax.random.key(random_seed))
       state = init_state(params)
       state["step"] = jnp.asarray(position, jnp.int32)
-      state = jax.device_put(state, replicated)
+      state = parallel.put(state, replicated)
     step = start_step = int(state["step"])
     log.info("Model %s: %.2fM parameters; %d devices; steps %d → %d.", config,
              model.num_params() / 1e6, devices.size, step, total_steps)
@@ -801,11 +841,12 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
 
     def to_device(batch):
       arrays = {k: batch[k] for k in train_data.FEATURE_KEYS}
-      if not data.process_local and jax.process_count() > 1:
-        n = batch_size // jax.process_count()
-        arrays = {k: v[jax.process_index() * n:(jax.process_index() + 1) * n]
-                  for k, v in arrays.items()}
-      return {k: jax.make_array_from_process_local_data(rows, v) for k, v in arrays.items()}
+      if data.process_local:  # this process's rows of the global batch (a seqio shard)
+        return {k: jax.make_array_from_process_local_data(rows, v) for k, v in arrays.items()}
+      # Every process builds the same global batch (a pure function of seed and position);
+      # each uploads only the rows its own devices hold, wherever they sit in the mesh.
+      return {k: jax.make_array_from_callback(v.shape, rows, lambda index, v=v: v[index])
+              for k, v in arrays.items()}
 
     def evaluate(params, at_step) -> dict:
       out = {}
@@ -884,9 +925,11 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                  _format_eta(eta))
         metrics_log.write(dict(train_metrics, step=step, kind="train"))
         t_last, step_last = now, step
-      if step % checkpoint_period == 0 or step == total_steps or STOP_REQUESTED.is_set():
+      # Read once: a signal between two reads would stop without the save.
+      stop = _stop_requested(step)
+      if step % checkpoint_period == 0 or step == total_steps or stop:
         save(step)
-      if STOP_REQUESTED.is_set():
+      if stop:
         manager.wait_until_finished()
         log.info("Stop requested: saved step %d; re-run the same command to resume.", step)
         raise TrainingStopped(step)
@@ -1001,18 +1044,27 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
   # checkpoints) register gin configurables of their own, which a locked config refuses.
   gin_cli.configure(args)
   received = []
+  # In a pod, SIGTERM stays with JAX's preemption notifier (jax.distributed installs it), which
+  # makes every process stop at one agreed step (`_stop_requested`); Ctrl-C is passed on to it.
+  pod_run = jax.process_count() > 1
 
   def request_stop(signum, _frame):
     if received:  # a second signal: stop now, losing at most one checkpoint period
       raise KeyboardInterrupt
     received.append(signum)
     log.info("Signal %d: stopping after this step (a checkpoint is saved first).", signum)
-    STOP_REQUESTED.set()
+    if pod_run:
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      STOP_REQUESTED.set()
 
-  previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+  handled = (signal.SIGINT,) if pod_run else (signal.SIGTERM, signal.SIGINT)
+  previous = {sig: signal.signal(sig, request_stop) for sig in handled}
   try:
     return gin_cli.call_configured(train)
   except TrainingStopped:
+    if pod_run:  # the notifier took the SIGTERM, so `received` may be empty
+      sys.exit(128 + signal.SIGTERM)
     sys.exit(128 + received[0] if received else 1)
   finally:
     for sig, handler in previous.items():

@@ -5,7 +5,7 @@ from `spec_cascade.data.fixtures` with a 200-piece vocabulary and, if asked, sav
 verifier pair of `test_pair()` (`pairs.make_pair`, vocabulary 384 ≥ the tokenizer's 300 ids) in
 the offline-pair layout.
 `use_env(monkeypatch, env)` points the environment variables at them, so nothing reaches apt or
-the user's cache.
+the user's cache; `session_env` does both for a fixture.
 """
 import dataclasses
 import os
@@ -71,6 +71,15 @@ def use_env(monkeypatch, env: OfflineEnv) -> None:
   monkeypatch.setenv(offline.ENV_RAW, str(env.raw))
   monkeypatch.setenv(offline.ENV_CACHE, str(env.cache))
   monkeypatch.setenv(pretrained.ENV_PAIR, str(env.pair))
+
+
+def session_env(tmp_path_factory, monkeypatch, with_pair: bool, cwd: str) -> OfflineEnv:
+  """For a fixture: the session's offline env (one per pytest session), pointed at by the
+  environment, with the working directory at `cwd` (the gin files' relative includes)."""
+  env = offline_env(tmp_path_factory.getbasetemp() / "offline_env", with_pair)
+  use_env(monkeypatch, env)
+  monkeypatch.chdir(cwd)
+  return env
 
 
 def write_sweep_gin(path: pathlib.Path, task: str, drafter: str, verifier: str,

@@ -119,10 +119,7 @@ def test_a_coordinator_that_never_answers_is_an_error_in_bounded_time(tmp_path):
 
 @pytest.fixture
 def pair_env(tmp_path_factory, monkeypatch):
-  env = sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
-  sweep_helpers.use_env(monkeypatch, env)
-  monkeypatch.chdir(REPO)
-  return env
+  return sweep_helpers.session_env(tmp_path_factory, monkeypatch, True, REPO)
 
 
 def _infer_flags(out, *extra):
