@@ -13,9 +13,13 @@ setup(
     long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["spec_cascade", "spec_cascade.*"]),
-    include_package_data=True,
-    package_data={"spec_cascade": ["assets/**/*", "configs/**/*.gin"]},
+    # Users edit the gin files in the top-level configs/; an installed package carries them as
+    # spec_cascade/configs/, where gin_cli looks when there is no checkout around it. Data go in
+    # through package_data only (no include_package_data): setuptools would otherwise warn for
+    # every data folder that is not listed as a package.
+    packages=find_packages(include=["spec_cascade", "spec_cascade.*"]) + ["spec_cascade.configs"],
+    package_dir={"spec_cascade.configs": "configs"},
+    package_data={"spec_cascade": ["assets/**/*"], "spec_cascade.configs": ["**/*.gin"]},
     install_requires=[
         # Ranges admit the set known to install together on Python 3.11
         # (jax 0.10.x, flax 0.12.8, numpy 2.4) and the newest on 3.12.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the paper's T5 experiments (docs/paper.md §6): fine-tune T5 v1.1 small (drafter) and
+# Reproduces the paper's T5 experiments (docs/method.md §6): fine-tune T5 v1.1 small (drafter) and
 # large (verifier) on each task, sweep every method over α, and write the tables and plots.
 #
 #   bash scripts/reproduce_paper.sh [--dry_run] [--tasks=wmt_ende,cnn_dailymail,xsum]

@@ -1,4 +1,4 @@
-"""Decode loops for every method of docs/paper.md §5, each one compiled `lax.while_loop`.
+"""Decode loops for every method of docs/method.md §5, each one compiled `lax.while_loop`.
 
 Methods (`METHODS`):
   drafter, verifier      autoregressive decoding with one model (greedy / temperature / top-k / top-p)

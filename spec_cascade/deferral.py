@@ -1,4 +1,4 @@
-"""Deferral rules: the target maps π = T(q, p) of docs/paper.md §3 and BiLD* (§5).
+"""Deferral rules: the target maps π = T(q, p) of docs/method.md §3, BiLD*'s included.
 
 Every rule is a pure function with one signature,
 

@@ -5,9 +5,12 @@
         [--gin_bindings='NAME = VALUE'] [--gin_search_paths=a,b] [--tfds_data_dir=DIR]
 
 `--gin.NAME=VALUE` becomes the binding `NAME = VALUE` (string values keep their quotes:
-`--gin.X="'text'"`). Gin files are found relative to the working directory, the
-`--gin_search_paths`, the repository root and its `configs/` folder (so both
-`--gin_file=configs/runs/sweep.gin` and `--gin_file=runs/sweep.gin` work).
+`--gin.X="'text'"`). Gin files (and gin `include` lines) are found relative to the working
+directory, the `--gin_search_paths`, then the folder holding the shipped `configs/` and that
+`configs/` folder itself (so both `--gin_file=configs/runs/sweep.gin` and
+`--gin_file=runs/sweep.gin` work). In a checkout that is the top-level `configs/`; an installed
+wheel carries the same files as package data in `spec_cascade/configs/` (setup.py maps them),
+so the same flags work from any working directory.
 
 Every mistake is reported with the thing that caused it: a gin file that cannot be read or
 parsed, a binding gin rejects (named as the user typed it), a `--gin.MACRO` no gin file uses
@@ -31,8 +34,13 @@ import numpy as np
 
 from spec_cascade import pod
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(PACKAGE_DIR)
+# The package's own copy (a wheel install) wins when it exists: a checkout never has one, while
+# next to an installed package REPO_ROOT is site-packages, whose `configs/` (if any) is not ours.
+CONFIG_ROOT = (PACKAGE_DIR if os.path.isdir(os.path.join(PACKAGE_DIR, "configs"))
+               else REPO_ROOT)
+CONFIGS_DIR = os.path.join(CONFIG_ROOT, "configs")
 
 _MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FULL_PATH_BINDING = re.compile(r"^\s*(spec_cascade(?:\.\w+)*)\.\w+\.\w+\s*=")
@@ -61,6 +69,27 @@ class _GinSearchFilter(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     msg = str(record.msg)
     return not (msg.startswith("Path not found") or msg.startswith("system_path_file_exists"))
+
+
+def _answer_no_on_type_error(exists: Callable[[str], bool]) -> Callable[[str], bool]:
+  def checked(path: str) -> bool:
+    try:
+      return exists(path)
+    except TypeError:
+      return False
+  checked.answers_no_on_type_error = True
+  return checked
+
+
+def _tolerate_folders_named_like_gin_paths() -> None:
+  """gin also reads 'a/b/file.gin' as file.gin inside the importable package a.b, and its check
+  raises TypeError (not False) when a.b is a namespace package, i.e. a plain folder on sys.path:
+  a `runs/` folder in the working directory (sweep outputs go there) broke --gin_file=runs/...,
+  and the checkout's `configs/` on sys.path broke `include 'configs/...'` from any other working
+  directory. Such a folder holds no gin file the search paths would not find, so "no" is right."""
+  for i, (reader, exists) in enumerate(gin.config._FILE_READERS):  # pylint: disable=protected-access
+    if not getattr(exists, "answers_no_on_type_error", False):
+      gin.config._FILE_READERS[i] = (reader, _answer_no_on_type_error(exists))  # pylint: disable=protected-access
 
 
 def parse_flags(argv: Sequence[str], prog: str, description: str = "",
@@ -160,7 +189,8 @@ def configure(args: argparse.Namespace) -> None:
   import spec_cascade.data.offline  # pylint: disable=g-import-not-at-top,unused-import
   import spec_cascade.models  # pylint: disable=g-import-not-at-top,unused-import
   gin.clear_config()
-  for path in args.gin_search_paths + [os.getcwd(), REPO_ROOT, CONFIGS_DIR]:
+  _tolerate_folders_named_like_gin_paths()
+  for path in args.gin_search_paths + [os.getcwd(), CONFIG_ROOT, CONFIGS_DIR]:
     if path not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
       gin.add_config_file_search_path(path)
   for path in args.gin_file:

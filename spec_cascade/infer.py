@@ -599,7 +599,7 @@ def totals(counters: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 def rates(tot: Mapping[str, float], method: MethodSpec) -> dict[str, float]:
-  """docs/paper.md §7 rates from summed counters.
+  """docs/method.md §7 rates from summed counters.
 
   acceptance = accepted / drafted; rejection = rejected blocks / output tokens; deferral =
   tokens from the verifier / tokens (1 for the verifier alone, 0 for the drafter alone);

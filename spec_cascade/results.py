@@ -6,7 +6,7 @@ anything, written atomically (temp file + `os.replace`) so a crash never leaves 
 and keyed by (task, method, α, T, γ) so a resumed sweep skips the points it already has
 (`done_keys`).
 
-Conventions (docs/paper.md §7):
+Conventions (docs/method.md §7):
 - `alpha` is NaN for methods without a lenience (drafter, verifier, specdecode).
 - `num_draft_tokens` (γ) is 0 for methods that draft nothing (drafter, verifier, the sequential
   cascades); such rows are γ-independent and appear in the report for every γ.
@@ -50,7 +50,7 @@ _METHOD_RULES = {
 def default_rule(method: str) -> str:
     """The deferral rule name implied by a method name ('' for drafter/verifier/specdecode).
 
-    `spec_cascade_<rule>` → `<rule>`; the baselines map as in docs/paper.md §5.
+    `spec_cascade_<rule>` → `<rule>`; the baselines map as in docs/method.md §5.
     """
     if method.startswith("spec_cascade_"):
         return method[len("spec_cascade_"):]

@@ -1,6 +1,6 @@
 """Sampling distributions and speculative verification of one draft block.
 
-Implements docs/paper.md §2: temperature / top-k / top-p scaled distributions, drawing tokens
+Implements docs/method.md §2: temperature / top-k / top-p scaled distributions, drawing tokens
 from them, and verifying a block of γ drafts toward a target π = T(q, p) chosen from the
 registry in `spec_cascade.deferral` (accept x̂_j with prob min(1, π_j(x̂_j) / q̃_j(x̂_j)); at the
 first rejection emit from norm(max(0, π_j − q̃_j)); if all γ are accepted emit a bonus from π_γ).
@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-# Denominators are clamped at this value (paper.md §2), so a draft whose drafter probability
+# Denominators are clamped at this value (method.md §2), so a draft whose drafter probability
 # underflowed cannot divide by zero.
 PROB_FLOOR = 1e-10
 # If the residual max(0, π − q̃) carries less mass than this, it is numerically meaningless
-# (π ≈ q̃), so the token is sampled from π instead (paper.md §2).
+# (π ≈ q̃), so the token is sampled from π instead (method.md §2).
 RESIDUAL_MIN_MASS = 1e-6
 # Smallest temperature used as a divisor; keeps logits / T finite for tiny positive T.
 _MIN_TEMPERATURE = 1e-20
@@ -186,7 +186,7 @@ def sample(key: jax.Array, logits: jax.Array, temperature: Any, top_k: int = 0,
 
 
 # ----------------------------------------------------------------------------------------------
-# Analytic quantities (paper.md §2)
+# Analytic quantities (method.md §2)
 # ----------------------------------------------------------------------------------------------
 
 def tv_distance(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -287,7 +287,7 @@ def verify_with_target(keys: jax.Array, drafts: jax.Array, drafter_probs: jax.Ar
                        target_probs: jax.Array,
                        defer_weight: jax.Array | None = None,
                        num_proposed: jax.Array | None = None) -> VerifyResult:
-  """Speculative sampling of one block toward an arbitrary target (paper.md §2).
+  """Speculative sampling of one block toward an arbitrary target (method.md §2).
 
   Args:
     keys: per-row keys, typed [B] or raw uint32 [B, 2] (see `as_typed_keys`).
@@ -381,7 +381,7 @@ def verify_block(keys: jax.Array, drafts: jax.Array, drafter_logits: jax.Array,
                  verifier_logits: jax.Array, *, rule: str, alpha: Any, beta: Any = None,
                  temperature: Any, top_k: int = 0, top_p: Any = 1.0,
                  checked: bool = False) -> VerifyResult:
-  """Verifies one draft block toward the target of `rule` (paper.md §2–§3).
+  """Verifies one draft block toward the target of `rule` (method.md §2–§3).
 
   Args:
     keys: per-row keys, typed [B] (`jax.random.split(jax.random.key(seed), B)`) or raw uint32

@@ -1,4 +1,4 @@
-"""Target maps of docs/paper.md §3 against an independent float64 NumPy reference."""
+"""Target maps of docs/method.md §3 against an independent float64 NumPy reference."""
 import math
 
 import jax
@@ -201,7 +201,7 @@ def test_token_rules_defer_weight_is_eta(rule):
 
 
 def test_lossy_is_tran_thien_lossy_specdecode():
-  """Accept with min(1, p̃/((1−α)q̃)), residual ∝ max(0, p̃ − βq̃), β ≥ 1 − α (paper.md §3)."""
+  """Accept with min(1, p̃/((1−α)q̃)), residual ∝ max(0, p̃ − βq̃), β ≥ 1 − α (method.md §3)."""
   ql, pl = _logits(9)
   inputs = _jit_inputs(ql, pl, 1.0)
   qt, pt = np.asarray(inputs.q_scaled, np.float64), np.asarray(inputs.p_scaled, np.float64)

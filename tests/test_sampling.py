@@ -1,4 +1,4 @@
-"""Scaled distributions, sampling, analytic helpers and block verification (paper.md §2)."""
+"""Scaled distributions, sampling, analytic helpers and block verification (method.md §2)."""
 import math
 
 import jax

@@ -1,4 +1,4 @@
-"""Statistical exactness of speculative sampling toward every target (docs/paper.md §2).
+"""Statistical exactness of speculative sampling toward every target (docs/method.md §2).
 
 For each rule, drafts are drawn with `sampling.sample` from fixed random drafter logits and the
 block is verified with `sampling.verify_block`, N = 200k independent rows at once. One jitted
