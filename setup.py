@@ -44,6 +44,9 @@ setup(
         "sacrebleu>=2.4",
         "rouge-score>=0.1.2",
         "matplotlib>=3.8",
+        # TensorBoard summaries of training (clu.metric_writers, as T5X writes them).
+        "clu>=0.0.12",
+        "tensorboard>=2.21,<2.22",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],

@@ -469,19 +469,42 @@ def _write_operative_config(model_dir) -> None:
 
 
 class _MetricsLog:
-  """Appends JSON lines to MODEL_DIR/metrics.jsonl (process 0 only)."""
+  """Appends JSON lines to MODEL_DIR/metrics.jsonl and, with `summaries`, writes the same
+  scalars as TensorBoard summaries to MODEL_DIR/train and MODEL_DIR/eval (T5X's folders are
+  train/ and training_eval/; `tensorboard --logdir MODEL_DIR` shows both). Process 0 only."""
 
-  def __init__(self, model_dir):
-    self.path = os.path.join(str(model_dir), "metrics.jsonl")
+  def __init__(self, model_dir, summaries: bool = True):
+    self.model_dir = str(model_dir)
+    self.path = os.path.join(self.model_dir, "metrics.jsonl")
+    self.summaries = summaries
+    self._writers: dict[str, Any] = {}
 
   def write(self, record: Mapping[str, Any]) -> None:
     if jax.process_index() != 0:
       return
     from etils import epath  # pylint: disable=import-outside-toplevel
-    line = json.dumps({k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array))
-                           else v) for k, v in record.items()}) + "\n"
+    clean = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v)
+             for k, v in record.items()}
     with epath.Path(self.path).open("a") as f:
-      f.write(line)
+      f.write(json.dumps(clean) + "\n")
+    if self.summaries:
+      scalars = {k: v for k, v in clean.items() if k not in ("step", "kind")
+                 and isinstance(v, (int, float)) and math.isfinite(v)}
+      writer = self._writer(str(clean.get("kind", "train")))
+      writer.write_scalars(int(clean["step"]), scalars)
+      writer.flush()  # events are few; a run killed later keeps every one written
+
+  def _writer(self, kind: str):
+    if kind not in self._writers:
+      # clu imports TensorFlow's summary ops: only a run that writes summaries pays for it.
+      from clu import metric_writers  # pylint: disable=import-outside-toplevel
+      self._writers[kind] = metric_writers.SummaryWriter(os.path.join(self.model_dir, kind))
+    return self._writers[kind]
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+    self._writers.clear()
 
 
 def _format_eta(seconds: float) -> str:
@@ -697,7 +720,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           random_seed: int = 0,
           checkpoint_period: int = 1000, keep_checkpoints: int = 3,
           eval_period: int = 1000, eval_steps: int = 20, infer_eval_examples: int = 0,
-          log_period: int = 50,
+          log_period: int = 50, summaries: bool = True,
           bucket_by_length: bool = True, shuffle_window_batches: int = 64,
           vocab_path: str | None = None, data_cache_dir: str | None = None,
           train_source: train_data.BatchSource | None = None,
@@ -715,7 +738,10 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   checkpoint_period: steps between Orbax checkpoints (plus the final step);
   keep_checkpoints: how many to keep. eval_period / eval_steps: teacher-forced
   validation every eval_period steps on at most eval_steps batches;
-  infer_eval_examples > 0 adds greedy-decoding metrics (offline tasks).
+  infer_eval_examples > 0 adds greedy-decoding metrics (offline tasks). log_period: steps
+  between training-metric records (metrics.jsonl, the log, and with `summaries` TensorBoard
+  scalars in MODEL_DIR/train and MODEL_DIR/eval: loss, accuracy, learning rate, throughput,
+  eval metrics).
   initial_step: the step (learning-rate schedule and data position) a run from
   initial_checkpoint_path starts at; None = the step a stage artifact records
   (spec_cascade.stages: a long run continued on another machine), else 0.
@@ -801,7 +827,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                "seed": random_seed,
                "distillation": (None if distillation is None
                                 else dataclasses.asdict(distillation))}
-  metrics_log = _MetricsLog(model_dir)
+  metrics_log = _MetricsLog(model_dir, summaries)
   try:
     latest = manager.latest_step()
     if latest is not None:
@@ -940,6 +966,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     manager.wait_until_finished()
   finally:
     manager.close()
+    metrics_log.close()
 
   export_params(os.path.join(str(model_dir), "export"), state["params"], config,
                 data.vocab_path,

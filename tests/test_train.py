@@ -229,6 +229,22 @@ def test_few_steps_reduce_loss(tmp_path, tx):
   records = [json.loads(line) for line in open(tmp_path / "m" / "metrics.jsonl")]
   assert [r["step"] for r in records if r["kind"] == "train"] == [10, 20, 30]
   assert all(r["examples_per_s"] > 0 for r in records if r["kind"] == "train")
+  # The same scalars as TensorBoard summaries (train/ and eval/ under MODEL_DIR).
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  runs = {}
+  for kind in ("train", "eval"):
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "m" / kind))
+    acc.Reload()  # TF2 summaries arrive as scalar tensors
+    runs[kind] = {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                        for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
+  # (learning_rate is NaN here, an optimizer given without its schedule: left out)
+  assert {"loss", "accuracy", "examples_per_s"} <= set(runs["train"])
+  train_records = [r for r in records if r["kind"] == "train"]
+  assert [step for step, _ in runs["train"]["loss"]] == [r["step"] for r in train_records]
+  assert [v for _, v in runs["train"]["loss"]] == pytest.approx(
+      [r["loss"] for r in train_records], rel=1e-6)
+  assert [s for s, _ in runs["eval"]["eval_loss"]] == [30]
 
 
 def _flat(tree):
