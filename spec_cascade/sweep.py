@@ -541,6 +541,10 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
         row, latency_s=latency,
         rel_latency_batch1=(latency / lat_base if lat_base and math.isfinite(lat_base)
                             and lat_base > 0 else math.nan))
+    # One line per point, so a long sweep's log reads as its results table while it runs.
+    log.info("%s %s: %s %.2f, %.2f s (%.3f × verifier), modelled %.3f, deferral %.3f", task,
+             point.name, metric, row.quality, row.wallclock_s, row.rel_latency,
+             row.modelled_rel_latency, row.deferral_rate)
     if writer:
       pred_path = os.path.join(output_dir, "predictions", task, point.name + ".jsonl")
       infer.write_jsonl(pred_path, infer.prediction_records(data, preds, run))
