@@ -2,8 +2,25 @@
 import pathlib
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 _HERE = pathlib.Path(__file__).parent
+
+
+class _BuildWithConfigs(build_py):
+  """Copies the top-level configs/ into the built package as spec_cascade/configs/.
+
+  Users edit the gin files in configs/; an installed wheel carries them where gin_cli looks when
+  there is no checkout around it. A copy at build time (rather than a package_dir mapping) keeps
+  an editable install a plain path entry, which setuptools installs without warnings."""
+
+  def run(self):
+    super().run()
+    for src in sorted((_HERE / "configs").rglob("*.gin")):
+      dest = pathlib.Path(self.build_lib) / "spec_cascade" / "configs" / src.relative_to(
+          _HERE / "configs")
+      self.mkpath(str(dest.parent))
+      self.copy_file(str(src), str(dest))
 
 setup(
     name="spec_cascade",
@@ -13,13 +30,11 @@ setup(
     long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    # Users edit the gin files in the top-level configs/; an installed package carries them as
-    # spec_cascade/configs/, where gin_cli looks when there is no checkout around it. Data go in
-    # through package_data only (no include_package_data): setuptools would otherwise warn for
-    # every data folder that is not listed as a package.
-    packages=find_packages(include=["spec_cascade", "spec_cascade.*"]) + ["spec_cascade.configs"],
-    package_dir={"spec_cascade.configs": "configs"},
-    package_data={"spec_cascade": ["assets/**/*"], "spec_cascade.configs": ["**/*.gin"]},
+    # Data go in through package_data only (no include_package_data): setuptools would otherwise
+    # warn for every data folder that is not listed as a package. configs/: _BuildWithConfigs.
+    packages=find_packages(include=["spec_cascade", "spec_cascade.*"]),
+    package_data={"spec_cascade": ["assets/**/*"]},
+    cmdclass={"build_py": _BuildWithConfigs},
     install_requires=[
         # Ranges admit the set known to install together on Python 3.11
         # (jax 0.10.x, flax 0.12.8, numpy 2.4) and the newest on 3.12.

@@ -9,7 +9,7 @@
 directory, the `--gin_search_paths`, then the folder holding the shipped `configs/` and that
 `configs/` folder itself (so both `--gin_file=configs/runs/sweep.gin` and
 `--gin_file=runs/sweep.gin` work). In a checkout that is the top-level `configs/`; an installed
-wheel carries the same files as package data in `spec_cascade/configs/` (setup.py maps them),
+wheel carries the same files as package data in `spec_cascade/configs/` (setup.py copies them in at build time),
 so the same flags work from any working directory.
 
 Every mistake is reported with the thing that caused it: a gin file that cannot be read or

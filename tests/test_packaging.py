@@ -97,7 +97,6 @@ def test_installed_wheel_runs_a_sweep_on_its_packaged_configs(tmp_path):
   in_checkout = {p.relative_to(ROOT / "configs").as_posix()
                  for p in (ROOT / "configs").rglob("*.gin")}
   assert shipped == in_checkout
-
   install = subprocess.run(
       [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site),
        str(wheel)], capture_output=True, text=True, timeout=300, check=False)
