@@ -139,7 +139,9 @@ def _fmt_interval(values: np.ndarray, level: float, spec: str, never: str = "n.r
   """'[lo, hi]' of replicates; an infinite bound (a replicate that never reaches) as `never`
   (−inf) or '+∞'."""
   lo, hi = stats.interval(values, level)
-  end = lambda x: never if x == -math.inf else "+∞" if x == math.inf else format(x, spec)
+  # One minus sign throughout: format's '-' beside the '−∞' bound reads as two different signs.
+  end = lambda x: (never if x == -math.inf else "+∞" if x == math.inf
+                   else format(x, spec).replace("-", "−"))
   return f"[{end(lo)}, {end(hi)}]"
 
 
@@ -477,7 +479,7 @@ def report_blocks(rows: Sequence[ResultRow], run_dir: str, reps: stats.Replicate
   batch1 = any(math.isfinite(r.rel_latency_batch1) for r in rows)
   sections = []
   if batch1:
-    n = sorted({r.extra.get("latency_examples", "") for r in rows} - {""})
+    n = sorted({r.extra.get("latency_examples", "") for r in rows} - {"", "0"})
     sections.append(("batch1", "Latency: one example at a time (batch 1, the paper's regime)",
                      f"Mean seconds per example, each decoded alone, relative to the verifier "
                      f"alone (on the first {', '.join(n) or '?'} examples of each task)."))
