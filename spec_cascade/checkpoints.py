@@ -1030,6 +1030,11 @@ def read_checkpoint_info(path: str) -> dict[str, Any]:
     raise ValueError(f"{info_file}: format {info.get('format')!r} version "
                      f"{info.get('format_version')!r} is not one this code reads "
                      f"({FORMAT_NAME!r} <= {FORMAT_VERSION}).")
+  if "decoder_config" in info and "t5_config" not in info:
+    # Written by hf_decoder.save_decoder_checkpoint; the engine does not run these yet.
+    raise ValueError(f"{info_file}: a decoder-only checkpoint (Llama/Gemma/Qwen2 family); "
+                     "load it with spec_cascade.hf_decoder.restore_decoder_checkpoint. The "
+                     "decoding engine runs T5 pairs only so far (docs/decoder_only.md).")
   if not isinstance(info.get("t5_config"), dict):
     raise ValueError(f"{info_file}: 't5_config' is missing or not an object, so the model's "
                      f"shape is unknown. {_INFO_FIX}")

@@ -18,10 +18,11 @@ LOGICAL_AXIS_RULES = (("batch", "data"), ("vocab", "model"), ("mlp", "model"),
                       ("heads", "model"), ("joined_kv", "model"), ("embed", None),
                       ("relpos_buckets", None))
 
-# Logical axes of each T5 parameter, by the last components of its path.
+# Logical axes of each T5 and decoder-only parameter, by the last components of its path.
 _PARAM_AXES = (
     (r"token_embedder/embedding$", ("vocab", "embed")),
     (r"(query|key|value)/kernel$", ("embed", "joined_kv")),
+    (r"(query|key|value)/bias$", ("joined_kv",)),  # Qwen2: split with its kernel's columns
     (r"out/kernel$", ("joined_kv", "embed")),
     (r"mlp/wi(_\d+)?/kernel$", ("embed", "mlp")),
     (r"mlp/wo/kernel$", ("mlp", "embed")),

@@ -7,6 +7,16 @@ from typing import Sequence
 import gin
 
 
+def check_dtypes(owner: str, dtype: str, matmul_dtype: str | None) -> None:
+  """ValueError unless the activation / matmul dtype fields of config `owner` are known."""
+  if dtype not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"{owner}.dtype={dtype!r}: use 'float32' (CPU) or 'bfloat16' "
+                     "(TPU/GPU).")
+  if matmul_dtype not in (None, "float32", "bfloat16", "float16"):
+    raise ValueError(f"{owner}.matmul_dtype={matmul_dtype!r}: use None (the "
+                     "activation dtype), 'float32', 'bfloat16' or 'float16'.")
+
+
 @gin.configurable(module="spec_cascade.models")
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -50,12 +60,7 @@ class T5Config:
     if not self.mlp_activations or bad:
       raise ValueError(f"T5Config.mlp_activations={self.mlp_activations!r}: each entry "
                        f"must be one of {sorted(known)}.")
-    if self.dtype not in ("float32", "bfloat16", "float16"):
-      raise ValueError(f"T5Config.dtype={self.dtype!r}: use 'float32' (CPU) or 'bfloat16' "
-                       "(TPU/GPU).")
-    if self.matmul_dtype not in (None, "float32", "bfloat16", "float16"):
-      raise ValueError(f"T5Config.matmul_dtype={self.matmul_dtype!r}: use None (the "
-                       "activation dtype), 'float32', 'bfloat16' or 'float16'.")
+    check_dtypes("T5Config", self.dtype, self.matmul_dtype)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1).")
 
