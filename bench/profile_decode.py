@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_peer  # pylint: disable=g-import-not-at-top,wrong-import-position  (adds the repo root)
 
 from spec_cascade import decoding  # pylint: disable=g-import-not-at-top
+from spec_cascade import methods  # pylint: disable=g-import-not-at-top
 from spec_cascade.decoding import generate  # pylint: disable=g-import-not-at-top
 
 
@@ -110,8 +111,8 @@ def main():
     spec = decoding.make_spec(args.method, None, num_draft_tokens=args.gamma,
                               max_decode_length=args.max_decode_length)
     knobs = decoding.make_knobs(spec, temperature=args.temperature)
-    use_d = args.method in decoding._USES_DRAFTER  # pylint: disable=protected-access
-    use_v = args.method in decoding._USES_VERIFIER  # pylint: disable=protected-access
+    use_d = methods.get(args.method).uses_drafter
+    use_v = methods.get(args.method).uses_verifier
     fn = decoding.compiled_decode(drafter.model.config if use_d else None,
                                   verifier.model.config if use_v else None, spec)
     ids = jnp.arange(args.batch, dtype=jnp.int32)

@@ -28,12 +28,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from spec_cascade import methods
+
 AUTO = "auto"
 DEFAULT_CANDIDATES = (1, 2, 3, 5)
 # The verifier alone is kept unless a γ is at least this much faster on the warm-up batch:
 # timing noise on a busy machine must not make 'auto' pick a γ that loses.
 DEFAULT_MARGIN = 0.05
-GAMMA_METHODS = ("spec_decode", "spec_decode_lossy", "spec_cascade")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +60,10 @@ def check(num_draft_tokens: Any, method: str) -> None:
     if num_draft_tokens != AUTO:
       raise ValueError(f"num_draft_tokens must be a positive int or {AUTO!r}, got "
                        f"{num_draft_tokens!r}.")
-    if method not in GAMMA_METHODS:
+    if method not in methods.BLOCK_METHODS:
       raise ValueError(f"num_draft_tokens={AUTO!r} picks the block size of the speculative "
-                       f"methods ({', '.join(GAMMA_METHODS)}); method {method!r} has none.")
+                       f"methods ({', '.join(methods.BLOCK_METHODS)}); method {method!r} has "
+                       "none.")
 
 
 def expected_tokens_per_block(acceptance: float, gamma: int) -> float:

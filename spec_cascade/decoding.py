@@ -1,17 +1,18 @@
 """Decode loops for every method of docs/method.md §5, each one compiled `lax.while_loop`.
 
-Methods (`METHODS`):
-  drafter, verifier      autoregressive decoding with one model (greedy / temperature / top-k / top-p)
-  token_cascade          sequential token-level cascade [Chow]: the verifier runs only when a
-                         row defers (first catching its cache up over the positions since the
-                         row's last deferral); a row is charged its own calls only
-  oracle                 both models every token, any rule (analysis only)
-  seq_cascade            sequence-level Chow: drafter output kept unless its length-normalised
-                         confidence is below 1 − α; then the row is re-decoded by the verifier
-  spec_decode            speculative decoding toward p̃ (rule `verifier`)
-  spec_decode_lossy      speculative decoding toward the `lossy` target
-  spec_cascade           speculative decoding toward any rule's target
-  bild                   BiLD: greedy drafts while max q ≥ fallback threshold (≤ max window),
+Methods: the catalogue `spec_cascade.methods` (docs/methods.md) says what each is; this module
+holds their loop bodies (`BODIES`, keyed by `Method.body`) and runs them:
+  one_model              autoregressive decoding with one model (greedy / temperature / top-k / top-p)
+  token_level            token_cascade, the sequential token-level cascade [Chow]: the verifier
+                         runs only when a row defers (first catching its cache up over the
+                         positions since the row's last deferral); a row is charged its own
+                         calls only. oracle: both models every token, any rule (analysis only)
+  two_pass               seq_cascade, sequence-level Chow: drafter output kept unless its
+                         length-normalised confidence is below 1 − α; then the row is re-decoded
+                         by the verifier (two loops, not a body: `decode`, `decode_stream`)
+  draft_verify           spec_decode (toward p̃, rule `verifier`), spec_decode_lossy (toward the
+                         `lossy` target), spec_cascade (toward any rule's target)
+  draft_rollback         BiLD: greedy drafts while max q ≥ fallback threshold (≤ max window),
                          one verifier call, roll back at the first draft with
                          −log p(draft) > rollback threshold, emit the verifier's argmax there
 
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec_cascade import autogamma, deferral, parallel, pod, programs, sampling
+from spec_cascade import autogamma, deferral, methods, parallel, pod, programs, sampling
 from spec_cascade.models.configs import T5Config
 from spec_cascade.models.t5 import DecoderCache, T5Model
 
@@ -53,14 +54,9 @@ Array = jax.Array
 EOS_ID = 1
 PAD_ID = 0
 
-METHODS = ("drafter", "verifier", "token_cascade", "oracle", "seq_cascade", "spec_decode",
-           "spec_decode_lossy", "spec_cascade", "bild")
-_DEFAULT_RULE = {"spec_decode": "verifier", "spec_decode_lossy": "lossy",
-                 "token_cascade": "chow", "oracle": "diff", "seq_cascade": "chow"}
-_USES_DRAFTER = {"drafter", "token_cascade", "oracle", "seq_cascade", "spec_decode",
-                 "spec_decode_lossy", "spec_cascade", "bild"}
-_USES_VERIFIER = set(METHODS) - {"drafter"}
-_SPECULATIVE = {"spec_decode", "spec_decode_lossy", "spec_cascade"}
+METHODS = methods.NAMES  # the engine's method names, for callers that list them
+# seq_cascade's `Method.body`: two loops in sequence, run by `decode` / `decode_stream` itself.
+TWO_PASS = "two_pass"
 
 
 class Bundle(NamedTuple):
@@ -71,10 +67,13 @@ class Bundle(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
-  """Everything that fixes the compiled program (changing any of it recompiles)."""
+  """Everything that fixes the compiled program (changing any of it recompiles).
+
+  num_draft_tokens: γ, None where it does not apply (`Method.gamma` other than block): such
+  methods then share one program whatever γ a caller passed."""
   method: str
   rule: str | None
-  num_draft_tokens: int
+  num_draft_tokens: int | None
   max_decode_length: int
   top_k: int = 0
   solve_beta: bool = True
@@ -607,21 +606,42 @@ def _bild_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs
 # ----------------------------------------------------------------------------------------------
 # The compiled program
 
+def _one_model_body(method: methods.Method, spec: DecodeSpec, drafter: Bundle | None,
+                    verifier: Bundle | None, knobs: Knobs):
+  which = "drafter" if method.uses_drafter else "verifier"
+  b = drafter if method.uses_drafter else verifier
+  return lambda keys: _autoregressive_body(b.model, b.params, which, spec, knobs, keys)
+
+
+def _token_level_body(method: methods.Method, spec: DecodeSpec, drafter: Bundle,
+                      verifier: Bundle, knobs: Knobs):
+  return lambda keys: _token_cascade_body(drafter, verifier, spec, knobs, keys,
+                                          oracle=method.analysis_only)
+
+
+def _draft_verify_body(method: methods.Method, spec: DecodeSpec, drafter: Bundle,
+                       verifier: Bundle, knobs: Knobs):
+  del method  # the rule in `spec` sets the target
+  return lambda keys: _speculative_body(drafter, verifier, spec, knobs, keys)
+
+
+def _draft_rollback_body(method: methods.Method, spec: DecodeSpec, drafter: Bundle,
+                         verifier: Bundle, knobs: Knobs):
+  del method  # greedy: BiLD draws nothing, so it needs no row keys
+  return lambda _: _bild_body(drafter, verifier, spec, knobs)
+
+
+# `Method.body` → factory(method, spec, drafter, verifier, knobs) → make_body(row_keys [B]) →
+# the loop body of a one-loop method. A new method's body goes here (docs/methods.md).
+BODIES = {"one_model": _one_model_body, "token_level": _token_level_body,
+          "draft_verify": _draft_verify_body, "draft_rollback": _draft_rollback_body}
+
+
 def _make_body(spec: DecodeSpec, drafter: Bundle | None, verifier: Bundle | None,
                knobs: Knobs):
-  """make_body(row_keys [B]) → the loop body of a one-loop method (all but seq_cascade)."""
-  method = spec.method
-  if method in ("drafter", "verifier"):
-    b = drafter if method == "drafter" else verifier
-    return lambda keys: _autoregressive_body(b.model, b.params, method, spec, knobs, keys)
-  if method in ("token_cascade", "oracle"):
-    return lambda keys: _token_cascade_body(drafter, verifier, spec, knobs, keys,
-                                            oracle=method == "oracle")
-  if method in ("spec_decode", "spec_decode_lossy", "spec_cascade"):
-    return lambda keys: _speculative_body(drafter, verifier, spec, knobs, keys)
-  if method == "bild":
-    return lambda _: _bild_body(drafter, verifier, spec, knobs)
-  raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}.")
+  """make_body(row_keys [B]) → the loop body of a one-loop method (all but two-pass ones)."""
+  method = methods.get(spec.method)
+  return BODIES[method.body](method, spec, drafter, verifier, knobs)
 
 
 def _init_state(batch: int, buf_len: int, d_cache, v_cache, done=None) -> DecodeState:
@@ -676,20 +696,10 @@ def _run(make_body, state: DecodeState, row_keys: Array, sizes: tuple[int, ...],
   return full
 
 
-def _block_width(spec: DecodeSpec) -> int:
-  if spec.method == "bild":
-    return spec.bild_max_window + 1
-  if spec.method == "token_cascade":
-    return spec.token_cascade_window
-  if spec.method in ("spec_decode", "spec_decode_lossy", "spec_cascade"):
-    return spec.num_draft_tokens + 1
-  return 1
-
-
 def _lengths(spec: DecodeSpec) -> tuple[int, int]:
   """(cache length, output buffer length): room for max_decode_length plus the widest block
   (a block may run past the last position before EOS / the cap cuts it)."""
-  width = _block_width(spec)
+  width = methods.get(spec.method).width(spec)
   return spec.max_decode_length + width + 1, spec.max_decode_length + width
 
 
@@ -761,12 +771,12 @@ def decode(d_model: T5Model | None, v_model: T5Model | None, spec: DecodeSpec, d
     encoded, mask = _encode(b, "drafter" if b is drafter else "verifier", inputs)
     return b.model.init_cache(b.params, encoded, mask, cache_len)
 
-  method = spec.method
+  method = methods.get(spec.method)
   padding = example_ids < 0  # rows the API added to reach a bucketed shape: never decoded
-  if method != "seq_cascade":
+  if method.body != TWO_PASS:
     state = _init_state(batch, buf_len,
-                        fresh_cache(drafter) if method in _USES_DRAFTER else None,
-                        fresh_cache(verifier) if method in _USES_VERIFIER else None,
+                        fresh_cache(drafter) if method.uses_drafter else None,
+                        fresh_cache(verifier) if method.uses_verifier else None,
                         done=padding)
     state = _run(_make_body(spec, drafter, verifier, knobs), state, row_keys, sizes)
   else:
@@ -927,10 +937,11 @@ def decode_stream(d_model: T5Model | None, v_model: T5Model | None, spec: Decode
   padding = example_ids < 0
   queue = jnp.argsort(padding, stable=True).astype(jnp.int32)
   count = jnp.sum(~padding, dtype=jnp.int32)
-  if spec.method != "seq_cascade":
+  method = methods.get(spec.method)
+  if method.body != TWO_PASS:
     st = _stream(_make_body(spec, drafter, verifier, knobs), spec, all_keys,
-                 caches(drafter, spec.method in _USES_DRAFTER, queue[:slots]),
-                 caches(verifier, spec.method in _USES_VERIFIER, queue[:slots]), queue, count)
+                 caches(drafter, method.uses_drafter, queue[:slots]),
+                 caches(verifier, method.uses_verifier, queue[:slots]), queue, count)
     out, length, counters, steps = st.out, st.length, st.counters, st.slots.step
   else:
     first = _stream(_seq_first_body(spec, drafter, knobs), spec, all_keys,
@@ -1014,50 +1025,48 @@ class GenerateOutput:
 
 
 def resolve_rule(method: str, rule: str | None) -> str | None:
-  """The rule a method runs with; ValueError when the pair makes no sense."""
-  if method not in METHODS:
-    raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}.")
-  if method in ("drafter", "verifier", "bild"):
+  """The rule a method runs with (`Method.rules` / `default_rule`); ValueError when the pair
+  makes no sense."""
+  m = methods.get(method)
+  if m.rules == ():
     if rule is not None:
       raise ValueError(f"method {method!r} takes no deferral rule (got rule={rule!r}).")
     return None
-  if method in ("spec_decode", "spec_decode_lossy"):
-    want = _DEFAULT_RULE[method]
-    if rule not in (None, want):
-      raise ValueError(f"method {method!r} always uses rule {want!r}; for other rules use "
-                       f"method='spec_cascade', rule={rule!r}.")
-    return want
-  if method in ("token_cascade", "seq_cascade"):
-    if rule not in (None, "chow"):
-      raise ValueError(f"method {method!r} implements Chow's rule only (got {rule!r}); use "
-                       "method='oracle' or 'spec_cascade' for other rules.")
-    return "chow"
-  if method == "oracle":
-    rule = rule or _DEFAULT_RULE["oracle"]
-  elif rule is None:
-    raise ValueError("method 'spec_cascade' needs a rule: one of "
+  if m.rules is not methods.ANY_RULE:
+    if rule not in (None,) + m.rules:
+      raise ValueError(m.rule_error.format(method=method, rule=rule, want=m.default_rule))
+    return rule or m.default_rule
+  rule = rule or m.default_rule
+  if rule is None:
+    raise ValueError(f"method {method!r} needs a rule: one of "
                      f"{', '.join(sorted(deferral.RULES))}.")
   deferral.get_rule(rule)
   return rule
 
 
-def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int = 5,
+def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int | None = 5,
               max_decode_length: int = 64, top_k: int = 0, beta: float | None = None,
               token_cascade_window: int = 8, bild_max_window: int = 10,
               shrink_batch: bool = True, dynamic_draft: bool = False) -> DecodeSpec:
   """Validated DecodeSpec (the static part of a decode)."""
   rule = resolve_rule(method, rule)
-  if dynamic_draft and method not in _SPECULATIVE:
+  blocks = methods.get(method).gamma == methods.GAMMA_BLOCK
+  if dynamic_draft and not blocks:
     raise ValueError(f"draft_confidence (dynamic draft length) applies to the speculative "
-                     f"methods ({', '.join(sorted(_SPECULATIVE))}); method {method!r} drafts "
-                     "no blocks.")
-  for name, v, lo in (("num_draft_tokens", num_draft_tokens, 1),
-                      ("max_decode_length", max_decode_length, 1),
-                      ("token_cascade_window", token_cascade_window, 1),
-                      ("bild_max_window", bild_max_window, 1)):
+                     f"methods ({', '.join(sorted(methods.BLOCK_METHODS))}); method {method!r} "
+                     "drafts no blocks.")
+  checks = [("max_decode_length", max_decode_length, 1),
+            ("token_cascade_window", token_cascade_window, 1),
+            ("bild_max_window", bild_max_window, 1)]
+  # Where γ does not apply None means "no γ"; any other value is still checked, so a caller's
+  # bad γ is an error whichever method it goes with.
+  if blocks or num_draft_tokens is not None:
+    checks.insert(0, ("num_draft_tokens", num_draft_tokens, 1))
+  for name, v, lo in checks:
     if not isinstance(v, (int, np.integer)) or v < lo:
       raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}.")
-  return DecodeSpec(method=method, rule=rule, num_draft_tokens=int(num_draft_tokens),
+  return DecodeSpec(method=method, rule=rule,
+                    num_draft_tokens=int(num_draft_tokens) if blocks else None,
                     max_decode_length=int(max_decode_length),
                     top_k=sampling.validate_top_k(top_k), solve_beta=beta is None,
                     token_cascade_window=int(token_cascade_window),
@@ -1073,7 +1082,7 @@ def make_knobs(spec: DecodeSpec, *, alpha: float = 0.0, beta: float | None = Non
   if draft_confidence is not None and not 0.0 <= float(draft_confidence) <= 1.0:
     raise ValueError(f"draft_confidence must be in [0, 1] (a probability), got "
                      f"{draft_confidence!r}.")
-  if spec.rule is not None and spec.method not in ("spec_decode",):
+  if spec.rule is not None and methods.get(spec.method).alpha is not None:
     deferral.validate_alpha(spec.rule, alpha)
     deferral.validate_beta(spec.rule, alpha, beta)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
@@ -1179,9 +1188,10 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   if not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
     raise ValueError(f"example_ids must be non-negative ints (they seed each row's draws), "
                      f"got {ids!r}.")
-  if method in _USES_DRAFTER and drafter is None:
+  m = methods.get(method)
+  if m.uses_drafter and drafter is None:
     raise ValueError(f"method {method!r} needs a drafter Bundle(model, params).")
-  if method in _USES_VERIFIER and verifier is None:
+  if m.uses_verifier and verifier is None:
     raise ValueError(f"method {method!r} needs a verifier Bundle(model, params).")
   if drafter is not None and verifier is not None:
     dv, vv = drafter.model.config.vocab_size, verifier.model.config.vocab_size
@@ -1194,8 +1204,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
       raise ValueError(f"slots must be a positive int (rows decoded at a time), got {slots!r}.")
     if stream and mesh is not None:
       parallel.check_stream_mesh(mesh, slots)
-  use_d = drafter if method in _USES_DRAFTER else None
-  use_v = verifier if method in _USES_VERIFIER else None
+  use_d = drafter if m.uses_drafter else None
+  use_v = verifier if m.uses_verifier else None
   d_params = use_d.params if use_d else None
   v_params = use_v.params if use_v else None
   ids = ids.astype(np.int32)
@@ -1227,8 +1237,7 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   rows = lambda x: pod.to_host(x)[back][:batch]
   counters = {f: rows(getattr(res.counters, f)) for f in COUNTER_FIELDS}
   return GenerateOutput(tokens=rows(res.tokens), lengths=rows(res.lengths), counters=counters,
-                        wall_s=wall, num_draft_tokens=(spec.num_draft_tokens if method in
-                                                       autogamma.GAMMA_METHODS else None),
+                        wall_s=wall, num_draft_tokens=spec.num_draft_tokens,
                         loop_steps=int(pod.to_host(res.steps).max()))
 
 
@@ -1260,7 +1269,7 @@ def _generate_auto(drafter, verifier, inputs, *, method: str, candidates: tuple[
                       num_draft_tokens=int(gamma), **warm)
 
     seconds, acceptance = autogamma.measure(run, candidates,
-                                            include_verifier=method == "spec_decode")
+                                            include_verifier=methods.get(method).lossless)
     choice = autogamma.remember(
         key, autogamma.GammaChoice(autogamma.pick(seconds), seconds, acceptance))
   gamma = choice.gamma

@@ -36,6 +36,7 @@ from spec_cascade import autogamma
 from spec_cascade import decoding
 from spec_cascade import deferral
 from spec_cascade import gin_cli
+from spec_cascade import methods as methods_lib
 from spec_cascade import metrics as metrics_lib
 from spec_cascade import pod
 from spec_cascade import results as results_lib
@@ -47,26 +48,17 @@ Bundle = decoding.Bundle
 # ----------------------------------------------------------------------------------------------
 # Methods: the results table's names → the engine's (method, rule).
 
-# Methods whose lenience is the rollback threshold (−log p of a draft) instead of a rule's α.
-BILD_ROLLBACK_SWEEP = (0.0, 8.0)
-
-ALL_METHODS = (
-    "drafter", "verifier", "seq_cascade", "token_cascade_chow", "oracle_diff", "specdecode",
-    "specdecode_lossy", "bild", "spec_cascade_bild_star", "spec_cascade_chow",
-    "spec_cascade_diff", "spec_cascade_opt", "spec_cascade_token_v1", "spec_cascade_token_v2",
-    "spec_cascade_token_v3",
-)
-# The engine's names are accepted too and mean the table's method.
-_ALIASES = {"spec_decode": "specdecode", "spec_decode_lossy": "specdecode_lossy",
-            "token_cascade": "token_cascade_chow", "oracle": "oracle_diff"}
+ALL_METHODS = methods_lib.TABLE_NAMES  # 'all' of a sweep: the catalogue's table, in report order
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-  """name: the results-table name; engine_method / engine_rule: what `decoding.generate` runs;
+  """A results-table method resolved against the rule registry (`resolve_method`).
+
+  name: the results-table name; engine_method / engine_rule: what `decoding.generate` runs;
   rule: the deferral rule whose α range applies ('' when α is not a rule's lenience);
-  alpha_kind: None (no α), 'rule' (a deferral rule's α) or 'bild' (rollback threshold);
-  gamma_dependent: whether the method drafts blocks of γ tokens."""
+  alpha_kind: None (no α), methods.ALPHA_RULE ('rule') or methods.ALPHA_ROLLBACK ('bild');
+  gamma_dependent: whether γ applies (`Method.gamma`: the drafts per block, or BiLD's window)."""
   name: str
   engine_method: str
   engine_rule: str | None
@@ -74,10 +66,15 @@ class MethodSpec:
   alpha_kind: str | None
   gamma_dependent: bool
 
+  @property
+  def method(self) -> methods_lib.Method:
+    """The engine method's catalogue row."""
+    return methods_lib.METHODS[self.engine_method]
+
   def alpha_range(self) -> tuple[float, float]:
     """The finite interval `"auto"` α grids cover."""
-    if self.alpha_kind == "bild":
-      return BILD_ROLLBACK_SWEEP
+    if self.alpha_kind == methods_lib.ALPHA_ROLLBACK:
+      return self.method.alpha_sweep
     spec = deferral.get_rule(self.rule)
     if spec.sweep_range is None:
       raise ValueError(f"method {self.name!r} (rule {self.rule!r}) has no α to sweep.")
@@ -86,7 +83,7 @@ class MethodSpec:
   def validate_alpha(self, alpha: float) -> None:
     if self.alpha_kind is None:
       return
-    if self.alpha_kind == "bild":
+    if self.alpha_kind == methods_lib.ALPHA_ROLLBACK:
       if not math.isfinite(alpha):
         raise ValueError(f"BiLD's rollback threshold (its α) must be finite, got {alpha}.")
       return
@@ -100,27 +97,19 @@ def resolve_method(name: str) -> MethodSpec:
   """The MethodSpec of a results-table method name (or an engine alias); ValueError otherwise."""
   if not isinstance(name, str):
     raise ValueError(f"a method name must be a string, got {name!r}.")
-  name = _ALIASES.get(name, name)
-  if name in ("drafter", "verifier"):
-    return MethodSpec(name, name, None, "", None, False)
-  if name == "specdecode":
-    return MethodSpec(name, "spec_decode", None, "", None, True)
-  if name == "specdecode_lossy":
-    return MethodSpec(name, "spec_decode_lossy", "lossy", "lossy", "rule", True)
-  if name == "seq_cascade":
-    return MethodSpec(name, "seq_cascade", "chow", "chow", "rule", False)
-  if name == "token_cascade_chow":
-    return MethodSpec(name, "token_cascade", "chow", "chow", "rule", False)
-  if name == "bild":
-    return MethodSpec(name, "bild", None, "", "bild", True)
-  for prefix, engine, gamma in (("oracle_", "oracle", False), ("spec_cascade_", "spec_cascade", True)):
-    if name.startswith(prefix) and name[len(prefix):] in deferral.RULES:
-      rule = name[len(prefix):]
-      kind = "rule" if deferral.RULES[rule].alpha_range is not None else None
-      return MethodSpec(name, engine, rule, rule, kind, gamma)
-  raise ValueError(
-      f"unknown method {name!r}. Methods: {', '.join(ALL_METHODS)}; also oracle_<rule> and "
-      f"spec_cascade_<rule> for any rule in {', '.join(sorted(deferral.RULES))}.")
+  t = methods_lib.lookup(name)
+  # A <prefix><rule> name counts only for a registered rule.
+  if t is None or (t.rule is not None and t.rule not in deferral.RULES):
+    rules = ", ".join(sorted(deferral.RULES))
+    raise ValueError(f"unknown method {name!r}. Methods: {', '.join(ALL_METHODS)}; also "
+                     f"{methods_lib.families_text(' and ')} for any rule in {rules}.")
+  m = t.engine
+  rule = t.rule or ""
+  # A rule's α applies only where the rule has one (spec_cascade_verifier has none).
+  kind = m.alpha
+  if kind == methods_lib.ALPHA_RULE and deferral.RULES[rule].alpha_range is None:
+    kind = None
+  return MethodSpec(t.name, m.name, t.rule, rule, kind, m.gamma is not None)
 
 
 def resolve_methods(methods: str | Sequence[str]) -> list[MethodSpec]:
@@ -194,8 +183,8 @@ def load_models(drafter_checkpoint: str | None, verifier_checkpoint: str | None,
                 activation_dtype: str | None = None, drafter_config=None, verifier_config=None,
                 matmul_dtype: str | None = None) -> tuple[Bundle | None, Bundle | None]:
   """Loads the models the methods need (the drafter is not needed for 'verifier' alone, etc.)."""
-  need_d = any(m.engine_method != "verifier" for m in methods)
-  need_v = any(m.engine_method != "drafter" for m in methods)
+  need_d = any(m.method.uses_drafter for m in methods)
+  need_v = any(m.method.uses_verifier for m in methods)
   for need, path, macro in ((need_d, drafter_checkpoint, "DRAFTER_CHECKPOINT_PATH"),
                             (need_v, verifier_checkpoint, "VERIFIER_CHECKPOINT_PATH")):
     if need and not path:
@@ -489,15 +478,21 @@ def stream_slots(batch_size: int, stream_batches: int) -> int | None:
 
 
 def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
-                  temperature: float, num_draft_tokens: int) -> dict[str, Any]:
-  """Keyword arguments of `decoding.generate` for one operating point."""
-  # γ-independent methods get a fixed γ so that all their points share one compiled program.
+                  temperature: float, num_draft_tokens: int | str | None) -> dict[str, Any]:
+  """Keyword arguments of `decoding.generate` for one operating point.
+
+  num_draft_tokens: γ, 'auto', or None (no γ: ignored wherever γ does not apply anyway). The
+  engine gets None where its method reads no γ, so all points of such a method share one
+  compiled program; BiLD's γ bounds its window unless `settings.bild_max_window` is set."""
   if num_draft_tokens == autogamma.AUTO:
     autogamma.check(num_draft_tokens, method.engine_method)
     gamma = autogamma.AUTO
   else:
-    gamma = int(num_draft_tokens) if method.gamma_dependent else 1
+    gamma = (int(num_draft_tokens) if method.gamma_dependent and num_draft_tokens is not None
+             else None)
   window = gamma if isinstance(gamma, int) else 1
+  if method.method.gamma != methods_lib.GAMMA_BLOCK:
+    gamma = None
   kw = dict(method=method.engine_method, rule=method.engine_rule, num_draft_tokens=gamma,
             temperature=float(temperature), top_k=settings.top_k, top_p=settings.top_p,
             seed=settings.seed, max_decode_length=settings.max_decode_length,
@@ -608,9 +603,9 @@ def rates(tot: Mapping[str, float], method: MethodSpec) -> dict[str, float]:
   nan = math.nan
   n_tok = tot["output_tokens"]
   div = lambda a, b: a / b if b else nan
-  if method.engine_method == "verifier":
+  if not method.method.uses_drafter:
     deferral_rate = 1.0
-  elif method.engine_method == "drafter":
+  elif not method.method.uses_verifier:
     deferral_rate = 0.0
   else:
     deferral_rate = div(tot["deferred"], n_tok)

@@ -34,6 +34,7 @@ import numpy as np
 
 from spec_cascade import budget as budget_lib
 from spec_cascade import gin_cli
+from spec_cascade import methods as methods_lib
 from spec_cascade import report_doc as doc
 from spec_cascade import report_figures as figures
 from spec_cascade import report_stats as stats
@@ -51,8 +52,6 @@ _LATENCY_LABELS = {"batch1": "batch-1", "wallclock": "wall-clock", "modelled": "
 # Files are named after the axis: quality_vs_<name>__<task>_T<t>_g<γ>.png.
 _AXIS_FILE = {"batch1": "batch1_latency", "wallclock": "latency", "modelled": "modelled_latency",
               "deferral": "deferral", "verifier_calls": "verifier_calls"}
-# Analysis-only methods (both models every token): in the tables, never the summary's winner.
-_ANALYSIS_ONLY = ("oracle_diff",)
 SUMMARY_LINES = 5
 
 
@@ -61,7 +60,7 @@ SUMMARY_LINES = 5
 
 
 def _is_gamma_independent(r: ResultRow) -> bool:
-  return r.method in results_lib.GAMMA_INDEPENDENT_METHODS or r.num_draft_tokens == 0
+  return methods_lib.gamma_independent(r.method) or r.num_draft_tokens == 0
 
 
 def group_rows(rows: Sequence[ResultRow]) -> list[tuple[tuple, dict[str, list[ResultRow]]]]:
@@ -365,7 +364,7 @@ def _summary_line(key: tuple, methods: dict[str, list[ResultRow]],
   metric = metric_name(ver.metric)
   level = reps.level if reps else stats.LEVEL
   readings = {m: rd for m, rd in panel_readings(methods, latency, reps, mode).items()
-              if m not in _ANALYSIS_ONLY}
+              if not methods_lib.analysis_only(m)}
   ranked = sorted((m for m in readings if readings[m].reduction is not None),
                   key=lambda m: -readings[m].reduction)
   if not ranked:

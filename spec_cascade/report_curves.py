@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from spec_cascade import methods as methods_lib
 from spec_cascade.results import ResultRow
 
 FRONTIERS = ("pareto", "convex")
@@ -40,36 +41,16 @@ _LATENCY_FIELDS = {"batch1": "rel_latency_batch1", "wallclock": "rel_latency",
 # Every x axis the report draws: the three latency kinds, then the two rate axes.
 AXES = LATENCY_KINDS + ("deferral", "verifier_calls")
 
-# Row order and display names of the paper's tables (unknown methods follow, sorted).
-METHOD_ORDER = (
-    "drafter", "verifier", "seq_cascade", "token_cascade_chow", "oracle_diff", "specdecode",
-    "specdecode_lossy", "bild", "spec_cascade_bild_star", "spec_cascade_chow", "spec_cascade_diff",
-    "spec_cascade_opt", "spec_cascade_token_v1", "spec_cascade_token_v2", "spec_cascade_token_v3",
-)
-_DISPLAY = {
-    "drafter": "Drafter (small)",
-    "verifier": "Verifier (large)",
-    "seq_cascade": "SeqCascade [Chow]",
-    "token_cascade_chow": "TokenCascade [Chow]",
-    "oracle_diff": "Oracle cascade [Diff]",
-    "specdecode": "SpecDecode",
-    "specdecode_lossy": "SpecDecode [Lossy]",
-    "bild": "BiLD",
-    "spec_cascade_bild_star": "SpecCascade [BiLD*]",
-    "spec_cascade_chow": "SpecCascade [Chow]",
-    "spec_cascade_diff": "SpecCascade [Diff]",
-    "spec_cascade_opt": "SpecCascade [OPT]",
-    "spec_cascade_token_v1": "SpecCascade [Token v1]",
-    "spec_cascade_token_v2": "SpecCascade [Token v2]",
-    "spec_cascade_token_v3": "SpecCascade [Token]",
-}
+# Row order and display names of the paper's tables: the catalogue's (unknown methods follow,
+# sorted).
+METHOD_ORDER = methods_lib.TABLE_NAMES
 _METRIC_DISPLAY = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougelsum": "ROUGE-Lsum"}
-REFERENCE_METHODS = ("drafter", "verifier")
+REFERENCE_METHODS = methods_lib.REFERENCE
 
 
 def display_name(method: str) -> str:
   """The paper's name of a method (the results table's name where it has none)."""
-  return _DISPLAY.get(method, method)
+  return methods_lib.display_name(method)
 
 
 def metric_name(metric: str) -> str:
@@ -79,9 +60,7 @@ def metric_name(metric: str) -> str:
 
 def method_sort_key(method: str):
   """Sorts methods in the paper's table order, unknown ones after, by name."""
-  if method in METHOD_ORDER:
-    return (0, METHOD_ORDER.index(method), method)
-  return (1, 0, method)
+  return methods_lib.sort_key(method)
 
 
 def _as_points(curve: Iterable[Sequence[float]]) -> np.ndarray:

@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from spec_cascade import methods as methods_lib
 from spec_cascade import report_curves as curves
 from spec_cascade import report_stats as stats
 from spec_cascade import results as results_lib
@@ -47,36 +48,14 @@ class Style:
   marker: str
 
 
-STYLES: Mapping[str, Style] = {
-    "specdecode": Style(TOL_MUTED["indigo"], "o"),
-    "specdecode_lossy": Style(TOL_MUTED["cyan"], "s"),
-    "seq_cascade": Style(TOL_MUTED["sand"], "v"),
-    "token_cascade_chow": Style(TOL_MUTED["olive"], "^"),
-    "bild": Style(TOL_MUTED["teal"], "D"),
-    "spec_cascade_token_v3": Style(TOL_MUTED["wine"], "o"),
-    "spec_cascade_chow": Style(TOL_MUTED["green"], "s"),
-    "spec_cascade_diff": Style(TOL_MUTED["purple"], "^"),
-    "spec_cascade_opt": Style(TOL_MUTED["rose"], "D"),
-    "spec_cascade_token_v1": Style(TOL_MUTED["green"], "P"),
-    "spec_cascade_token_v2": Style(TOL_MUTED["purple"], "X"),
-    "spec_cascade_bild_star": Style(TOL_MUTED["rose"], "p"),
-    "oracle_diff": Style(TOL_MUTED["purple"], "h"),
-}
+# Each table method's colour and marker come with its catalogue row.
+STYLES: Mapping[str, Style] = {t.name: Style(TOL_MUTED[t.colour], t.marker)
+                               for t in methods_lib.TABLE if t.colour is not None}
 
 # The paper's main-figure methods; the best other SpecCascade rule is added per panel.
-MAIN_METHODS = ("specdecode", "specdecode_lossy", "seq_cascade", "token_cascade_chow", "bild",
-                "spec_cascade_token_v3")
-OTHER_SPEC_CASCADE = ("spec_cascade_chow", "spec_cascade_diff", "spec_cascade_opt",
-                      "spec_cascade_token_v1", "spec_cascade_token_v2", "spec_cascade_bild_star")
-FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Sequential cascades", ("seq_cascade", "token_cascade_chow", "oracle_diff")),
-    ("SpecDecode, lossy SpecDecode, BiLD", ("specdecode", "specdecode_lossy", "bild",
-                                            "spec_cascade_bild_star")),
-    ("SpecCascade: confidence rules", ("spec_cascade_chow", "spec_cascade_diff",
-                                       "spec_cascade_opt")),
-    ("SpecCascade: token rules", ("spec_cascade_token_v1", "spec_cascade_token_v2",
-                                  "spec_cascade_token_v3")),
-)
+MAIN_METHODS = methods_lib.MAIN_FIGURE
+OTHER_SPEC_CASCADE = methods_lib.OTHER_SPEC_CASCADE
+FAMILIES = methods_lib.FAMILIES
 _MAX_PER_PANEL = 4
 
 AXIS_LABELS = {

@@ -28,33 +28,21 @@ import os
 import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
+from spec_cascade import methods as methods_lib
+
 RESULTS_FILENAME = "results.csv"
-
-# Methods whose rows do not depend on γ (they never draft a block).
-GAMMA_INDEPENDENT_METHODS = frozenset(
-    {"drafter", "verifier", "seq_cascade", "token_cascade_chow", "oracle_diff"})
-
-# The deferral rule each non-`spec_cascade_<rule>` method uses (for the `rule` column).
-_METHOD_RULES = {
-    "drafter": "",
-    "verifier": "",
-    "seq_cascade": "chow",
-    "token_cascade_chow": "chow",
-    "oracle_diff": "diff",
-    "specdecode": "",
-    "specdecode_lossy": "lossy",
-    "bild": "bild",
-}
 
 
 def default_rule(method: str) -> str:
-    """The deferral rule name implied by a method name ('' for drafter/verifier/specdecode).
+    """The `rule` column of a results-table method ('' for drafter/verifier/specdecode):
+    the catalogue's (`methods.table_rule`; `spec_cascade_<rule>` → `<rule>`)."""
+    return methods_lib.table_rule(method)
 
-    `spec_cascade_<rule>` → `<rule>`; the baselines map as in docs/method.md §5.
-    """
-    if method.startswith("spec_cascade_"):
-        return method[len("spec_cascade_"):]
-    return _METHOD_RULES.get(method, "")
+
+def gamma_column(num_draft_tokens: int | None) -> int:
+    """The `num_draft_tokens` column of a point's γ: None (γ does not apply) is written as 0,
+    the encoding results.csv has always used for such rows."""
+    return 0 if num_draft_tokens is None else int(num_draft_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,16 +115,18 @@ def row_key(row: ResultRow) -> tuple:
 
 
 def make_key(task: str, method: str, alpha: float | None, temperature: float,
-             num_draft_tokens: int) -> tuple:
+             num_draft_tokens: int | None) -> tuple:
     """The key `done_keys` would return for a point, built before the point is run."""
-    return (task, method, _norm_float(alpha), _norm_float(temperature), int(num_draft_tokens))
+    return (task, method, _norm_float(alpha), _norm_float(temperature),
+            gamma_column(num_draft_tokens))
 
 
-def point_name(method: str, alpha: float | None, temperature: float, num_draft_tokens: int) -> str:
+def point_name(method: str, alpha: float | None, temperature: float,
+               num_draft_tokens: int | None) -> str:
     """The file-name-safe name of a point's predictions / metrics files, e.g.
-    spec_cascade_chow__T1__g5__a0.25 (no α part for methods without α)."""
+    spec_cascade_chow__T1__g5__a0.25 (no α part for methods without α; g0 without γ)."""
     a = "" if alpha is None or math.isnan(alpha) else f"__a{alpha:.6g}"
-    return f"{method}__T{temperature:g}__g{int(num_draft_tokens)}{a}"
+    return f"{method}__T{temperature:g}__g{gamma_column(num_draft_tokens)}{a}"
 
 
 def row_point_name(row: ResultRow) -> str:

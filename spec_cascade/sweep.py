@@ -45,6 +45,7 @@ from spec_cascade import decoding
 from spec_cascade import deferral
 from spec_cascade import gin_cli
 from spec_cascade import infer
+from spec_cascade import methods as methods_lib
 from spec_cascade import metrics as metrics_lib
 from spec_cascade import output_dir as output_dir_lib
 from spec_cascade import pod
@@ -74,7 +75,7 @@ def check_alpha_keys(alphas: Mapping[str, Any]) -> None:
     except ValueError:
       raise ValueError(
           f"ALPHAS key {key!r} names no method or rule. Keys: 'default', a method "
-          f"({', '.join(infer.ALL_METHODS)}, oracle_<rule>, spec_cascade_<rule>) or a rule "
+          f"({', '.join(infer.ALL_METHODS)}, {methods_lib.families_text()}) or a rule "
           f"({', '.join(sorted(deferral.RULES))}).") from None
 
 
@@ -84,7 +85,7 @@ def alpha_grid(method: MethodSpec, alphas: Mapping[str, Any] | None,
 
   `alphas` maps a method name, a rule name or 'default' to a list of values or 'auto' (first
   match wins in that order; missing → 'auto'). 'auto' is `num_alphas` evenly spaced points over
-  the rule's `deferral.RULES[rule].sweep_range` (BiLD: `infer.BILD_ROLLBACK_SWEEP`), ends included.
+  the rule's `deferral.RULES[rule].sweep_range` (BiLD: its `Method.alpha_sweep`), ends included.
   """
   if method.alpha_kind is None:
     return [None]
@@ -117,7 +118,7 @@ class Point:
   method: MethodSpec
   alpha: float | None
   temperature: float
-  num_draft_tokens: int  # 0 for γ-independent methods
+  num_draft_tokens: int | None  # None where γ does not apply (results.csv writes 0)
 
   @property
   def key(self) -> tuple:
@@ -137,15 +138,15 @@ def plan_points(task: str, methods: Sequence[MethodSpec], alphas, num_alphas: in
   method's program in turn (γ, then T, then α) so a compiled program is used contiguously."""
   points = []
   for t in temperatures:
-    points.append(Point(task, infer.resolve_method("verifier"), None, float(t), 0))
+    points.append(Point(task, infer.resolve_method("verifier"), None, float(t), None))
   for m in methods:
     if m.name == "verifier":
       continue
     grid = alpha_grid(m, alphas, num_alphas)
-    for g in (gammas if m.gamma_dependent else [0]):
+    for g in (gammas if m.gamma_dependent else [None]):
       for t in temperatures:
         for a in grid:
-          points.append(Point(task, m, a, float(t), int(g)))
+          points.append(Point(task, m, a, float(t), None if g is None else int(g)))
   return points
 
 
@@ -183,7 +184,7 @@ def charged_verifier_calls(method: MethodSpec, tot: Mapping[str, float]) -> floa
   """The verifier calls modelled latency charges a method: a token-level cascade pays one
   sequential call per deferral (its cache catch-up is a parallel prefill inside that call, as
   the paper charges it); every other method its verifier calls."""
-  if method.engine_method == "token_cascade":
+  if method.method.sequential_calls:
     return float(tot["verifier_sequential_calls"])
   return float(tot["verifier_calls"])
 
@@ -210,7 +211,8 @@ def _row(point: Point, trial_quality: Sequence[float], metric: str, walls: list[
       task=point.task, method=point.method.name,
       rule=point.method.rule or results_lib.default_rule(point.method.name),
       alpha=math.nan if point.alpha is None else float(point.alpha),
-      temperature=point.temperature, num_draft_tokens=point.num_draft_tokens,
+      temperature=point.temperature,
+      num_draft_tokens=results_lib.gamma_column(point.num_draft_tokens),
       quality=quality, quality_std=quality_std, metric=metric, wallclock_s=mean,
       wallclock_std_s=std,
       rel_latency=rel, modelled_rel_latency=modelled, acceptance_rate=r["acceptance_rate"],
@@ -493,8 +495,8 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
     if outer is not None:
       outer.set_postfix_str(f"{task} {point.name}")
     kw = infer.engine_kwargs(point.method, settings, point.alpha, point.temperature,
-                             max(point.num_draft_tokens, 1))
-    prog = infer.program_key(point.method, settings, max(point.num_draft_tokens, 1),
+                             point.num_draft_tokens)
+    prog = infer.program_key(point.method, settings, point.num_draft_tokens,
                              batches[0].inputs.shape)
     first = None
     if prog not in compile_s:
@@ -551,7 +553,7 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
       infer.write_json(os.path.join(output_dir, "metrics", task, point.name + ".json"), {
           "task": task, "split": split, "method": point.method.name, "rule": row.rule,
           "alpha": point.alpha, "temperature": point.temperature,
-          "num_draft_tokens": point.num_draft_tokens, "metric": metric,
+          "num_draft_tokens": row.num_draft_tokens, "metric": metric,
           "quality": row.quality, "quality_std": row.quality_std,
           "trial_quality": trial_quality, "scores": scores, "num_examples": len(data.examples),
           # Per trial, per example: what the report's bootstrap intervals resample (BLEU is a

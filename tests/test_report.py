@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 
+from spec_cascade import methods
 from spec_cascade import metrics
 from spec_cascade import report
 from spec_cascade import report_doc
@@ -345,7 +346,7 @@ def _stats_rows(tmp_path, trials_of=None):
     ]
     rows = []
     for method, alpha, k, lat, mlat, defer in spec:
-        gamma = 0 if method in results.GAMMA_INDEPENDENT_METHODS else 5
+        gamma = 0 if methods.gamma_independent(method) else 5
         preds = [_corrupt(t, k) for t in TARGETS]
         trials = (trials_of or {}).get(method, 1)
         row = _row(method, alpha=alpha, gamma=gamma, quality=metrics.bleu(TARGETS, preds)["bleu"],

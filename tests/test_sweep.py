@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import sweep_helpers
-from spec_cascade import decoding, deferral, infer, metrics, output_dir, sweep
+from spec_cascade import decoding, deferral, infer, methods, metrics, output_dir, sweep
 from spec_cascade import results as results_lib
 
 TASK = "debian_ende"
@@ -57,7 +57,7 @@ def test_alpha_grid_auto_covers_the_rule_sweep_range():
   lo, hi = deferral.RULES["opt"].sweep_range
   assert sweep.alpha_grid(m, None, 5) == pytest.approx(list(np.linspace(lo, hi, 5)))
   assert sweep.alpha_grid(infer.resolve_method("bild"), {}, 3) == pytest.approx(
-      list(np.linspace(*infer.BILD_ROLLBACK_SWEEP, 3)))
+      list(np.linspace(*methods.METHODS["bild"].alpha_sweep, 3)))
   assert sweep.alpha_grid(infer.resolve_method("verifier"), {"default": [0.5]}) == [None]
   assert sweep.alpha_grid(infer.resolve_method("specdecode"), None) == [None]
 
@@ -96,7 +96,7 @@ def test_plan_runs_the_verifier_first_and_gamma_independent_methods_once():
   # drafter: once per T; seq_cascade: once per (T, α); chow and bild: per (γ, T, α).
   assert names.count("drafter") == 2 and names.count("seq_cascade") == 4
   assert names.count("spec_cascade_chow") == 8 and names.count("bild") == 4
-  assert {p.num_draft_tokens for p in pts if not p.method.gamma_dependent} == {0}
+  assert {p.num_draft_tokens for p in pts if not p.method.gamma_dependent} == {None}
   assert len({p.key for p in pts}) == len(pts)
   assert len({p.name for p in pts}) == len(pts)
   # A method's points are contiguous (one compiled program at a time).
