@@ -361,8 +361,73 @@ def target(rule: str, q_logits: jax.Array, p_logits: jax.Array, alpha: Any, beta
   return apply_rule(rule, inputs, alpha, beta)
 
 
+# ----------------------------------------------------------------------------------------------
+# Verifying a block toward a rule's target (sampling.verify_with_target does the draws).
+
+def _check_block_shapes(drafts, drafter_logits, verifier_logits) -> None:
+  if drafts.ndim != 2:
+    raise ValueError(f"drafts must be int [B, γ], got shape {drafts.shape}.")
+  batch, gamma = drafts.shape
+  want = (batch, gamma + 1)
+  for name, arr in (("drafter_logits", drafter_logits), ("verifier_logits", verifier_logits)):
+    if arr.ndim != 3 or arr.shape[:2] != want:
+      raise ValueError(
+          f"{name} must have shape [B, γ+1, V] = [{batch}, {gamma + 1}, V] for drafts of shape "
+          f"{drafts.shape}, got {arr.shape}.")
+  if drafter_logits.shape[-1] != verifier_logits.shape[-1]:
+    raise ValueError(
+        f"drafter and verifier vocabularies differ: {drafter_logits.shape[-1]} vs "
+        f"{verifier_logits.shape[-1]}.")
+
+
+def verify_block(keys: jax.Array, drafts: jax.Array, drafter_logits: jax.Array,
+                 verifier_logits: jax.Array, *, rule: str, alpha: Any, beta: Any = None,
+                 temperature: Any, top_k: int = 0, top_p: Any = 1.0,
+                 checked: bool = False) -> sampling.VerifyResult:
+  """Verifies one draft block toward the target of `rule` (method.md §2–§3).
+
+  Args:
+    keys: per-row keys, typed [B] (`jax.random.split(jax.random.key(seed), B)`) or raw uint32
+      [B, 2]; both give the same draws for the same key data.
+    drafts: int32 [B, γ]; drafts[:, j] was drawn with `sample(..., drafter_logits[:, j],
+      temperature, top_k, top_p)`.
+    drafter_logits: [B, γ+1, V]; position j scores draft j, position γ follows the last draft.
+    verifier_logits: [B, γ+1, V]; same alignment.
+    rule: static registry name (`RULES`).
+    alpha: lenience; traced scalar or broadcastable to [B, γ+1] (e.g. [B, 1] per row).
+    beta: `lossy` only: None (static) solves β so the target sums to 1; else a traced β ≥ 1 − α.
+    temperature, top_k, top_p: as in `scaled_probs`, applied to both models.
+    checked: static; if True every input must be concrete (call outside jit) and NaN / +inf
+      logits, out-of-vocabulary drafts and bad α / β raise ValueError.
+
+  Returns:
+    VerifyResult (see its docstring).
+  """
+  spec = get_rule(rule)
+  drafts = jnp.asarray(drafts)
+  drafter_logits = jnp.asarray(drafter_logits)
+  verifier_logits = jnp.asarray(verifier_logits)
+  _check_block_shapes(drafts, drafter_logits, verifier_logits)
+  if checked:
+    for name, val in (("alpha", alpha), ("temperature", temperature), ("top_p", top_p),
+                      ("drafts", drafts), ("beta", beta)):
+      if sampling.is_traced(val):
+        raise ValueError(f"checked=True needs a concrete {name}; call verify_block outside "
+                         "jax.jit / vmap, or validate before entering jit.")
+    sampling.check_finite_logits(drafter_logits, "drafter_logits")
+    sampling.check_finite_logits(verifier_logits, "verifier_logits")
+    d = np.asarray(drafts)
+    vocab = drafter_logits.shape[-1]
+    if d.size and (d.min() < 0 or d.max() >= vocab):
+      raise ValueError(f"drafts must be token ids in [0, {vocab}), got range "
+                       f"[{d.min()}, {d.max()}].")
+  probs = rule_inputs(drafter_logits, verifier_logits, temperature, top_k, top_p)
+  pi, defer = apply_rule(spec, probs, alpha, beta)
+  return sampling.verify_with_target(keys, drafts, probs.q_scaled, pi, defer)
+
+
 __all__ = [
     "RULES", "RuleInputs", "RuleSpec", "apply_rule", "bild_star", "chow", "diff", "drafter",
     "get_rule", "lossy", "opt", "rule_inputs", "solve_lossy_beta", "target", "token_v1",
-    "token_v2", "token_v3", "validate_alpha", "validate_beta", "verifier",
+    "token_v2", "token_v3", "validate_alpha", "validate_beta", "verifier", "verify_block",
 ]

@@ -1,9 +1,10 @@
 """Sampling distributions and speculative verification of one draft block.
 
 Implements docs/method.md §2: temperature / top-k / top-p scaled distributions, drawing tokens
-from them, and verifying a block of γ drafts toward a target π = T(q, p) chosen from the
-registry in `spec_cascade.deferral` (accept x̂_j with prob min(1, π_j(x̂_j) / q̃_j(x̂_j)); at the
-first rejection emit from norm(max(0, π_j − q̃_j)); if all γ are accepted emit a bonus from π_γ).
+from them, and verifying a block of γ drafts toward a given target π (`verify_with_target`;
+`spec_cascade.deferral.verify_block` builds π = T(q, p) from a rule and calls it): accept x̂_j
+with prob min(1, π_j(x̂_j) / q̃_j(x̂_j)); at the first rejection emit from
+norm(max(0, π_j − q̃_j)); if all γ are accepted emit a bonus from π_γ.
 
 Everything here is pure and jittable. Temperature, top-p, α and β are traced values, so changing
 them never recompiles; `top_k` and the rule name are static Python values.
@@ -12,7 +13,7 @@ Validation happens where values are concrete: a Python number or a concrete arra
 every call (negative temperature, top-p outside (0, 1], α outside the rule's range, ...); a traced
 value cannot be checked and is used as given. Callers that jit these functions should validate
 once up front with `validate_sampling_params` / `deferral.validate_alpha`, or call
-`verify_block(..., checked=True)` outside jit, which additionally rejects NaN logits.
+`deferral.verify_block(..., checked=True)` outside jit, which additionally rejects NaN logits.
 """
 from __future__ import annotations
 
@@ -361,74 +362,10 @@ def verify_with_target(keys: jax.Array, drafts: jax.Array, drafter_probs: jax.Ar
   )
 
 
-def _check_block_shapes(drafts, drafter_logits, verifier_logits) -> None:
-  if drafts.ndim != 2:
-    raise ValueError(f"drafts must be int [B, γ], got shape {drafts.shape}.")
-  batch, gamma = drafts.shape
-  want = (batch, gamma + 1)
-  for name, arr in (("drafter_logits", drafter_logits), ("verifier_logits", verifier_logits)):
-    if arr.ndim != 3 or arr.shape[:2] != want:
-      raise ValueError(
-          f"{name} must have shape [B, γ+1, V] = [{batch}, {gamma + 1}, V] for drafts of shape "
-          f"{drafts.shape}, got {arr.shape}.")
-  if drafter_logits.shape[-1] != verifier_logits.shape[-1]:
-    raise ValueError(
-        f"drafter and verifier vocabularies differ: {drafter_logits.shape[-1]} vs "
-        f"{verifier_logits.shape[-1]}.")
-
-
-def verify_block(keys: jax.Array, drafts: jax.Array, drafter_logits: jax.Array,
-                 verifier_logits: jax.Array, *, rule: str, alpha: Any, beta: Any = None,
-                 temperature: Any, top_k: int = 0, top_p: Any = 1.0,
-                 checked: bool = False) -> VerifyResult:
-  """Verifies one draft block toward the target of `rule` (method.md §2–§3).
-
-  Args:
-    keys: per-row keys, typed [B] (`jax.random.split(jax.random.key(seed), B)`) or raw uint32
-      [B, 2]; both give the same draws for the same key data.
-    drafts: int32 [B, γ]; drafts[:, j] was drawn with `sample(..., drafter_logits[:, j],
-      temperature, top_k, top_p)`.
-    drafter_logits: [B, γ+1, V]; position j scores draft j, position γ follows the last draft.
-    verifier_logits: [B, γ+1, V]; same alignment.
-    rule: static registry name (`spec_cascade.deferral.RULES`).
-    alpha: lenience; traced scalar or broadcastable to [B, γ+1] (e.g. [B, 1] per row).
-    beta: `lossy` only: None (static) solves β so the target sums to 1; else a traced β ≥ 1 − α.
-    temperature, top_k, top_p: as in `scaled_probs`, applied to both models.
-    checked: static; if True every input must be concrete (call outside jit) and NaN / +inf
-      logits, out-of-vocabulary drafts and bad α / β raise ValueError.
-
-  Returns:
-    VerifyResult (see its docstring).
-  """
-  from spec_cascade import deferral  # deferral imports this module; import lazily.
-
-  spec = deferral.get_rule(rule)
-  drafts = jnp.asarray(drafts)
-  drafter_logits = jnp.asarray(drafter_logits)
-  verifier_logits = jnp.asarray(verifier_logits)
-  _check_block_shapes(drafts, drafter_logits, verifier_logits)
-  if checked:
-    for name, val in (("alpha", alpha), ("temperature", temperature), ("top_p", top_p),
-                      ("drafts", drafts), ("beta", beta)):
-      if is_traced(val):
-        raise ValueError(f"checked=True needs a concrete {name}; call verify_block outside "
-                         "jax.jit / vmap, or validate before entering jit.")
-    check_finite_logits(drafter_logits, "drafter_logits")
-    check_finite_logits(verifier_logits, "verifier_logits")
-    d = np.asarray(drafts)
-    vocab = drafter_logits.shape[-1]
-    if d.size and (d.min() < 0 or d.max() >= vocab):
-      raise ValueError(f"drafts must be token ids in [0, {vocab}), got range "
-                       f"[{d.min()}, {d.max()}].")
-  probs = deferral.rule_inputs(drafter_logits, verifier_logits, temperature, top_k, top_p)
-  pi, defer = deferral.apply_rule(spec, probs, alpha, beta)
-  return verify_with_target(keys, drafts, probs.q_scaled, pi, defer)
-
-
 __all__ = [
     "PROB_FLOOR", "RESIDUAL_MIN_MASS", "VerifyResult", "analytic_speedup", "as_typed_keys",
     "categorical", "check_finite_logits", "concrete_value",
     "expected_tokens_per_call", "is_traced", "sample", "scaled_probs", "tv_distance",
-    "validate_sampling_params", "validate_top_k", "verify_block", "verify_with_target",
+    "validate_sampling_params", "validate_top_k", "verify_with_target",
 ]
 

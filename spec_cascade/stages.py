@@ -32,8 +32,9 @@ STAGE_KEY = "stage"
 
 def stage_record(path: str) -> dict[str, Any] | None:
   """The stage record of a checkpoint folder (None for checkpoints that are not stages)."""
-  from spec_cascade import train  # pylint: disable=import-outside-toplevel
-  info = os.path.join(str(path), train.EXPORT_INFO_FILE)
+  # The trainer's export is a spec_cascade checkpoint: its record is checkpoints.INFO_FILE.
+  from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
+  info = os.path.join(str(path), checkpoints.INFO_FILE)
   if "://" in str(path) or not os.path.isfile(info):
     return None
   with open(info, encoding="utf-8") as f:

@@ -134,7 +134,7 @@ def test_analytic_quantities():
 # verify_block
 # ------------------------------------------------------------------------------------------
 
-_jit_verify = jax.jit(sampling.verify_block, static_argnames=("rule", "top_k", "checked"))
+_jit_verify = jax.jit(deferral.verify_block, static_argnames=("rule", "top_k", "checked"))
 
 
 def _block(seed, batch=16, gamma=3, vocab=10):
@@ -243,7 +243,7 @@ def test_changing_alpha_beta_temperature_top_p_never_recompiles():
 
   def fn(keys, drafts, ql, pl, alpha, beta, temperature, top_p):
     traces.append(1)  # runs only while tracing
-    return sampling.verify_block(keys, drafts, ql, pl, rule="lossy", alpha=alpha, beta=beta,
+    return deferral.verify_block(keys, drafts, ql, pl, rule="lossy", alpha=alpha, beta=beta,
                                  temperature=temperature, top_k=3, top_p=top_p)
 
   jitted = jax.jit(fn)
@@ -255,7 +255,7 @@ def test_changing_alpha_beta_temperature_top_p_never_recompiles():
   assert len(traces) == 1 and jitted._cache_size() == 1
   # The engine-style call: rule static, everything else traced, β solved inside.
   traces.clear()
-  solved = jax.jit(lambda a, t: (traces.append(1), sampling.verify_block(
+  solved = jax.jit(lambda a, t: (traces.append(1), deferral.verify_block(
       keys, drafts, ql, pl, rule="token_v3", alpha=a, temperature=t))[1])
   for a, t in [(0.0, 1.0), (0.7, 0.0), (-1.0, 0.5)]:
     solved(a, t)
@@ -267,29 +267,29 @@ def test_verify_block_errors():
   keys = _keys(2, 0)
   kw = dict(rule="chow", alpha=0.5, temperature=1.0)
   with pytest.raises(ValueError, match="valid rules: .*bild_star"):
-    sampling.verify_block(keys, drafts, ql, pl, rule="chw", alpha=0.5, temperature=1.0)
+    deferral.verify_block(keys, drafts, ql, pl, rule="chw", alpha=0.5, temperature=1.0)
   with pytest.raises(ValueError, match=r"outside the range \[0, 1\]"):
-    sampling.verify_block(keys, drafts, ql, pl, rule="chow", alpha=1.5, temperature=1.0)
+    deferral.verify_block(keys, drafts, ql, pl, rule="chow", alpha=1.5, temperature=1.0)
   with pytest.raises(ValueError, match="temperature must be >= 0"):
-    sampling.verify_block(keys, drafts, ql, pl, rule="chow", alpha=0.5, temperature=-1.0)
+    deferral.verify_block(keys, drafts, ql, pl, rule="chow", alpha=0.5, temperature=-1.0)
   with pytest.raises(ValueError, match=r"\[B, γ\+1, V\] = \[2, 3, V\]"):
-    sampling.verify_block(keys, drafts, ql[:, :2], pl, **kw)
+    deferral.verify_block(keys, drafts, ql[:, :2], pl, **kw)
   with pytest.raises(ValueError, match="keys must"):
-    sampling.verify_block(keys[:1], drafts, ql, pl, **kw)
+    deferral.verify_block(keys[:1], drafts, ql, pl, **kw)
   with pytest.raises(ValueError, match="keys must"):
-    sampling.verify_block(np.zeros((2, 3), np.uint32), drafts, ql, pl, **kw)
+    deferral.verify_block(np.zeros((2, 3), np.uint32), drafts, ql, pl, **kw)
   bad = ql.copy()
   bad[1, 0, 3] = np.nan
   # Unchecked mode does not sync to look for NaN; checked mode reports it.
-  sampling.verify_block(keys, drafts, bad, pl, **kw)
+  deferral.verify_block(keys, drafts, bad, pl, **kw)
   with pytest.raises(ValueError, match=r"drafter_logits contain 1 NaN/\+inf.*\(1, 0, 3\)"):
-    sampling.verify_block(keys, drafts, bad, pl, checked=True, **kw)
+    deferral.verify_block(keys, drafts, bad, pl, checked=True, **kw)
   with pytest.raises(ValueError, match=r"token ids in \[0, 6\)"):
-    sampling.verify_block(keys, drafts + 6, ql, pl, checked=True, **kw)
+    deferral.verify_block(keys, drafts + 6, ql, pl, checked=True, **kw)
   with pytest.raises(ValueError, match="checked=True needs a concrete"):
-    jax.jit(lambda a: sampling.verify_block(keys, drafts, ql, pl, rule="chow", alpha=a,
+    jax.jit(lambda a: deferral.verify_block(keys, drafts, ql, pl, rule="chow", alpha=a,
                                             temperature=1.0, checked=True))(0.5)
   with pytest.raises(ValueError, match="only 'lossy'"):
-    sampling.verify_block(keys, drafts, ql, pl, beta=1.0, **kw)
-  ok = sampling.verify_block(keys, drafts, ql, pl, checked=True, **kw)
+    deferral.verify_block(keys, drafts, ql, pl, beta=1.0, **kw)
+  ok = deferral.verify_block(keys, drafts, ql, pl, checked=True, **kw)
   assert ok.num_accepted.shape == (2,)

@@ -1,7 +1,7 @@
 """Statistical exactness of speculative sampling toward every target (docs/method.md §2).
 
 For each rule, drafts are drawn with `sampling.sample` from fixed random drafter logits and the
-block is verified with `sampling.verify_block`, N = 200k independent rows at once. One jitted
+block is verified with `deferral.verify_block`, N = 200k independent rows at once. One jitted
 function covers all rules for a given γ (compiling is the slow part on CPU); α, temperature and
 top-p are its arguments, so the sweep over them compiles nothing. Rules share the logits, the
 drafts and the verification keys (each check is about one rule's marginal distribution, so
@@ -92,7 +92,7 @@ def _runner(entries: tuple, gamma: int):
     }
     out = []
     for i, (rule, top_k) in enumerate(entries):
-      res = sampling.verify_block(verify_keys, drafts[top_k], ql, pl, rule=rule,
+      res = deferral.verify_block(verify_keys, drafts[top_k], ql, pl, rule=rule,
                                   alpha=alphas[i], temperature=temperature, top_k=top_k,
                                   top_p=top_p)
       pi, _ = deferral.target(rule, q_logits, p_logits, alphas[i], temperature=temperature,

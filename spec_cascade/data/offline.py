@@ -30,7 +30,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from absl import logging
 import gin
@@ -38,6 +38,7 @@ import tqdm
 
 from spec_cascade.data import parsers
 from spec_cascade.data import raw as raw_lib
+from spec_cascade.data import tokenizer as tokenizer_lib
 
 TASK_ENDE = "debian_ende"
 TASK_SUMMARIZE = "debian_summarize"
@@ -410,9 +411,17 @@ def build_corpora(cache_dir: os.PathLike | str | None = None,
   return final
 
 
-def _build_into(staging: pathlib.Path, root: pathlib.Path, refresh: bool) -> dict[str, Any]:
-  from spec_cascade.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+def train_vocab_into(directory: os.PathLike, texts: Sequence[str],
+                     num_pieces: int) -> dict[str, Any]:
+  """Trains the corpora's vocabulary into `directory`; its manifest entry."""
+  path = pathlib.Path(directory) / tokenizer_lib.vocab_filename(num_pieces)
+  logging.info("Training a %d-piece SentencePiece model on %d lines.", num_pieces, len(texts))
+  entry = tokenizer_lib.train_sentencepiece(texts, path, num_pieces)
+  entry["training_input"] = VOCAB_INPUT_NOTE
+  return entry
 
+
+def _build_into(staging: pathlib.Path, root: pathlib.Path, refresh: bool) -> dict[str, Any]:
   settings = offline_settings()
   manual = resolve_raw_dir()
   stages = tqdm.tqdm(total=5, desc="offline corpora", unit="stage")
@@ -448,7 +457,7 @@ def _build_into(staging: pathlib.Path, root: pathlib.Path, refresh: bool) -> dic
   stages.update()
 
   stages.set_postfix_str(f"SentencePiece ({settings.vocab_pieces} pieces)")
-  vocab_entry = vocab_lib.train_vocab_into(staging, examples_train_texts(examples),
+  vocab_entry = train_vocab_into(staging, examples_train_texts(examples),
                                            settings.vocab_pieces)
   stages.update()
   stages.close()
