@@ -256,14 +256,9 @@ def _baseline_from_rows(rows: Sequence[ResultRow], task: str, t: float) -> Basel
 def _agree_across_hosts(plans, pending):
   """Multi-host: every process must run the same points (they take part in the same collective
   computations), so process 0's view of the finished points is broadcast to all."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() == 1:
-    return pending
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   flat = [(t, p) for t, ps in plans.items() for p in ps]
   mine = {(t, p.key) for t, ps in pending.items() for p in ps}
-  mask = np.asarray([(t, p.key) in mine for t, p in flat], np.int32)
-  mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+  mask = pod.broadcast_object([(t, p.key) in mine for t, p in flat])
   out = {t: [] for t in plans}
   for (t, p), keep in zip(flat, mask):
     if keep:
