@@ -275,7 +275,7 @@ def block_call_loop(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, gamma
   """A function running both encoders and then `iters` blocks' model calls alone, in one
   compiled program (compiled and warmed up here; time it, subtract the encoders' set-up
   (`costs.call_loop` with iters = 0) and divide by iters). A block's calls are SpecDecode's:
-  drafter calls (one scoring two tokens, γ − 1 scoring one: `decoding._speculative_body`),
+  drafter calls (one scoring two tokens, γ − 1 scoring one: `decoding.bodies._speculative_body`),
   then one verifier call scoring γ + 1 tokens. Unlike the isolated per-call costs this
   includes what alternating two models costs (each evicts the other's weights from the CPU
   caches), so the decode loop's own overhead is what remains on top of it. with_verifier=False

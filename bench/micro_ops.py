@@ -5,7 +5,7 @@
 * attention: `layers.dot_product_attention` (heads-leading matmuls, q and output transposed)
   vs the earlier form whose second einsum produced [B, Q, H, D] directly, for a verifier block
   (mini: 4 heads × 64, cache 71) of Q = 1 and 6 tokens at batch 1, 8 and 32;
-* argmax: `decoding._argmax` (64-wide chunks) vs a max followed by a masked min over the whole
+* argmax: `decoding.argmax` (64-wide chunks) vs a max followed by a masked min over the whole
   row (the earlier form) and `jnp.argmax`, for [B, 4224] rows;
 * dense: a float32 matmul vs bfloat16 inputs with a bfloat16 result and with a float32 result
   (`layers.matmul`, what T5Config.matmul_dtype='bfloat16' runs), for a verifier output layer;
@@ -95,11 +95,11 @@ def main(argv=None):
   for rows in (1, 8, 32, 48):
     x = jnp.asarray(rng.normal(size=(rows, 4224)), jnp.float32)
     want = np.argmax(np.asarray(x), axis=-1)
-    for f in (decoding._argmax, argmax_masked_min):  # pylint: disable=protected-access
+    for f in (decoding.argmax, argmax_masked_min):  # pylint: disable=protected-access
       np.testing.assert_array_equal(f(x), want)
     t = [time_in_loop(f, (x,), args.iters, args.reps)
          for f in (lambda x: jnp.argmax(x, axis=-1), argmax_masked_min,
-                   decoding._argmax)]  # pylint: disable=protected-access
+                   decoding.argmax)]  # pylint: disable=protected-access
     print(f"| {rows} | {t[0] * 1e3:.4f} | {t[1] * 1e3:.4f} | {t[2] * 1e3:.4f} |", flush=True)
   print("\n| dense: rows × 256 @ 256 × 4224 | float32 ms | bf16 → bf16 ms | bf16 → float32 "
         "(`layers.matmul`) ms | float32 / bf16 → float32 |")

@@ -6,7 +6,7 @@ Runs decoding (greedy unless --temperature > 0) of the synthetic pair (bench/hf_
 `synthetic_pair`, real `tiny`/`mini` sizes) once to compile, then once under
 `jax.profiler.trace` with a perfetto trace. Each traced op (XLA thunk / fusion) is matched to
 its instruction in the program's optimized HLO, whose metadata names the source op and the
-`jax.named_scope`s of spec_cascade/decoding.py it ran under (encode_drafter, encode_verifier,
+`jax.named_scope`s of spec_cascade/decoding/ it ran under (encode_drafter, encode_verifier,
 drafter, verifier, sample, verify, commit). Prints the time per scope (and per loop step) and
 the source ops that took the most time. The raw trace stays in --trace_dir for
 ui.perfetto.dev (open the *.trace.json.gz file).
@@ -36,7 +36,7 @@ from spec_cascade.decoding import generate  # pylint: disable=g-import-not-at-to
 
 
 SCOPES = ("encode_drafter", "encode_verifier", "drafter", "verifier", "sample", "verify",
-          "commit")  # jax.named_scope labels in spec_cascade/decoding.py
+          "commit")  # jax.named_scope labels in spec_cascade/decoding/
 
 
 def op_totals(trace_file: str) -> tuple[collections.Counter, collections.Counter]:

@@ -79,6 +79,19 @@ def _activation(hf: Mapping[str, Any], model_type: str, where: str) -> str:
   return ours
 
 
+def _eos_id(hf: Mapping[str, Any], where: str) -> int:
+  """config.json's eos_token_id (the first of a list: Llama 3 instruct lists several; the
+  engine stops at one id); 1 when absent."""
+  eos = hf.get("eos_token_id")
+  if isinstance(eos, (list, tuple)):
+    eos = eos[0] if eos else None
+  if eos is None:
+    return 1
+  if not isinstance(eos, int) or isinstance(eos, bool):
+    raise _unsupported(where, f"eos_token_id {eos!r} is not a token id")
+  return eos
+
+
 def config_from_hf(hf: Mapping[str, Any], where: str = "config.json") -> DecoderConfig:
   """A HF decoder-only config.json dict → DecoderConfig; UnsupportedHFConfig if we cannot
   compute what transformers would."""
@@ -102,7 +115,7 @@ def config_from_hf(hf: Mapping[str, Any], where: str = "config.json") -> Decoder
       mlp_activation=_activation(hf, model_type, where),
       layer_norm_epsilon=float(hf.get("rms_norm_eps", 1e-6)),
       tie_embeddings=bool(hf.get("tie_word_embeddings", model_type.startswith("gemma"))),
-      **_rope_fields(hf, where))
+      eos_id=_eos_id(hf, where), **_rope_fields(hf, where))
   if model_type == "qwen2":
     fields["qkv_bias"] = True
   if model_type.startswith("gemma"):
@@ -152,7 +165,7 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
       "head_dim": config.head_dim, "rms_norm_eps": config.layer_norm_epsilon,
       "tie_word_embeddings": config.tie_embeddings, "rope_parameters": rope,
       "hidden_act": {"silu": "silu", "gelu": "gelu_pytorch_tanh"}[config.mlp_activation],
-      "attention_dropout": 0.0, "use_cache": True,
+      "attention_dropout": 0.0, "use_cache": True, "eos_token_id": config.eos_id,
   }
   if model_type in ("llama", "gemma", "gemma2"):
     hf["attention_bias"] = False

@@ -302,10 +302,15 @@ def test_output_distribution_matches_token_level_target(tiny_vocab_pair, method,
 # --- invariance and compilation ----------------------------------------------------------------
 
 def test_sampled_output_independent_of_batch_composition(pair):
+  check_batch_composition(pair, MAXLEN)
+
+
+def check_batch_composition(pair, max_len: int):
+  """A row's tokens and counters are the same alone, in part of a batch or in all of it."""
   drafter, verifier = pair
   x = random_inputs(8, seed=4)
   kw = dict(method="spec_cascade", rule="token_v3", alpha=0.2, temperature=1.0,
-            num_draft_tokens=3, max_decode_length=MAXLEN, seed=3)
+            num_draft_tokens=3, max_decode_length=max_len, seed=3)
   full = generate(drafter, verifier, x, example_ids=np.arange(100, 108), **kw)
   for lo, hi in [(0, 1), (2, 5), (5, 8)]:
     part = generate(drafter, verifier, x[lo:hi], example_ids=np.arange(100 + lo, 100 + hi), **kw)
@@ -357,7 +362,7 @@ def test_shrinking_the_batch_changes_no_output(pair):
 def shrink_to_six(monkeypatch):
   """Stages (8, 6): rows move to the second stage as soon as two are done, so every method
   (also those whose rows mostly run to the length cap) runs both stages."""
-  monkeypatch.setattr(decoding, "stage_sizes", lambda b, shrink: (b, 6) if shrink else (b,))
+  monkeypatch.setattr(decoding.loops, "stage_sizes", lambda b, shrink: (b, 6) if shrink else (b,))
   programs.PROGRAMS.clear()  # programs traced with the real stages
   yield
   programs.PROGRAMS.clear()
@@ -426,8 +431,8 @@ def test_stream_tail_shrinks_with_unchanged_outputs(pair, monkeypatch):
   last examples finish in a batch of 4 (the real stage policy); outputs as in one batch."""
   drafter, verifier = pair
   started = []
-  run = decoding._run  # pylint: disable=protected-access
-  monkeypatch.setattr(decoding, "_run", lambda *a, **k: started.append(
+  run = decoding.loops.run_stages
+  monkeypatch.setattr(decoding.loops, "run_stages", lambda *a, **k: started.append(
       k.get("started", False)) or run(*a, **k))
   programs.PROGRAMS.clear()
   x = random_inputs(20, seed=8)
@@ -599,15 +604,15 @@ def test_argmax_is_the_first_maximum(shape):
   x[..., shape[-1] // 2] = x[..., -1]
   if shape[-1] > 70:
     x[..., 70] = x[..., -1]
-  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+  np.testing.assert_array_equal(decoding.argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
   x = rng.normal(size=shape).astype(np.float32)
-  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+  np.testing.assert_array_equal(decoding.argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
   x[..., 0] = -np.inf
-  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+  np.testing.assert_array_equal(decoding.argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
   all_inf = np.full(shape, -np.inf, np.float32)
-  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(all_inf)), 0)
+  np.testing.assert_array_equal(decoding.argmax(jnp.asarray(all_inf)), 0)
   all_nan = np.full(shape, np.nan, np.float32)
-  np.testing.assert_array_equal(decoding._argmax(jnp.asarray(all_nan)), 0)
+  np.testing.assert_array_equal(decoding.argmax(jnp.asarray(all_nan)), 0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -86,9 +86,9 @@ def test_cycle_finder_finds_direct_and_indirect_circles():
 
 def test_the_graph_sees_function_local_and_relative_imports():
   graph = import_graph()
-  # stages reads checkpoints inside a function; decoding imports sampling at the top.
+  # stages reads checkpoints inside a function; the decode bodies import sampling at the top.
   assert "spec_cascade.checkpoints" in graph["spec_cascade.stages"]
-  assert "spec_cascade.sampling" in graph["spec_cascade.decoding"]
+  assert "spec_cascade.sampling" in graph["spec_cascade.decoding.bodies"]
   assert "spec_cascade.data.tokenizer" in graph["spec_cascade.data.offline"]
 
 

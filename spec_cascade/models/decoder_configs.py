@@ -45,6 +45,8 @@ class DecoderConfig:
   rope_base: RoPE's θ (10 000 for Llama 2 / Gemma, 500 000 for Llama 3, 1e6 for Qwen2).
   rope_scaling: None or a mapping with 'rope_type' in ROPE_SCALINGS and that type's keys
     (HF's names); stored as a sorted tuple of items so the config stays hashable.
+  eos_id: the token that ends a generation (config.json's eos_token_id; the first one when
+    it lists several).
   The output layer is the embedding matrix itself when tie_embeddings (no rescaling, unlike
     T5 v1.0's tied head). `dtype` / `matmul_dtype` as in T5Config; parameters stay float32.
   """
@@ -71,6 +73,9 @@ class DecoderConfig:
   sliding_window_pattern: int = 2
   dtype: str = "float32"
   matmul_dtype: str | None = None
+  # The token that ends generation (Gemma: 1; Llama 2: 2; Llama 3 / Qwen2: large ids); the
+  # decode engine stops a row there. Hugging Face's config.json calls it eos_token_id.
+  eos_id: int = 1
 
   def __post_init__(self):
     for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
@@ -78,6 +83,10 @@ class DecoderConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"DecoderConfig.{name} must be a positive int, got {value!r}.")
+    if not isinstance(self.eos_id, int) or isinstance(self.eos_id, bool) or not (
+        0 <= self.eos_id < self.vocab_size):
+      raise ValueError(f"DecoderConfig.eos_id must be a token id in [0, vocab_size="
+                       f"{self.vocab_size}), got {self.eos_id!r}.")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"DecoderConfig.num_kv_heads={self.num_kv_heads} must divide "
                        f"num_heads={self.num_heads} (grouped-query attention).")

@@ -1,0 +1,304 @@
+"""The plain Python API of the engine: `generate`, and the validated spec / knobs it builds
+(`make_spec`, `make_knobs`) for callers that build them once (infer, sweep)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spec_cascade import autogamma, deferral, methods, parallel, pod, programs, sampling
+from spec_cascade.decoding.loops import compiled_decode, compiled_stream
+from spec_cascade.decoding.state import COUNTER_FIELDS, EOS_ID, PAD_ID, Bundle, DecodeSpec, Knobs
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+  """tokens: int32 [B, max_decode_length] (0 after EOS); lengths: [B]; counters: name → [B];
+  wall_s: wall-clock of the decode call (compilation excluded when warm).
+  num_draft_tokens: the γ the speculative methods ran with (0: 'auto' chose the verifier
+  alone; None for methods without blocks); gamma_choice: what 'auto' measured."""
+  tokens: np.ndarray
+  lengths: np.ndarray
+  counters: dict[str, np.ndarray]
+  wall_s: float
+  num_draft_tokens: int | None = None
+  gamma_choice: autogamma.GammaChoice | None = None
+  # Iterations of the longest loop the call ran (under a data-parallel mesh each device runs
+  # its own loop; rows that exist only as padding start finished and add none).
+  loop_steps: int | None = None
+
+
+def resolve_rule(method: str, rule: str | None) -> str | None:
+  """The rule a method runs with (`Method.rules` / `default_rule`); ValueError when the pair
+  makes no sense."""
+  m = methods.get(method)
+  if m.rules == ():
+    if rule is not None:
+      raise ValueError(f"method {method!r} takes no deferral rule (got rule={rule!r}).")
+    return None
+  if m.rules is not methods.ANY_RULE:
+    if rule not in (None,) + m.rules:
+      raise ValueError(m.rule_error.format(method=method, rule=rule, want=m.default_rule))
+    return rule or m.default_rule
+  rule = rule or m.default_rule
+  if rule is None:
+    raise ValueError(f"method {method!r} needs a rule: one of "
+                     f"{', '.join(sorted(deferral.RULES))}.")
+  deferral.get_rule(rule)
+  return rule
+
+
+def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int | None = 5,
+              max_decode_length: int = 64, top_k: int = 0, beta: float | None = None,
+              token_cascade_window: int = 8, bild_max_window: int = 10,
+              shrink_batch: bool = True, dynamic_draft: bool = False,
+              eos_id: int = EOS_ID) -> DecodeSpec:
+  """Validated DecodeSpec (the static part of a decode)."""
+  rule = resolve_rule(method, rule)
+  blocks = methods.get(method).gamma == methods.GAMMA_BLOCK
+  if dynamic_draft and not blocks:
+    raise ValueError(f"draft_confidence (dynamic draft length) applies to the speculative "
+                     f"methods ({', '.join(sorted(methods.BLOCK_METHODS))}); method {method!r} "
+                     "drafts no blocks.")
+  checks = [("max_decode_length", max_decode_length, 1),
+            ("token_cascade_window", token_cascade_window, 1),
+            ("bild_max_window", bild_max_window, 1), ("eos_id", eos_id, 0)]
+  # Where γ does not apply None means "no γ"; any other value is still checked, so a caller's
+  # bad γ is an error whichever method it goes with.
+  if blocks or num_draft_tokens is not None:
+    checks.insert(0, ("num_draft_tokens", num_draft_tokens, 1))
+  for name, v, lo in checks:
+    if not isinstance(v, (int, np.integer)) or v < lo:
+      raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}.")
+  return DecodeSpec(method=method, rule=rule,
+                    num_draft_tokens=int(num_draft_tokens) if blocks else None,
+                    max_decode_length=int(max_decode_length),
+                    top_k=sampling.validate_top_k(top_k), solve_beta=beta is None,
+                    token_cascade_window=int(token_cascade_window),
+                    bild_max_window=int(bild_max_window), shrink_batch=bool(shrink_batch),
+                    dynamic_draft=bool(dynamic_draft), eos_id=int(eos_id))
+
+
+def make_knobs(spec: DecodeSpec, *, alpha: float = 0.0, beta: float | None = None,
+               temperature: float = 1.0, top_p: float = 1.0, fallback_threshold: float = 0.6,
+               rollback_threshold: float = 3.0, draft_confidence: float | None = None) -> Knobs:
+  """Validated traced knobs."""
+  sampling.validate_sampling_params(temperature, spec.top_k, top_p)
+  if draft_confidence is not None and not 0.0 <= float(draft_confidence) <= 1.0:
+    raise ValueError(f"draft_confidence must be in [0, 1] (a probability), got "
+                     f"{draft_confidence!r}.")
+  if spec.rule is not None and methods.get(spec.method).alpha is not None:
+    deferral.validate_alpha(spec.rule, alpha)
+    deferral.validate_beta(spec.rule, alpha, beta)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return Knobs(alpha=f32(alpha), beta=f32(1.0 if beta is None else beta),
+               temperature=f32(temperature), top_p=f32(top_p),
+               fallback_threshold=f32(fallback_threshold),
+               rollback_threshold=f32(rollback_threshold),
+               draft_confidence=f32(0.0 if draft_confidence is None else draft_confidence))
+
+
+def _check_inputs(inputs, vocab_size: int | None = None) -> np.ndarray:
+  """inputs as int32 [B, S]; ValueError naming what is wrong for anything else (wrong rank or
+  dtype, no rows or columns, token ids outside [0, vocab_size))."""
+  arr = np.asarray(inputs)
+  if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+    raise ValueError(f"inputs must be integer token ids [batch, length], got dtype {arr.dtype} "
+                     f"shape {arr.shape}.")
+  if arr.dtype == bool:
+    raise ValueError("inputs must be integer token ids [batch, length], got a bool array.")
+  if arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ValueError(f"inputs must hold at least one row and one column, got shape "
+                     f"{arr.shape}; pad an empty input to one column of 0 (padding).")
+  if vocab_size is not None:
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+      row, col = map(int, np.argwhere(bad)[0])
+      raise ValueError(f"inputs hold token ids outside the vocabulary [0, {vocab_size}): "
+                       f"{int(arr[row, col])} at row {row}, column {col} "
+                       f"({int(bad.sum())} such ids). Tokenise with the pair's vocabulary; "
+                       "use 0 for padding.")
+  return arr.astype(np.int32)
+
+
+def eos_id_of(drafter: Bundle | None, verifier: Bundle | None) -> int:
+  """The EOS id the pair's configs name (`eos_id`; T5 configs have none: 1); ValueError
+  when the two disagree."""
+  ids = {int(getattr(b.model.config, "eos_id", EOS_ID)) for b in (drafter, verifier)
+         if b is not None}
+  if len(ids) > 1:
+    raise ValueError(f"The drafter and the verifier end sequences with different EOS ids "
+                     f"{sorted(ids)}: a pair needs one vocabulary and one EOS.")
+  return ids.pop() if ids else EOS_ID
+
+
+def _vocab_size(drafter: Bundle | None, verifier: Bundle | None) -> int | None:
+  sizes = [b.model.config.vocab_size for b in (drafter, verifier) if b is not None]
+  return min(sizes) if sizes else None
+
+
+def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method: str,
+             rule: str | None = None, alpha: float = 0.0, beta: float | None = None,
+             num_draft_tokens: int = 5, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, example_ids=None, max_decode_length: int = 64,
+             fallback_threshold: float = 0.6, rollback_threshold: float = 3.0,
+             bild_max_window: int = 10, token_cascade_window: int = 8,
+             shrink_batch: bool = True, slots: int | None = None, mesh=None,
+             draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES,
+             draft_confidence: float | None = None,
+             bucket_shapes: bool = True) -> GenerateOutput:
+  """Decodes `inputs` [B, S] with `method`; see the module docstring for the methods.
+
+  drafter / verifier: `Bundle(model, params)`, a T5Model or a DecoderOnlyModel each (either
+  may be None when the method does not use it); the two share one vocabulary and EOS id.
+  inputs: encoder tokens for a T5 model, right-padded prompts (BOS included, 0 after the
+  last token) for a decoder-only one; a mixed pair reads the same ids both ways
+  (`decoding.contract`). alpha, beta, temperature, top_p and the BiLD thresholds are traced: changing them
+  reuses the compiled program. example_ids [B] (default 0..B-1) seed each row's randomness.
+  mesh: optional `jax.sharding.Mesh` with 'data' and 'model' axes; the batch is split over
+  'data' (padded to a multiple of its size). Data parallel ('model' of size 1): each device
+  decodes rows d, d + D, ... in its own loop (`jit_on_mesh`), stopping when its rows are done. With
+  'model' > 1 the parameters are split by the `spec_cascade.parallel` rules and XLA
+  partitions one loop over the mesh.
+  shrink_batch: a batch of ≥ 16 rows goes on as a quarter-size batch once at most that many
+  rows are still decoding (`stage_sizes`; outputs unchanged, compilation ×2); False keeps the
+  whole batch in every call.
+  slots: decode the B inputs through this many rows at a time (continuous batching,
+  `decode_stream`): a finished row's slot takes the next input at once, so no step waits for a
+  batch's slowest row. Same outputs as without. With a mesh (data
+  parallel only), slots must be a multiple of its 'data' size: each device streams its share.
+  num_draft_tokens='auto' (speculative methods): the first call times every γ in
+  draft_candidates on these inputs (and SpecDecode also the verifier alone) and runs the
+  fastest; later calls with the same settings and shapes reuse the choice (`autogamma`).
+  draft_confidence (speculative methods): a dynamic draft length — a row stops drafting after
+  the first draft at which the drafter's top probability is below this value, so a block
+  proposes 1..γ drafts (HF's assistant_confidence_threshold, BiLD's fallback); drafter calls no
+  row needs are skipped. Outputs keep the target's distribution exactly. None: always γ.
+  bucket_shapes: pad inputs to a bucketed [batch, length] (`spec_cascade.programs`), so that
+  calls over many input shapes share a few compiled programs; the compiled programs a process
+  keeps are bounded either way (`programs.set_capacity`). Padding changes no output beyond
+  float rounding. False compiles for the exact shape given.
+  Token ids must lie in [0, vocab size); 0 is padding.
+  """
+  autogamma.check(num_draft_tokens, method)
+  if num_draft_tokens == autogamma.AUTO:
+    return _generate_auto(drafter, verifier, inputs, method=method, rule=rule, alpha=alpha,
+                          beta=beta, temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, example_ids=example_ids,
+                          max_decode_length=max_decode_length,
+                          fallback_threshold=fallback_threshold,
+                          rollback_threshold=rollback_threshold,
+                          bild_max_window=bild_max_window,
+                          token_cascade_window=token_cascade_window, shrink_batch=shrink_batch,
+                          slots=slots, mesh=mesh, candidates=tuple(draft_candidates),
+                          draft_confidence=draft_confidence, bucket_shapes=bucket_shapes)
+  m = methods.get(method)
+  use_d = drafter if m.uses_drafter else None
+  use_v = verifier if m.uses_verifier else None
+  spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
+                   max_decode_length=max_decode_length, top_k=top_k, beta=beta,
+                   token_cascade_window=token_cascade_window, bild_max_window=bild_max_window,
+                   shrink_batch=shrink_batch, dynamic_draft=draft_confidence is not None,
+                   eos_id=eos_id_of(use_d, use_v))
+  knobs = make_knobs(spec, alpha=alpha, beta=beta, temperature=temperature, top_p=top_p,
+                     fallback_threshold=fallback_threshold, rollback_threshold=rollback_threshold,
+                     draft_confidence=draft_confidence)
+  inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
+  batch = inputs.shape[0]
+  ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)
+  if ids.shape != (batch,):
+    raise ValueError(f"example_ids must have shape ({batch},), got {ids.shape}.")
+  if not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+    raise ValueError(f"example_ids must be non-negative ints (they seed each row's draws), "
+                     f"got {ids!r}.")
+  if m.uses_drafter and drafter is None:
+    raise ValueError(f"method {method!r} needs a drafter Bundle(model, params).")
+  if m.uses_verifier and verifier is None:
+    raise ValueError(f"method {method!r} needs a verifier Bundle(model, params).")
+  if drafter is not None and verifier is not None:
+    dv, vv = drafter.model.config.vocab_size, verifier.model.config.vocab_size
+    if dv != vv:
+      raise ValueError(f"drafter vocab_size {dv} != verifier vocab_size {vv}: speculative and "
+                       "cascade methods need one shared vocabulary.")
+  stream = slots is not None and slots < batch
+  if slots is not None:
+    if not isinstance(slots, (int, np.integer)) or slots < 1:
+      raise ValueError(f"slots must be a positive int (rows decoded at a time), got {slots!r}.")
+    if stream and mesh is not None:
+      parallel.check_stream_mesh(mesh, slots)
+  d_params = use_d.params if use_d else None
+  v_params = use_v.params if use_v else None
+  ids = ids.astype(np.int32)
+  if bucket_shapes:
+    # A stream's queue (N examples) is bucketed like a batch; its slots stay as given.
+    inputs, ids = programs.pad_to_buckets(inputs, ids, pad_id=PAD_ID)
+  order, per_device = None, mesh is not None and mesh.shape["model"] == 1
+  if mesh is not None:
+    if per_device:
+      # Device d decodes rows d, d + D, ...: inputs sorted by length spread evenly.
+      inputs, ids, order = parallel.interleave_batch(mesh, inputs, ids)
+    else:
+      inputs, ids, _ = parallel.pad_batch(mesh, inputs, ids)
+    inputs, ids = parallel.shard_batch(mesh, inputs), parallel.shard_batch(mesh, ids)
+    d_params = parallel.shard_params(mesh, d_params) if d_params is not None else None
+    v_params = parallel.shard_params(mesh, v_params) if v_params is not None else None
+  configs = (use_d.model.config if use_d else None, use_v.model.config if use_v else None)
+  # The mesh goes in only when set: lru_cache keys f(x) and f(x, None) apart.
+  on = (mesh,) if per_device else ()
+  shape = tuple(inputs.shape)
+  fn = (compiled_stream(*configs, spec, int(slots), *on, shape=shape) if stream
+        else compiled_decode(*configs, spec, *on, shape=shape))
+  t0 = time.perf_counter()
+  res = jax.block_until_ready(fn(d_params, v_params, jnp.asarray(inputs), jnp.asarray(ids),
+                                 jnp.int32(seed), knobs))
+  wall = time.perf_counter() - t0
+  # Back to the input order; rows past `batch` are the mesh's padding.
+  back = slice(None) if order is None else np.argsort(order)
+  rows = lambda x: pod.to_host(x)[back][:batch]
+  counters = {f: rows(getattr(res.counters, f)) for f in COUNTER_FIELDS}
+  return GenerateOutput(tokens=rows(res.tokens), lengths=rows(res.lengths), counters=counters,
+                        wall_s=wall, num_draft_tokens=spec.num_draft_tokens,
+                        loop_steps=int(pod.to_host(res.steps).max()))
+
+
+def _generate_auto(drafter, verifier, inputs, *, method: str, candidates: tuple[int, ...],
+                   **kw) -> GenerateOutput:
+  """generate(num_draft_tokens='auto'): measure (once per settings and shape), then decode."""
+  if not candidates or any(not isinstance(g, (int, np.integer)) or g < 1 for g in candidates):
+    raise ValueError(f"draft_candidates must be positive ints, got {candidates!r}.")
+  if drafter is None or verifier is None:
+    raise ValueError(f"method {method!r} needs a drafter and a verifier Bundle(model, params).")
+  inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
+  slots = kw["slots"]
+  timing = {k: v for k, v in kw.items() if k not in ("seed", "example_ids", "rule")}
+  key = autogamma.choice_key(drafter, verifier, method, kw["rule"], inputs.shape,
+                             candidates=candidates, **timing)
+  choice = autogamma.cached(key)
+  if choice is None:
+    # Warm-up on the first `slots` rows when streaming (the rows a step decodes at a time).
+    rows = slots if slots is not None and slots < inputs.shape[0] else inputs.shape[0]
+    ids = (np.arange(inputs.shape[0]) if kw["example_ids"] is None
+           else np.asarray(kw["example_ids"]))[:rows]
+    warm = dict(kw, example_ids=ids, slots=None)
+
+    def run(gamma: int) -> GenerateOutput:
+      if gamma == 0:
+        return generate(None, verifier, inputs[:rows], **dict(warm, method="verifier", rule=None,
+                                                             num_draft_tokens=1))
+      return generate(drafter, verifier, inputs[:rows], method=method,
+                      num_draft_tokens=int(gamma), **warm)
+
+    seconds, acceptance = autogamma.measure(run, candidates,
+                                            include_verifier=methods.get(method).lossless)
+    choice = autogamma.remember(
+        key, autogamma.GammaChoice(autogamma.pick(seconds), seconds, acceptance))
+  gamma = choice.gamma
+  if gamma == 0:
+    out = generate(None, verifier, inputs, **dict(kw, method="verifier", rule=None,
+                                                  num_draft_tokens=1))
+  else:
+    out = generate(drafter, verifier, inputs, method=method, num_draft_tokens=gamma, **kw)
+  return dataclasses.replace(out, num_draft_tokens=gamma, gamma_choice=choice)

@@ -1,0 +1,153 @@
+"""The model contract: all a decode loop asks of a drafter or a verifier.
+
+Every method's body is written once against four calls, each a pure function of a `Bundle`
+(model, params) and a per-row decoding state the loop carries (its "cache"):
+
+  start(role, bundle, inputs [B, S], positions) → cache
+      the context of each row, ready to score decoder positions 0 .. positions − 1
+  score(role, bundle, cache, tokens [B, k], offsets [B]) → (logits [B, k, V], cache)
+      row b's tokens at decoder positions offsets[b] .. offsets[b] + k − 1; logits[:, i]
+      is the distribution of the token at position offsets[b] + i + 1. Rolling back is
+      scoring again from an earlier offset: what lies past it is overwritten before it is read.
+  pool(role, bundle, inputs [N, S]) → pool;  refill(bundle, cache, pool, slots, ids, count)
+      continuous batching: slot slots[j] of `cache` takes example ids[j]'s context, j < count
+
+The loops' positions are the output's: output token t sits at decoder position t + 1, and
+position 0's input is "start of output" (the loops pass 0 there).
+
+  T5 (`T5Model`): start = the encoder plus an empty decoder cache whose cross-attention keys
+      and values are filled; position n is the decoder's position n (BOS = 0 at 0).
+  Decoder-only (`DecoderOnlyModel`): inputs are right-padded prompts (0 = padding after the
+      last token; prompts hold their own BOS). start prefills each row's prompt into a KV
+      cache; position n is cache slot prompt_length − 1 + n, and position 0's input is the
+      row's last prompt token. So output token 0 is predicted from the whole prompt, exactly
+      as the model's own `prefill` then `decode_block` would, and every body, rule and
+      counter is the same code for both families.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from spec_cascade.models.configs import T5Config
+from spec_cascade.models.decoder_configs import DecoderConfig
+from spec_cascade.models.decoder_only import DecoderOnlyModel, KVCache
+from spec_cascade.models.t5 import DecoderCache, T5Model
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class PromptCache:
+  """A decoder-only model's decoding state for a batch.
+
+  kv: its KVCache [B, ..., S + L]; prompt_length: int32 [B] (≥ 1) real prompt tokens of each
+  row; last_token: int32 [B] each row's last prompt token (the input at position 0)."""
+  kv: KVCache
+  prompt_length: Array
+  last_token: Array
+
+
+@flax.struct.dataclass
+class PromptPool:
+  """Every queued example's prompt, for `refill` (decoder-only models prefill on entry)."""
+  prompts: Array  # int32 [N, S]
+  lengths: Array  # int32 [N]
+
+
+def is_decoder_only(model) -> bool:
+  return isinstance(model, DecoderOnlyModel)
+
+
+def model_for(config):
+  """The model of a config: T5Config → T5Model, DecoderConfig → DecoderOnlyModel."""
+  if isinstance(config, T5Config):
+    return T5Model(config)
+  if isinstance(config, DecoderConfig):
+    return DecoderOnlyModel(config)
+  raise TypeError(f"Not a model config: {config!r} (a T5Config or a DecoderConfig).")
+
+
+def prompt_lengths(inputs: Array) -> Array:
+  """int32 [B]: 1 + the index of each row's last non-zero token (at least 1)."""
+  pos = jnp.arange(1, inputs.shape[1] + 1, dtype=jnp.int32)[None, :]
+  return jnp.maximum(jnp.max(jnp.where(inputs != 0, pos, 0), axis=1), 1).astype(jnp.int32)
+
+
+def start(role: str, bundle, inputs: Array, positions: int):
+  """bundle's decoding state for inputs [B, S], room for decoder positions < positions."""
+  model, params = bundle
+  with jax.named_scope(f"encode_{role}"):
+    if not is_decoder_only(model):
+      encoded, mask = model.encode(params, inputs)
+      return model.init_cache(params, encoded, mask, positions)
+    lengths = prompt_lengths(inputs)
+    _, kv = model.prefill(params, inputs, lengths, inputs.shape[1] + positions)
+    last = jnp.take_along_axis(inputs, (lengths - 1)[:, None], axis=1)[:, 0]
+    return PromptCache(kv=kv, prompt_length=lengths, last_token=last.astype(jnp.int32))
+
+
+def score(role: str, bundle, cache, tokens: Array, offsets: Array):
+  """Logits of tokens [B, k] at decoder positions offsets [B] + 0..k−1, under a named scope
+  so profiles (bench/profile_decode.py) attribute each op to the drafter or the verifier."""
+  model, params = bundle
+  with jax.named_scope(role):
+    if not is_decoder_only(model):
+      return model.decode_block(params, cache, tokens, offsets)
+    at_start = (offsets[:, None] + jnp.arange(tokens.shape[1])[None, :]) == 0
+    tokens = jnp.where(at_start, cache.last_token[:, None], tokens)
+    logits, kv = model.decode_block(params, cache.kv, tokens, cache.prompt_length - 1 + offsets)
+    return logits, cache.replace(kv=kv)
+
+
+def batch_size(cache) -> int:
+  return cache.kv.batch_size if isinstance(cache, PromptCache) else cache.batch_size
+
+
+def pool(role: str, bundle, inputs: Array):
+  """What `refill` copies a new example's context from, for inputs [N, S]: T5's encoder
+  side of every example; a decoder-only model's prompts (prefilled when they enter)."""
+  model, params = bundle
+  if is_decoder_only(model):
+    return PromptPool(prompts=inputs, lengths=prompt_lengths(inputs))
+  with jax.named_scope(f"encode_{role}"):
+    encoded, mask = model.encode(params, inputs)
+  return model.init_cache(params, encoded, mask, 1)
+
+
+def _put_row(dst: Array, src: Array, src_row, dst_row) -> Array:
+  return jax.lax.dynamic_update_slice_in_dim(
+      dst, jax.lax.dynamic_slice_in_dim(src, src_row, 1, 0), dst_row, 0)
+
+
+def refill(bundle, cache, pool_: Any, slot_ids: Array, new_ids: Array, count: Array):
+  """`cache` with slot slot_ids[j] holding example new_ids[j]'s context, for j < count.
+
+  A loop over the refilled slots only (usually none or one per step): a select over all
+  slots would copy every layer's state at every step. A slot's self-attention entries are
+  left as they are: positions past a row's length are overwritten before they are read."""
+  if cache is None:
+    return None
+  model, params = bundle
+  if not is_decoder_only(model):
+    def put_t5(j, c: DecoderCache):
+      row = lambda dst, src: _put_row(dst, src, new_ids[j], slot_ids[j])
+      return c.replace(cross_k=tuple(map(row, c.cross_k, pool_.cross_k)),
+                       cross_v=tuple(map(row, c.cross_v, pool_.cross_v)),
+                       encoder_mask=row(c.encoder_mask, pool_.encoder_mask))
+    return jax.lax.fori_loop(0, count, put_t5, cache)
+
+  def put_prompt(j, c: PromptCache):
+    prompt = jax.lax.dynamic_slice_in_dim(pool_.prompts, new_ids[j], 1, 0)
+    length = jax.lax.dynamic_slice_in_dim(pool_.lengths, new_ids[j], 1, 0)
+    _, one = model.prefill(params, prompt, length, c.kv.max_length)
+    row = lambda dst, src: _put_row(dst, src, 0, slot_ids[j])
+    kv = c.kv.replace(k=tuple(map(row, c.kv.k, one.k)), v=tuple(map(row, c.kv.v, one.v)),
+                      lengths=row(c.kv.lengths, one.lengths))
+    last = jnp.take_along_axis(prompt, (length - 1)[:, None], axis=1)[:, 0].astype(jnp.int32)
+    return c.replace(kv=kv, prompt_length=row(c.prompt_length, length),
+                     last_token=row(c.last_token, last))
+  return jax.lax.fori_loop(0, count, put_prompt, cache)
