@@ -39,18 +39,18 @@ def agreement(drafter, verifier, inputs: np.ndarray, v_tokens: np.ndarray,
 def evaluate(drafter, verifier, task: str, num_examples: int = 200, split: str = "validation",
              batch_size: int = 32, max_decode_length: int = 64, vocabulary_path=None,
              seed: int = 0) -> dict:
-  from spec_cascade import infer  # pylint: disable=g-import-not-at-top
+  from spec_cascade import decoding, infer  # pylint: disable=g-import-not-at-top
   data = infer.load_task(task, split, num_examples, seed=seed, vocabulary_path=vocabulary_path)
   batches = infer.make_batches(data, batch_size)
   metric = infer.metric_name(task)
-  kw = dict(temperature=0.0, max_decode_length=max_decode_length)
   out = {"task": task, "split": split, "num_examples": len(data.examples), "metric": metric,
          "truncated_inputs": data.truncated}
   targets = [e.targets for e in data.examples]
   runs = {}
   for name in ("drafter", "verifier"):
     run = infer.decode_batches(drafter, verifier, batches, len(data.examples),
-                               dict(kw, method=name))
+                               decoding.DecodeConfig(method=name, temperature=0.0,
+                                                     max_decode_length=max_decode_length))
     runs[name] = run
     out[f"{name}_scores"] = infer.score(targets, infer.predictions_of(data, run), metric)
   same = total = 0

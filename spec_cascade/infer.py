@@ -426,7 +426,7 @@ def make_batches(data: TaskData, batch_size: int, input_bucket: int | None = Non
   """Length-sorted batches of exactly `batch_size` rows (see the module docstring).
 
   stream_batches > 1: each Batch holds that many consecutive batches (the last one fewer), to
-  be decoded `batch_size` rows at a time with continuous batching (`engine_kwargs` passes
+  be decoded `batch_size` rows at a time with continuous batching (`engine_config` passes
   slots = batch_size)."""
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
@@ -477,9 +477,11 @@ def stream_slots(batch_size: int, stream_batches: int) -> int | None:
   return None if stream_batches == 1 else int(batch_size)
 
 
-def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
-                  temperature: float, num_draft_tokens: int | str | None) -> dict[str, Any]:
-  """Keyword arguments of `decoding.generate` for one operating point.
+def engine_config(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
+                  temperature: float, num_draft_tokens: int | str | None
+                  ) -> decoding.DecodeConfig:
+  """The engine's validated `DecodeConfig` for one operating point (built once per point:
+  its spec is the compiled program's key, its knobs what an α / T sweep changes).
 
   num_draft_tokens: γ, 'auto', or None (no γ: ignored wherever γ does not apply anyway). The
   engine gets None where its method reads no γ, so all points of such a method share one
@@ -493,32 +495,21 @@ def engine_kwargs(method: MethodSpec, settings: DecodeSettings, alpha: float | N
   window = gamma if isinstance(gamma, int) else 1
   if method.method.gamma != methods_lib.GAMMA_BLOCK:
     gamma = None
-  kw = dict(method=method.engine_method, rule=method.engine_rule, num_draft_tokens=gamma,
-            temperature=float(temperature), top_k=settings.top_k, top_p=settings.top_p,
-            seed=settings.seed, max_decode_length=settings.max_decode_length,
-            fallback_threshold=settings.fallback_threshold,
-            bild_max_window=settings.bild_max_window or max(window, 1),
-            token_cascade_window=settings.token_cascade_window,
-            shrink_batch=settings.shrink_batch, slots=settings.slots, alpha=0.0)
+  lenience = {}
   if method.alpha_kind == "bild":
-    kw["rollback_threshold"] = float(alpha)
+    lenience["rollback_threshold"] = float(alpha)
   elif method.alpha_kind == "rule":
-    kw["alpha"] = float(alpha)
+    lenience["alpha"] = float(alpha)
   if method.engine_rule == "lossy" and settings.lossy_beta is not None:
-    kw["beta"] = float(settings.lossy_beta)
-  return kw
-
-
-def program_key(method: MethodSpec, settings: DecodeSettings, num_draft_tokens: int,
-                shape: tuple[int, int]) -> tuple:
-  """Identifies a compiled program: points with equal keys share one compilation."""
-  kw = engine_kwargs(method, settings, 0.0, 1.0, num_draft_tokens)
-  spec = decoding.make_spec(kw["method"], kw["rule"], num_draft_tokens=kw["num_draft_tokens"],
-                            max_decode_length=kw["max_decode_length"], top_k=kw["top_k"],
-                            token_cascade_window=kw["token_cascade_window"],
-                            bild_max_window=kw["bild_max_window"],
-                            shrink_batch=kw["shrink_batch"], beta=kw.get("beta"))
-  return (spec, tuple(shape), kw["slots"])
+    lenience["beta"] = float(settings.lossy_beta)
+  return decoding.DecodeConfig(
+      method=method.engine_method, rule=method.engine_rule, num_draft_tokens=gamma,
+      temperature=float(temperature), top_k=settings.top_k, top_p=settings.top_p,
+      seed=settings.seed, max_decode_length=settings.max_decode_length,
+      fallback_threshold=settings.fallback_threshold,
+      bild_max_window=settings.bild_max_window or max(window, 1),
+      token_cascade_window=settings.token_cascade_window,
+      shrink_batch=settings.shrink_batch, slots=settings.slots, **lenience)
 
 
 @dataclasses.dataclass
@@ -537,10 +528,11 @@ class DecodeRun:
 
 
 def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Sequence[Batch],
-                   num_examples: int, engine_kw: Mapping[str, Any], mesh=None,
+                   num_examples: int, config: decoding.DecodeConfig, mesh=None,
                    progress: bool = False, desc: str = "") -> DecodeRun:
-  """Runs `decoding.generate` over the batches and gathers per-example outputs."""
-  L = int(engine_kw["max_decode_length"])
+  """Runs `decoding.generate` with `config` over the batches and gathers per-example
+  outputs."""
+  L = config.max_decode_length
   tokens = np.zeros((num_examples, L), np.int32)
   counters = {f: np.zeros((num_examples,), np.float64) for f in decoding.COUNTER_FIELDS}
   walls, gammas = [], []
@@ -549,8 +541,8 @@ def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Seq
     import tqdm  # pylint: disable=g-import-not-at-top
     it = tqdm.tqdm(batches, desc=desc or "batches", unit="batch", leave=False, dynamic_ncols=True)
   for b in it:
-    out = decoding.generate(drafter, verifier, b.inputs, example_ids=b.example_ids, mesh=mesh,
-                            **engine_kw)
+    out = decoding.generate(drafter, verifier, b.inputs, config, example_ids=b.example_ids,
+                            mesh=mesh)
     n = b.num_real
     tokens[b.positions] = out.tokens[:n]
     for f in decoding.COUNTER_FIELDS:
@@ -560,8 +552,8 @@ def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Seq
   return DecodeRun(tokens, counters, walls, gammas)
 
 
-def warm_up(drafter, verifier, batches: Sequence[Batch], engine_kw, mesh=None
-            ) -> dict[tuple[int, int], tuple[int, float]]:
+def warm_up(drafter, verifier, batches: Sequence[Batch], config: decoding.DecodeConfig,
+            mesh=None) -> dict[tuple[int, int], tuple[int, float]]:
   """Calls each distinct batch shape once so compilation is out of the timed runs.
 
   Returns {shape: (index of the batch used, first-call wall-clock s)}; compilation time is that
@@ -573,8 +565,8 @@ def warm_up(drafter, verifier, batches: Sequence[Batch], engine_kw, mesh=None
     if shape in done:
       continue
     t0 = time.perf_counter()
-    decoding.generate(drafter, verifier, b.inputs, example_ids=b.example_ids, mesh=mesh,
-                      **engine_kw)
+    decoding.generate(drafter, verifier, b.inputs, config, example_ids=b.example_ids,
+                      mesh=mesh)
     done[shape] = (i, time.perf_counter() - t0)
   return done
 
@@ -768,7 +760,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   β that makes the target sum to one, solved per token). shrink_batch: see `decoding.generate`. dtype,
   activation_dtype, matmul_dtype: see `load_bundle`.
   stream_batches > 1: decode that many batches' worth of examples per call, batch_size rows at
-  a time with continuous batching (`make_batches`, `decoding.generate(slots=...)`; same
+  a time with continuous batching (`make_batches`, `DecodeConfig.slots`; same
   outputs; seq_cascade streams the drafter over every example, then the verifier over the
   deferred ones; on a mesh, batch_size must be a multiple of its data size and
   model_parallel 1). Returns the metrics dict.
@@ -788,10 +780,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
                             bild_max_window=bild_max_window, shrink_batch=bool(shrink_batch),
                             slots=stream_slots(batch_size, stream_batches),
                             lossy_beta=lossy_beta)
-  kw = engine_kwargs(ms, settings, alpha, temperature, num_draft_tokens)
-  decoding.make_knobs(decoding.make_spec(kw["method"], kw["rule"], beta=kw.get("beta")),
-                      alpha=kw["alpha"], beta=kw.get("beta"), temperature=kw["temperature"],
-                      top_p=kw["top_p"])  # validates early
+  config = engine_config(ms, settings, alpha, temperature, num_draft_tokens)  # validates
   the_metric = metric_name(task, metric)
   drafter, verifier = load_models(drafter_checkpoint, verifier_checkpoint, [ms], dtype,
                                   activation_dtype, drafter_config, verifier_config,
@@ -805,8 +794,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   if is_writer():
     os.makedirs(output_dir, exist_ok=True)
     write_config(output_dir)
-  first = warm_up(drafter, verifier, batches, kw, mesh) if warmup else {}
-  run = decode_batches(drafter, verifier, batches, len(data.examples), kw, mesh, progress,
+  first = warm_up(drafter, verifier, batches, config, mesh) if warmup else {}
+  run = decode_batches(drafter, verifier, batches, len(data.examples), config, mesh, progress,
                        desc=ms.name)
   preds = predictions_of(data, run)
   scores = score([e.targets for e in data.examples], preds, the_metric)
@@ -829,7 +818,7 @@ def infer(task: str, output_dir: str, method: str = "verifier",
       "counters": tot, **rates(tot, ms),
       "wallclock_s": run.wall_s, "compile_s": compile_seconds(first, run) if first else None,
       "tokens_per_s": tot["output_tokens"] / run.wall_s if run.wall_s > 0 else None,
-      "engine": {k: v for k, v in kw.items()},
+      "engine": config.record(),
       "mesh": None if mesh is None else dict(mesh.shape),
   }
   if is_writer():

@@ -231,12 +231,12 @@ def _latency_baseline(rows: Sequence[ResultRow], task: str, t: float) -> float |
 
 
 def _batch1_latency(drafter, verifier, inputs: Sequence[tuple[np.ndarray, int]],
-                    engine_kw: Mapping[str, Any]) -> float:
+                    config: decoding.DecodeConfig) -> float:
   """Mean seconds per example, each decoded alone on one device (compilation excluded)."""
-  kw = dict(engine_kw, slots=None)
+  one = dataclasses.replace(config, slots=None)
   x0, i0 = inputs[0]
-  decoding.generate(drafter, verifier, x0, example_ids=np.array([i0]), **kw)  # compile
-  secs = [decoding.generate(drafter, verifier, x, example_ids=np.array([i]), **kw).wall_s
+  decoding.generate(drafter, verifier, x0, one, example_ids=np.array([i0]))  # compile
+  secs = [decoding.generate(drafter, verifier, x, one, example_ids=np.array([i])).wall_s
           for x, i in inputs]
   return float(np.mean(secs))
 
@@ -489,23 +489,24 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
   for point in points:
     if outer is not None:
       outer.set_postfix_str(f"{task} {point.name}")
-    kw = infer.engine_kwargs(point.method, settings, point.alpha, point.temperature,
-                             point.num_draft_tokens)
-    prog = infer.program_key(point.method, settings, point.num_draft_tokens,
-                             batches[0].inputs.shape)
+    config = infer.engine_config(point.method, settings, point.alpha, point.temperature,
+                                 point.num_draft_tokens)
+    prog = config.program_key(batches[0].inputs.shape)
     first = None
     if prog not in compile_s:
-      first = infer.warm_up(*on_mesh, batches, kw, mesh)
+      first = infer.warm_up(*on_mesh, batches, config, mesh)
     runs = []
     for trial in range(trials):
       # Each trial draws with its own seed (seed + trial): at T > 0 quality varies between
       # trials, and the table reports its mean and standard deviation.
       runs.append(infer.decode_batches(
-          *on_mesh, batches, len(data.examples), dict(kw, seed=kw["seed"] + trial),
-          mesh, progress, desc=f"{point.name} trial {trial + 1}/{trials}"))
+          *on_mesh, batches, len(data.examples),
+          dataclasses.replace(config, seed=config.seed + trial), mesh, progress,
+          desc=f"{point.name} trial {trial + 1}/{trials}"))
     if first is not None:
       compile_s[prog] = infer.compile_seconds(first, runs[0])
-    latency = _batch1_latency(drafter, verifier, lat_inputs, kw) if lat_inputs else math.nan
+    latency = (_batch1_latency(drafter, verifier, lat_inputs, config) if lat_inputs
+               else math.nan)
     if point.method.name == "verifier":
       lat_baselines[point.temperature] = latency
     run = runs[0]
@@ -565,7 +566,7 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
           "truncated_inputs": data.truncated, "input_length": data.input_length,
           "longest_input": data.longest_input, "max_decode_length": settings.max_decode_length,
           "hit_max_decode_length": extra["hit_max_decode_length"], "batch_size": batch_size,
-          "engine": kw, "predictions_file": os.path.relpath(pred_path, output_dir)})
+          "engine": config.record(), "predictions_file": os.path.relpath(pred_path, output_dir)})
       results_lib.merge_rows(results_path, [row])
     if outer is not None:
       outer.update()

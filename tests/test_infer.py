@@ -115,17 +115,21 @@ def test_rates_follow_the_paper_definitions():
   assert math.isnan(r["acceptance_rate"]) and math.isnan(r["tokens_per_verifier_call"])
 
 
-def test_engine_kwargs_share_programs_across_alpha_and_temperature():
+def test_engine_config_shares_programs_across_alpha_and_temperature():
   s = infer.DecodeSettings(max_decode_length=12)
   chow = infer.resolve_method("spec_cascade_chow")
-  k = infer.engine_kwargs(chow, s, 0.3, 0.5, 4)
-  assert (k["method"], k["rule"], k["alpha"], k["num_draft_tokens"]) == ("spec_cascade",
-                                                                          "chow", 0.3, 4)
-  assert infer.program_key(chow, s, 4, (2, 8)) != infer.program_key(chow, s, 5, (2, 8))
+  k = infer.engine_config(chow, s, 0.3, 0.5, 4)
+  assert (k.method, k.rule, k.alpha, k.num_draft_tokens) == ("spec_cascade", "chow", 0.3, 4)
+  key = lambda m, a, t, g: infer.engine_config(m, s, a, t, g).program_key((2, 8))
+  assert key(chow, 0.3, 0.5, 4) == key(chow, 0.7, 1.0, 4) != key(chow, 0.3, 0.5, 5)
   drafter = infer.resolve_method("drafter")
-  assert infer.program_key(drafter, s, 3, (2, 8)) == infer.program_key(drafter, s, 7, (2, 8))
-  bild = infer.engine_kwargs(infer.resolve_method("bild"), s, 2.5, 1.0, 4)
-  assert bild["rollback_threshold"] == 2.5 and bild["bild_max_window"] == 4
+  assert key(drafter, None, 1.0, 3) == key(drafter, None, 1.0, 7)
+  assert k.program_key((2, 8))[0] == k.spec and k.spec.num_draft_tokens == 4
+  bild = infer.engine_config(infer.resolve_method("bild"), s, 2.5, 1.0, 4)
+  assert bild.rollback_threshold == 2.5 and bild.bild_max_window == 4
+  # α is validated once, when the point's config is made.
+  with pytest.raises(ValueError, match="alpha"):
+    infer.engine_config(chow, s, 1.5, 1.0, 4)
 
 
 # ----------------------------------------------------------------------------------------------

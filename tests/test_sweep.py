@@ -444,11 +444,11 @@ def test_batch1_latency_regime_is_measured_and_reported_first(tmp_path, env,
 def test_lossy_beta_reaches_the_engine_and_its_program_key():
   m = infer.resolve_method("specdecode_lossy")
   settings = infer.DecodeSettings(lossy_beta=0.8)
-  kw = infer.engine_kwargs(m, settings, 0.3, 1.0, 3)
-  assert kw["beta"] == 0.8 and kw["alpha"] == 0.3
-  assert "beta" not in infer.engine_kwargs(m, infer.DecodeSettings(), 0.3, 1.0, 3)
-  assert "beta" not in infer.engine_kwargs(infer.resolve_method("spec_cascade_chow"), settings,
-                                           0.3, 1.0, 3)
-  solved = infer.program_key(m, infer.DecodeSettings(), 3, (8, 64))
-  fixed = infer.program_key(m, settings, 3, (8, 64))
+  config = infer.engine_config(m, settings, 0.3, 1.0, 3)
+  assert config.beta == 0.8 and config.alpha == 0.3
+  assert infer.engine_config(m, infer.DecodeSettings(), 0.3, 1.0, 3).beta is None
+  assert infer.engine_config(infer.resolve_method("spec_cascade_chow"), settings, 0.3, 1.0,
+                             3).beta is None
+  solved = infer.engine_config(m, infer.DecodeSettings(), 0.3, 1.0, 3).program_key((8, 64))
+  fixed = config.program_key((8, 64))
   assert solved != fixed and not fixed[0].solve_beta

@@ -1,8 +1,9 @@
 """Decode loops for every method of docs/method.md §5, each one compiled `lax.while_loop`.
 
 The package, in the order a call goes through it:
-  api        generate(): checks inputs, builds the DecodeSpec (static) and Knobs (traced),
-             pads to bucketed shapes, places on a mesh, runs the compiled program
+  api        generate(): checks inputs; a DecodeConfig (made once per operating point by
+             the entry points, or from generate's keywords) holds the DecodeSpec (static)
+             and Knobs (traced); pads to bucketed shapes, places on a mesh, runs the program
   loops      decode / decode_stream: the while loops over a batch or a stream, compiled once
              per (models, spec, shape) in the bounded program cache
   bodies     one loop body per kind of method (`BODIES`, keyed by `methods.Method.body`)
@@ -46,8 +47,8 @@ its verifier pass over the deferred inputs only.
 """
 from spec_cascade import methods
 from spec_cascade.decoding import api, bodies, contract, loops, ops, state
-from spec_cascade.decoding.api import (GenerateOutput, eos_id_of, generate, make_knobs,
-                                       make_spec, resolve_rule)
+from spec_cascade.decoding.api import (DecodeConfig, GenerateOutput, eos_id_of, generate,
+                                       make_knobs, make_spec, resolve_rule)
 from spec_cascade.decoding.bodies import BODIES
 from spec_cascade.decoding.loops import (compiled_decode, compiled_stream, decode,
                                          decode_stream, stage_sizes)
@@ -58,7 +59,7 @@ from spec_cascade.decoding.state import (COUNTER_FIELDS, EOS_ID, PAD_ID, TWO_PAS
 METHODS = methods.NAMES  # the engine's method names, for callers that list them
 
 __all__ = ["BODIES", "COUNTER_FIELDS", "EOS_ID", "METHODS", "PAD_ID", "TWO_PASS", "Bundle",
-           "Counters", "DecodeResult", "DecodeSpec", "DecodeState", "GenerateOutput", "Knobs",
+           "Counters", "DecodeConfig", "DecodeResult", "DecodeSpec", "DecodeState", "GenerateOutput", "Knobs",
            "api", "argmax", "bodies", "compiled_decode", "compiled_stream", "contract", "decode",
            "decode_stream", "eos_id_of", "generate", "loops", "make_knobs", "make_spec", "ops",
            "resolve_rule", "stage_sizes", "state"]

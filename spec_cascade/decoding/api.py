@@ -140,29 +140,104 @@ def _vocab_size(drafter: Bundle | None, verifier: Bundle | None) -> int | None:
   return min(sizes) if sizes else None
 
 
-def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method: str,
-             rule: str | None = None, alpha: float = 0.0, beta: float | None = None,
-             num_draft_tokens: int = 5, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int = 0, example_ids=None, max_decode_length: int = 64,
-             fallback_threshold: float = 0.6, rollback_threshold: float = 3.0,
-             bild_max_window: int = 10, token_cascade_window: int = 8,
-             shrink_batch: bool = True, slots: int | None = None, mesh=None,
-             draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES,
-             draft_confidence: float | None = None,
-             bucket_shapes: bool = True) -> GenerateOutput:
-  """Decodes `inputs` [B, S] with `method`; see the module docstring for the methods.
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """Every setting of a decode but the inputs, their ids and the mesh, validated once.
 
+  Made once per operating point by the entry points (infer, sweep, calibrate) and by
+  `generate` from its keywords; it builds the `DecodeSpec` (static: the compiled program's
+  key) and the `Knobs` (traced: an α or temperature sweep reuses the program) a decode runs
+  with. Fields are `generate`'s keywords (see there). `dataclasses.replace` re-validates.
+  """
+  method: str
+  rule: str | None = None
+  alpha: float = 0.0
+  beta: float | None = None
+  num_draft_tokens: int | str | None = 5
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  seed: int = 0
+  max_decode_length: int = 64
+  fallback_threshold: float = 0.6
+  rollback_threshold: float = 3.0
+  bild_max_window: int = 10
+  token_cascade_window: int = 8
+  shrink_batch: bool = True
+  slots: int | None = None
+  draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES
+  draft_confidence: float | None = None
+  bucket_shapes: bool = True
+
+  def __post_init__(self):
+    autogamma.check(self.num_draft_tokens, self.method)
+    if self.slots is not None and (not isinstance(self.slots, (int, np.integer))
+                                   or self.slots < 1):
+      raise ValueError(f"slots must be a positive int (rows decoded at a time), got "
+                       f"{self.slots!r}.")
+    if self.auto:
+      candidates = tuple(self.draft_candidates)
+      if not candidates or any(not isinstance(g, (int, np.integer)) or g < 1
+                               for g in candidates):
+        raise ValueError(f"draft_candidates must be positive ints, got {candidates!r}.")
+    # 'auto' is checked with γ = 1 here (every rule and knob but γ); each γ it tries makes
+    # its own spec.
+    spec = make_spec(self.method, self.rule,
+                     num_draft_tokens=1 if self.auto else self.num_draft_tokens,
+                     max_decode_length=self.max_decode_length, top_k=self.top_k,
+                     beta=self.beta, token_cascade_window=self.token_cascade_window,
+                     bild_max_window=self.bild_max_window, shrink_batch=self.shrink_batch,
+                     dynamic_draft=self.draft_confidence is not None)
+    knobs = make_knobs(spec, alpha=self.alpha, beta=self.beta, temperature=self.temperature,
+                       top_p=self.top_p, fallback_threshold=self.fallback_threshold,
+                       rollback_threshold=self.rollback_threshold,
+                       draft_confidence=self.draft_confidence)
+    object.__setattr__(self, "_spec", None if self.auto else spec)
+    object.__setattr__(self, "_knobs", knobs)
+
+  @property
+  def auto(self) -> bool:
+    return self.num_draft_tokens == autogamma.AUTO
+
+  @property
+  def spec(self) -> DecodeSpec | None:
+    """The compiled program's spec (EOS id 1; `generate` sets the pair's); None for 'auto'."""
+    return self._spec  # pylint: disable=no-member
+
+  @property
+  def knobs(self) -> Knobs:
+    return self._knobs  # pylint: disable=no-member
+
+  def program_key(self, shape: tuple[int, int]) -> tuple:
+    """What identifies a compiled program for inputs of this shape: points with equal keys
+    share one compilation (γ 'auto' keys by its candidates)."""
+    spec = self.spec if not self.auto else (self.method, self.rule, self.draft_candidates)
+    return (spec, tuple(shape), self.slots)
+
+  def record(self) -> dict:
+    """The settings as a plain dict (results' "engine" record)."""
+    return dataclasses.asdict(self)
+
+
+def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
+             config: DecodeConfig | None = None, *, example_ids=None, mesh=None,
+             **settings) -> GenerateOutput:
+  """Decodes `inputs` [B, S]; see the package docstring for the methods.
+
+  Settings come as a `DecodeConfig` or as its fields by keyword (method=..., alpha=...),
+  not both:
   drafter / verifier: `Bundle(model, params)`, a T5Model or a DecoderOnlyModel each (either
   may be None when the method does not use it); the two share one vocabulary and EOS id.
   inputs: encoder tokens for a T5 model, right-padded prompts (BOS included, 0 after the
   last token) for a decoder-only one; a mixed pair reads the same ids both ways
-  (`decoding.contract`). alpha, beta, temperature, top_p and the BiLD thresholds are traced: changing them
+  (`decoding.contract`).
+  alpha, beta, temperature, top_p and the BiLD thresholds are traced: changing them
   reuses the compiled program. example_ids [B] (default 0..B-1) seed each row's randomness.
   mesh: optional `jax.sharding.Mesh` with 'data' and 'model' axes; the batch is split over
   'data' (padded to a multiple of its size). Data parallel ('model' of size 1): each device
-  decodes rows d, d + D, ... in its own loop (`jit_on_mesh`), stopping when its rows are done. With
-  'model' > 1 the parameters are split by the `spec_cascade.parallel` rules and XLA
-  partitions one loop over the mesh.
+  decodes rows d, d + D, ... in its own loop (`loops.jit_on_mesh`), stopping when its rows
+  are done. With 'model' > 1 the parameters are split by the `spec_cascade.parallel` rules
+  and XLA partitions one loop over the mesh.
   shrink_batch: a batch of ≥ 16 rows goes on as a quarter-size batch once at most that many
   rows are still decoding (`stage_sizes`; outputs unchanged, compilation ×2); False keeps the
   whole batch in every call.
@@ -183,29 +258,21 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   float rounding. False compiles for the exact shape given.
   Token ids must lie in [0, vocab size); 0 is padding.
   """
-  autogamma.check(num_draft_tokens, method)
-  if num_draft_tokens == autogamma.AUTO:
-    return _generate_auto(drafter, verifier, inputs, method=method, rule=rule, alpha=alpha,
-                          beta=beta, temperature=temperature, top_k=top_k, top_p=top_p,
-                          seed=seed, example_ids=example_ids,
-                          max_decode_length=max_decode_length,
-                          fallback_threshold=fallback_threshold,
-                          rollback_threshold=rollback_threshold,
-                          bild_max_window=bild_max_window,
-                          token_cascade_window=token_cascade_window, shrink_batch=shrink_batch,
-                          slots=slots, mesh=mesh, candidates=tuple(draft_candidates),
-                          draft_confidence=draft_confidence, bucket_shapes=bucket_shapes)
-  m = methods.get(method)
+  if config is None:
+    config = DecodeConfig(**settings)
+  elif settings:
+    raise TypeError(f"generate() got a DecodeConfig and settings {sorted(settings)}: pass "
+                    "them in the config (dataclasses.replace(config, ...)).")
+  if config.auto:
+    return _generate_auto(drafter, verifier, inputs, config, example_ids, mesh)
+  m = methods.get(config.method)
+  if m.uses_drafter and drafter is None:
+    raise ValueError(f"method {config.method!r} needs a drafter Bundle(model, params).")
+  if m.uses_verifier and verifier is None:
+    raise ValueError(f"method {config.method!r} needs a verifier Bundle(model, params).")
   use_d = drafter if m.uses_drafter else None
   use_v = verifier if m.uses_verifier else None
-  spec = make_spec(method, rule, num_draft_tokens=num_draft_tokens,
-                   max_decode_length=max_decode_length, top_k=top_k, beta=beta,
-                   token_cascade_window=token_cascade_window, bild_max_window=bild_max_window,
-                   shrink_batch=shrink_batch, dynamic_draft=draft_confidence is not None,
-                   eos_id=eos_id_of(use_d, use_v))
-  knobs = make_knobs(spec, alpha=alpha, beta=beta, temperature=temperature, top_p=top_p,
-                     fallback_threshold=fallback_threshold, rollback_threshold=rollback_threshold,
-                     draft_confidence=draft_confidence)
+  spec = dataclasses.replace(config.spec, eos_id=eos_id_of(use_d, use_v))
   inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
   batch = inputs.shape[0]
   ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)
@@ -214,25 +281,19 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
   if not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
     raise ValueError(f"example_ids must be non-negative ints (they seed each row's draws), "
                      f"got {ids!r}.")
-  if m.uses_drafter and drafter is None:
-    raise ValueError(f"method {method!r} needs a drafter Bundle(model, params).")
-  if m.uses_verifier and verifier is None:
-    raise ValueError(f"method {method!r} needs a verifier Bundle(model, params).")
   if drafter is not None and verifier is not None:
     dv, vv = drafter.model.config.vocab_size, verifier.model.config.vocab_size
     if dv != vv:
       raise ValueError(f"drafter vocab_size {dv} != verifier vocab_size {vv}: speculative and "
                        "cascade methods need one shared vocabulary.")
+  slots = config.slots
   stream = slots is not None and slots < batch
-  if slots is not None:
-    if not isinstance(slots, (int, np.integer)) or slots < 1:
-      raise ValueError(f"slots must be a positive int (rows decoded at a time), got {slots!r}.")
-    if stream and mesh is not None:
-      parallel.check_stream_mesh(mesh, slots)
+  if stream and mesh is not None:
+    parallel.check_stream_mesh(mesh, slots)
   d_params = use_d.params if use_d else None
   v_params = use_v.params if use_v else None
   ids = ids.astype(np.int32)
-  if bucket_shapes:
+  if config.bucket_shapes:
     # A stream's queue (N examples) is bucketed like a batch; its slots stay as given.
     inputs, ids = programs.pad_to_buckets(inputs, ids, pad_id=PAD_ID)
   order, per_device = None, mesh is not None and mesh.shape["model"] == 1
@@ -246,14 +307,14 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
     d_params = parallel.shard_params(mesh, d_params) if d_params is not None else None
     v_params = parallel.shard_params(mesh, v_params) if v_params is not None else None
   configs = (use_d.model.config if use_d else None, use_v.model.config if use_v else None)
-  # The mesh goes in only when set: lru_cache keys f(x) and f(x, None) apart.
+  # The mesh goes in only when set: the program cache keys f(x) and f(x, None) apart.
   on = (mesh,) if per_device else ()
   shape = tuple(inputs.shape)
   fn = (compiled_stream(*configs, spec, int(slots), *on, shape=shape) if stream
         else compiled_decode(*configs, spec, *on, shape=shape))
   t0 = time.perf_counter()
   res = jax.block_until_ready(fn(d_params, v_params, jnp.asarray(inputs), jnp.asarray(ids),
-                                 jnp.int32(seed), knobs))
+                                 jnp.int32(config.seed), config.knobs))
   wall = time.perf_counter() - t0
   # Back to the input order; rows past `batch` are the mesh's padding.
   back = slice(None) if order is None else np.argsort(order)
@@ -264,41 +325,44 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs, *, method:
                         loop_steps=int(pod.to_host(res.steps).max()))
 
 
-def _generate_auto(drafter, verifier, inputs, *, method: str, candidates: tuple[int, ...],
-                   **kw) -> GenerateOutput:
+def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
+                   mesh) -> GenerateOutput:
   """generate(num_draft_tokens='auto'): measure (once per settings and shape), then decode."""
-  if not candidates or any(not isinstance(g, (int, np.integer)) or g < 1 for g in candidates):
-    raise ValueError(f"draft_candidates must be positive ints, got {candidates!r}.")
   if drafter is None or verifier is None:
-    raise ValueError(f"method {method!r} needs a drafter and a verifier Bundle(model, params).")
+    raise ValueError(f"method {config.method!r} needs a drafter and a verifier "
+                     "Bundle(model, params).")
   inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
-  slots = kw["slots"]
-  timing = {k: v for k, v in kw.items() if k not in ("seed", "example_ids", "rule")}
-  key = autogamma.choice_key(drafter, verifier, method, kw["rule"], inputs.shape,
-                             candidates=candidates, **timing)
+  slots = config.slots
+  timing = {k: v for k, v in config.record().items()
+            if k not in ("seed", "rule", "method", "draft_candidates")}
+  key = autogamma.choice_key(drafter, verifier, config.method, config.rule, inputs.shape,
+                             candidates=tuple(config.draft_candidates), mesh=mesh, **timing)
+  as_verifier = lambda c: dataclasses.replace(c, method="verifier", rule=None,
+                                              num_draft_tokens=None, draft_confidence=None)
   choice = autogamma.cached(key)
   if choice is None:
     # Warm-up on the first `slots` rows when streaming (the rows a step decodes at a time).
     rows = slots if slots is not None and slots < inputs.shape[0] else inputs.shape[0]
-    ids = (np.arange(inputs.shape[0]) if kw["example_ids"] is None
-           else np.asarray(kw["example_ids"]))[:rows]
-    warm = dict(kw, example_ids=ids, slots=None)
+    ids = (np.arange(inputs.shape[0]) if example_ids is None
+           else np.asarray(example_ids))[:rows]
+    warm = dataclasses.replace(config, slots=None, num_draft_tokens=1)
 
     def run(gamma: int) -> GenerateOutput:
-      if gamma == 0:
-        return generate(None, verifier, inputs[:rows], **dict(warm, method="verifier", rule=None,
-                                                             num_draft_tokens=1))
-      return generate(drafter, verifier, inputs[:rows], method=method,
-                      num_draft_tokens=int(gamma), **warm)
+      one = (as_verifier(warm) if gamma == 0
+             else dataclasses.replace(warm, num_draft_tokens=int(gamma)))
+      return generate(drafter if gamma else None, verifier, inputs[:rows], one,
+                      example_ids=ids, mesh=mesh)
 
-    seconds, acceptance = autogamma.measure(run, candidates,
-                                            include_verifier=methods.get(method).lossless)
+    seconds, acceptance = autogamma.measure(run, tuple(config.draft_candidates),
+                                            include_verifier=methods.get(config.method).lossless)
     choice = autogamma.remember(
         key, autogamma.GammaChoice(autogamma.pick(seconds), seconds, acceptance))
   gamma = choice.gamma
   if gamma == 0:
-    out = generate(None, verifier, inputs, **dict(kw, method="verifier", rule=None,
-                                                  num_draft_tokens=1))
+    out = generate(None, verifier, inputs, as_verifier(config), example_ids=example_ids,
+                   mesh=mesh)
   else:
-    out = generate(drafter, verifier, inputs, method=method, num_draft_tokens=gamma, **kw)
+    out = generate(drafter, verifier, inputs,
+                   dataclasses.replace(config, num_draft_tokens=gamma),
+                   example_ids=example_ids, mesh=mesh)
   return dataclasses.replace(out, num_draft_tokens=gamma, gamma_choice=choice)
