@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -59,15 +58,14 @@ from spec_cascade import distill, parallel, stages, train_data
 from spec_cascade.exports import (EXPORT_INFO_FILE, check_teacher_path, export_params,
                                   load_exported, load_initial_params, load_teacher,
                                   read_export_info)
-from spec_cascade.models import T5Config, T5Model, get_config
-from spec_cascade.models.t5 import shift_right
-from spec_cascade.optim import create_learning_rate_schedule, make_optimizer  # re-exported: gin binds train_script.*
+from spec_cascade.models import T5Config, T5Model
+from spec_cascade.optim import create_learning_rate_schedule, make_optimizer
+from spec_cascade.train_steps import (Params, TrainState, benchmark_train_step, greedy_decode,
+                                      jitted_greedy, jitted_init, jitted_steps, loss_sums,
+                                      make_eval_step, make_train_step, on_policy_batch,
+                                      resolve_model, sample_decode)
 
 log = logging.getLogger(__name__)
-
-Params = Any
-TrainState = dict  # {"step": int32 [], "params": Params, "opt_state": optax state}
-
 
 # Set by the CLI's SIGTERM/SIGINT handlers (or by a caller): the loop then finishes its step,
 # saves a checkpoint and raises TrainingStopped, so a stopped run resumes with nothing lost.
@@ -82,145 +80,6 @@ class TrainingStopped(Exception):
   def __init__(self, step: int):
     super().__init__(f"stopped at step {step}; a checkpoint was saved, re-run to resume")
     self.step = step
-
-
-# ---------------------------------------------------------------------------
-# Loss
-
-def loss_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-              z_loss: float) -> dict[str, jax.Array]:
-  """Summed (not averaged) loss terms over the weighted target tokens.
-
-  logits [B, T, V] float32, targets [B, T] int, weights [B, T] float.
-  Returns scalars: cross_entropy (−log p(target)), z_loss (z · logsumexp²,
-  T5X's auxiliary loss that keeps the softmax normaliser near 1), weight
-  (number of real tokens) and correct (argmax hits).
-  """
-  logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return {
-      "cross_entropy": jnp.sum((log_z - target_logit) * weights),
-      "z_loss": jnp.sum(z_loss * jnp.square(log_z) * weights),
-      "weight": jnp.sum(weights),
-      "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * weights),
-  }
-
-
-def _batch_loss(model: T5Model, params: Params, batch: Mapping[str, jax.Array],
-                dropout_rng: jax.Array | None, z_loss: float,
-                kd: distill.Distillation | None = None, teacher: T5Model | None = None,
-                teacher_params: Params | None = None, label_weight: float | None = None):
-  """Mean loss over the batch's real target tokens, and the summed terms.
-
-  With a teacher: (label_weight · CE + kd_weight · divergence + z-loss) / tokens, where
-  label_weight defaults to 1 − kd_weight (0 on on-policy batches, whose targets are the
-  student's own samples)."""
-  logits = model.forward(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         dropout_rng=dropout_rng)
-  sums = loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-                   z_loss)
-  # Mean over real target tokens: invariant to padding and bucket shapes.
-  denom = jnp.maximum(sums["weight"], 1.0)
-  if kd is None:
-    return (sums["cross_entropy"] + sums["z_loss"]) / denom, sums
-  teacher_logits = jax.lax.stop_gradient(teacher.forward(
-      teacher_params, batch["encoder_input_tokens"], batch["decoder_input_tokens"]))
-  sums.update(distill.kd_sums(logits, teacher_logits, batch["decoder_loss_weights"],
-                              kd.divergence, kd.teacher_temperature))
-  ce_weight = 1.0 - kd.kd_weight if label_weight is None else label_weight
-  kd_weight = kd.kd_weight if label_weight is None else 1.0 - label_weight
-  loss = (ce_weight * sums["cross_entropy"] + kd_weight * sums["kd"] + sums["z_loss"]) / denom
-  return loss, sums
-
-
-def on_policy_batch(model: T5Model, params: Params, batch: Mapping[str, jax.Array],
-                    rng: jax.Array, temperature: float) -> dict[str, jax.Array]:
-  """The batch with its targets replaced by sequences the model samples itself.
-
-  Same inputs and target length T; rows without inputs (batch padding) get zero weight; the
-  weights cover each sample up to and including its EOS."""
-  enc = batch["encoder_input_tokens"]
-  tokens, weights = sample_decode(model, jax.lax.stop_gradient(params), enc,
-                                  batch["decoder_target_tokens"].shape[1], rng, temperature)
-  weights = weights * jnp.any(enc > 0, axis=1, keepdims=True)
-  tokens = jnp.where(weights > 0, tokens, 0)
-  return {"encoder_input_tokens": enc, "decoder_input_tokens": shift_right(tokens),
-          "decoder_target_tokens": tokens, "decoder_loss_weights": weights}
-
-
-def make_train_step(model: T5Model, tx: optax.GradientTransformation, z_loss: float = 1e-4,
-                    use_dropout: bool = True, kd: distill.Distillation | None = None,
-                    teacher: T5Model | None = None, on_policy: bool = False) -> Callable:
-  """(state, batch, dropout_key[, teacher_params]) → (state, metrics); pure, for jit.
-
-  The dropout key of step s is fold_in(dropout_key, s), so a resumed run
-  draws the same masks as an uninterrupted one. With `kd` (and the teacher model) the step
-  takes the teacher's params and adds the distillation loss; on_policy=True first replaces
-  the batch's targets by the student's own samples (keys derived from the step as well)."""
-  def step_fn(state: TrainState, batch, dropout_key, teacher_params=None):
-    rng = jax.random.fold_in(dropout_key, state["step"]) if use_dropout else None
-    label_weight = None
-    if on_policy:
-      sample_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state["step"]), 1)
-      batch = on_policy_batch(model, state["params"], batch, sample_key,
-                              kd.on_policy_temperature)
-      label_weight = 0.0
-    grad_fn = jax.value_and_grad(
-        lambda p: _batch_loss(model, p, batch, rng, z_loss, kd, teacher, teacher_params,
-                              label_weight), has_aux=True)
-    (loss, sums), grads = grad_fn(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
-  return step_fn
-
-
-def make_eval_step(model: T5Model, z_loss: float = 1e-4, kd: distill.Distillation | None = None,
-                   teacher: T5Model | None = None) -> Callable:
-  """(params[, teacher_params], batch) → loss_sums dict (plus the KD terms with a teacher),
-  teacher forced, no dropout."""
-  if kd is None:
-    return lambda params, batch: _batch_loss(model, params, batch, None, z_loss)[1]
-  return lambda params, teacher_params, batch: _batch_loss(
-      model, params, batch, None, z_loss, kd, teacher, teacher_params)[1]
-
-
-def sample_decode(model: T5Model, params: Params, inputs: jax.Array, max_length: int,
-                  rng: jax.Array | None = None, temperature: float = 1.0
-                  ) -> tuple[jax.Array, jax.Array]:
-  """inputs [B, S] → (tokens [B, max_length] int32, weights [B, max_length] float32).
-
-  Ancestral sampling at `temperature` with key `rng` (rng None: greedy). tokens are 0 after
-  EOS; weights are 1 up to and including each row's EOS. One decode_block call of k=1 per
-  position; for validation and on-policy distillation (the engine is `decoding`)."""
-  b = inputs.shape[0]
-  encoded, mask = model.encode(params, inputs)
-  cache = model.init_cache(params, encoded, mask, max_length)
-
-  def body(t, carry):
-    cache, prev, out, live, done = carry
-    logits, cache = model.decode_block(params, cache, prev[:, None],
-                                       jnp.full((b,), t, jnp.int32))
-    if rng is None:
-      tok = jnp.argmax(logits[:, 0], -1)
-    else:
-      tok = jax.random.categorical(jax.random.fold_in(rng, t), logits[:, 0] / temperature)
-    tok = jnp.where(done, 0, tok.astype(jnp.int32))
-    return (cache, tok, out.at[:, t].set(tok), live.at[:, t].set(~done),
-            done | (tok == train_data.EOS_ID))
-
-  init = (cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b, max_length), jnp.int32),
-          jnp.zeros((b, max_length), bool), jnp.zeros((b,), bool))
-  _, _, tokens, live, _ = jax.lax.fori_loop(0, max_length, body, init)
-  return tokens, live.astype(jnp.float32)
-
-
-def greedy_decode(model: T5Model, params: Params, inputs: jax.Array,
-                  max_length: int) -> jax.Array:
-  """inputs [B, S] → greedy target tokens [B, max_length] (0 after EOS)."""
-  return sample_decode(model, params, inputs, max_length)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -300,16 +159,6 @@ class _MetricsLog:
 def _format_eta(seconds: float) -> str:
   seconds = int(max(0, seconds))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _resolve_model(model) -> T5Model:
-  if isinstance(model, T5Model):
-    return model
-  if isinstance(model, T5Config):
-    return T5Model(model)
-  if isinstance(model, str):
-    return T5Model(get_config(model))
-  raise ValueError(f"MODEL must be a T5Config, a T5Model or a size name, got {model!r}.")
 
 
 # ---------------------------------------------------------------------------
@@ -399,49 +248,6 @@ def _task_metrics(task: str, targets: list[str], predictions: list[str]) -> dict
 # ---------------------------------------------------------------------------
 # The training loop
 
-@functools.lru_cache(maxsize=4)
-def _jitted_steps(config: T5Config, tx: optax.GradientTransformation, z_loss: float,
-                  use_dropout: bool, mesh: jax.sharding.Mesh,
-                  kd: distill.Distillation | None = None, teacher_config: T5Config | None = None):
-  """Jitted (train_step, on_policy_step, eval_step), cached so that repeated train() calls in
-  one process (a resume in tests or notebooks) reuse the compiled executables. With `kd` the
-  steps take the teacher's params after the dropout key (train) or the params (eval);
-  on_policy_step is None unless kd.on_policy_fraction > 0."""
-  model = T5Model(config)
-  teacher = T5Model(teacher_config) if kd is not None else None
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  shardings = (replicated, rows, replicated) + ((replicated,) if kd is not None else ())
-
-  def jit_step(on_policy):
-    return jax.jit(make_train_step(model, tx, z_loss, use_dropout, kd, teacher, on_policy),
-                   in_shardings=shardings, out_shardings=(replicated, replicated),
-                   donate_argnums=0)
-  on_policy = kd is not None and kd.on_policy_fraction > 0
-  return (jit_step(False), jit_step(True) if on_policy else None,
-          _jitted_eval_step(config, z_loss, mesh, kd, teacher_config))
-
-
-@functools.lru_cache(maxsize=4)
-def _jitted_eval_step(config: T5Config, z_loss: float, mesh: jax.sharding.Mesh,
-                      kd: distill.Distillation | None = None,
-                      teacher_config: T5Config | None = None):
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  teacher = T5Model(teacher_config) if kd is not None else None
-  shardings = (replicated, replicated, rows) if kd is not None else (replicated, rows)
-  return jax.jit(make_eval_step(T5Model(config), z_loss, kd, teacher), in_shardings=shardings,
-                 out_shardings=replicated)
-
-
-@functools.lru_cache(maxsize=4)
-def _init_params_fn(config: T5Config) -> Callable:
-  """Jitted random init (T5Model.init_params' computation), compiled once per config."""
-  model = T5Model(config)
-  enc = jnp.ones((1, 4), jnp.int32)
-  return jax.jit(lambda rng: model.module.init(rng, enc, enc)["params"])
-
-
 def check_batch_size(batch_size: int, num_devices: int, num_processes: int = 1) -> None:
   """ValueError unless BATCH_SIZE splits evenly over the data-parallel mesh: every device
   takes BATCH_SIZE / num_devices rows of each global batch (so a pod trains on the same
@@ -523,7 +329,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                            ("log_period", log_period, 1), ("eval_period", eval_period, 1)):
     if not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
-  model = _resolve_model(model)
+  model = resolve_model(model)
   if dropout_rate is not None:
     model = T5Model(model.config.replace(dropout_rate=float(dropout_rate)))
   config = model.config
@@ -571,7 +377,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
 
   tx = optimizer or make_optimizer("adafactor", learning_rate_schedule)
   schedule = learning_rate_schedule or create_learning_rate_schedule()
-  train_step, on_policy_step, eval_step = _jitted_steps(
+  train_step, on_policy_step, eval_step = jitted_steps(
       config, tx, float(z_loss), config.dropout_rate > 0, mesh, distillation, teacher_config)
   teacher_args = () if distillation is None else (teacher_params,)
   # Made on the mesh by a computation: a typed key has no host form for `parallel.put`.
@@ -617,7 +423,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           log.info("Continuing a staged run at step %d (schedule and data position; the "
                    "optimizer state starts afresh).", position)
       else:
-        params = _init_params_fn(config)(jax.random.key(random_seed))
+        params = jitted_init(config)(jax.random.key(random_seed))
       state = init_state(params)
       state["step"] = jnp.asarray(position, jnp.int32)
       state = parallel.put(state, replicated)
@@ -744,17 +550,12 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   return TrainResult(step, state["params"], state["opt_state"], train_metrics, eval_metrics)
 
 
-@functools.lru_cache(maxsize=4)
-def _jitted_greedy(config: T5Config) -> Callable:
-  return jax.jit(functools.partial(greedy_decode, T5Model(config)), static_argnums=2)
-
-
 def _decode_eval(model: T5Model, params: Params, data: _Data,
                  feature_lengths: Mapping[str, int] | None) -> dict:
   """Greedy-decodes the held-out examples of each task; exact match + BLEU/ROUGE."""
   lengths = train_data.check_feature_lengths(
       feature_lengths or {"inputs": 512, "targets": 128})
-  decode = _jitted_greedy(model.config)
+  decode = jitted_greedy(model.config)
   out = {}
   for task, examples in data.decode_examples.items():
     if not examples:
@@ -775,43 +576,6 @@ def _decode_eval(model: T5Model, params: Params, data: _Data,
     scores = _task_metrics(task, [ex["targets"] for ex in examples], preds)
     out.update({f"{task}/{k}": v for k, v in scores.items()})
   return out
-
-
-# ---------------------------------------------------------------------------
-# Throughput measurement
-
-def benchmark_train_step(model: T5Config | str, batch_size: int = 64, input_length: int = 128,
-                         target_length: int = 64, steps: int = 10, dropout_rate: float = 0.0,
-                         seed: int = 0) -> dict:
-  """Times the jitted train step on synthetic full-length tokens.
-  Returns {"compile_s", "step_s", "examples_per_s"} (median over `steps`)."""
-  model = _resolve_model(model)
-  if dropout_rate:
-    model = T5Model(model.config.replace(dropout_rate=dropout_rate))
-  rng = np.random.default_rng(seed)
-  v = model.config.vocab_size
-  tgt = rng.integers(2, v, (batch_size, target_length)).astype(np.int32)
-  batch = {"encoder_input_tokens": rng.integers(2, v, (batch_size, input_length)).astype(
-      np.int32), "decoder_target_tokens": tgt,
-           "decoder_input_tokens": np.pad(tgt, ((0, 0), (1, 0)))[:, :-1],
-           "decoder_loss_weights": np.ones(tgt.shape, np.float32)}
-  tx = make_optimizer("adafactor")
-  params = model.init_params(jax.random.key(seed))
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  step_fn = jax.jit(make_train_step(model, tx, 1e-4, dropout_rate > 0), donate_argnums=0)
-  key = jax.random.key(seed)
-  t0 = time.time()
-  state, m = step_fn(state, batch, key)
-  jax.block_until_ready(m)
-  compile_s = time.time() - t0
-  times = []
-  for _ in range(steps):
-    t0 = time.time()
-    state, m = step_fn(state, batch, key)
-    jax.block_until_ready(m)
-    times.append(time.time() - t0)
-  step_s = float(np.median(times))
-  return {"compile_s": compile_s, "step_s": step_s, "examples_per_s": batch_size / step_s}
 
 
 # ---------------------------------------------------------------------------
