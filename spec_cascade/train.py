@@ -26,20 +26,28 @@ MODEL_DIR layout:
                                    "vocabulary_path", "step", task, feature lengths}
 The export is the checkpoint layout of spec_cascade.checkpoints, so
 `checkpoints.load_params(MODEL_DIR + "/export")` reads it; `load_exported(MODEL_DIR)`
-here returns (T5Config, params) without that module.
+(spec_cascade.exports) returns (T5Config, params) without that module.
 
 A killed run restarted with the same command resumes from the latest
 checkpoint: step, parameters, optimizer state and data position are restored,
 so it continues bit for bit as an uninterrupted run would (at most one
 checkpoint period of work is lost).
+
+This module holds the loop, `train()` and the command line; the rest, T5X-style, is in
+    optim.py          learning-rate schedules and optimizers
+    train_steps.py    losses, train / eval step factories, on-policy batches, sample decode
+    exports.py        the export; initial and teacher parameters
+    train_sources.py  the run's batch sources (offline or seqio, teacher targets)
+    train_metrics.py  metrics.jsonl, TensorBoard, greedy-decode validation metrics
+Their public names are importable from here too: gin files bind them as
+`train_script.<name>` (`import spec_cascade.train as train_script`), which registers them
+under this module's name whatever module defines them.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -52,20 +60,31 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spec_cascade import distill, parallel, stages, train_data
-# Re-exported names (imported here, used elsewhere): gin files bind train_script.<name>, and
-# callers import them from this module.
+from spec_cascade import distill, parallel, stages, train_data, train_sources
+from spec_cascade import train_metrics as metrics_lib
 from spec_cascade.exports import (EXPORT_INFO_FILE, check_teacher_path, export_params,
                                   load_exported, load_initial_params, load_teacher,
                                   read_export_info)
 from spec_cascade.models import T5Config, T5Model
 from spec_cascade.optim import create_learning_rate_schedule, make_optimizer
 from spec_cascade.train_steps import (Params, TrainState, benchmark_train_step, greedy_decode,
-                                      jitted_greedy, jitted_init, jitted_steps, loss_sums,
-                                      make_eval_step, make_train_step, on_policy_batch,
-                                      resolve_model, sample_decode)
+                                      jitted_init, jitted_steps, loss_sums, make_eval_step,
+                                      make_train_step, on_policy_batch, resolve_model,
+                                      sample_decode)
 
 log = logging.getLogger(__name__)
+
+# This module's public names and those it re-exports from the modules it was split into:
+# gin files (train_script.<name>), scripts and tests reach them all here.
+__all__ = [
+    "EXPORT_INFO_FILE", "Params", "STOP_REQUESTED", "TrainResult", "TrainState",
+    "TrainingStopped", "benchmark_train_step", "check_batch_size",
+    "create_learning_rate_schedule", "export_params", "greedy_decode", "load_exported",
+    "load_initial_params", "load_teacher", "loss_sums", "main", "make_eval_step",
+    "make_optimizer", "make_train_step", "on_policy_batch", "parse_flags", "read_export_info",
+    "sample_decode", "train",
+]
+
 
 # Set by the CLI's SIGTERM/SIGINT handlers (or by a caller): the loop then finishes its step,
 # saves a checkpoint and raises TrainingStopped, so a stopped run resumes with nothing lost.
@@ -83,7 +102,7 @@ class TrainingStopped(Exception):
 
 
 # ---------------------------------------------------------------------------
-# Small helpers at the edge: files, devices, logging
+# Small helpers at the edge: MODEL_DIR's files
 
 def _check_writable(model_dir) -> None:
   from etils import epath  # pylint: disable=import-outside-toplevel
@@ -115,134 +134,6 @@ def _write_operative_config(model_dir) -> None:
   text = gin.operative_config_str()
   if jax.process_index() == 0:
     _write_atomic(os.path.join(str(model_dir), "config.gin"), text)
-
-
-class _MetricsLog:
-  """Appends JSON lines to MODEL_DIR/metrics.jsonl and, with `summaries`, writes the same
-  scalars as TensorBoard summaries to MODEL_DIR/train and MODEL_DIR/eval (T5X's folders are
-  train/ and training_eval/; `tensorboard --logdir MODEL_DIR` shows both). Process 0 only."""
-
-  def __init__(self, model_dir, summaries: bool = True):
-    self.model_dir = str(model_dir)
-    self.path = os.path.join(self.model_dir, "metrics.jsonl")
-    self.summaries = summaries
-    self._writers: dict[str, Any] = {}
-
-  def write(self, record: Mapping[str, Any]) -> None:
-    if jax.process_index() != 0:
-      return
-    from etils import epath  # pylint: disable=import-outside-toplevel
-    clean = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v)
-             for k, v in record.items()}
-    with epath.Path(self.path).open("a") as f:
-      f.write(json.dumps(clean) + "\n")
-    if self.summaries:
-      scalars = {k: v for k, v in clean.items() if k not in ("step", "kind")
-                 and isinstance(v, (int, float)) and math.isfinite(v)}
-      writer = self._writer(str(clean.get("kind", "train")))
-      writer.write_scalars(int(clean["step"]), scalars)
-      writer.flush()  # events are few; a run killed later keeps every one written
-
-  def _writer(self, kind: str):
-    if kind not in self._writers:
-      # clu imports TensorFlow's summary ops: only a run that writes summaries pays for it.
-      from clu import metric_writers  # pylint: disable=import-outside-toplevel
-      self._writers[kind] = metric_writers.SummaryWriter(os.path.join(self.model_dir, kind))
-    return self._writers[kind]
-
-  def close(self) -> None:
-    for writer in self._writers.values():
-      writer.close()
-    self._writers.clear()
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-# ---------------------------------------------------------------------------
-# Data
-
-@dataclasses.dataclass
-class _Data:
-  train: train_data.BatchSource
-  eval: train_data.BatchSource | None
-  tokenizer: Any = None
-  decode_examples: Mapping[str, list] | None = None
-  process_local: bool = False
-  vocab_path: str | None = None
-
-
-def _build_data(name: str, feature_lengths, batch_size: int, seed: int, *, vocab_path,
-                cache_dir, bucket: bool, shuffle_window_batches: int, infer_eval_examples: int,
-                eval_steps: int) -> _Data:
-  tasks = train_data.offline_task_names(name)
-  if tasks is not None:
-    tokenizer = train_data.load_offline_tokenizer(vocab_path, cache_dir)
-    train_ex = train_data.load_offline_examples(name, "train", cache_dir, balance=True,
-                                                seed=seed)
-    source = train_data.offline_source(train_ex, tokenizer, feature_lengths, batch_size,
-                                       seed=seed, name=f"{name}/train", bucket=bucket,
-                                       window_batches=shuffle_window_batches)
-    eval_source, decode = None, None
-    if eval_steps or infer_eval_examples:
-      # Enough validation examples for eval_steps batches, spread over the tasks.
-      per_task = max(infer_eval_examples,
-                     -(-eval_steps * batch_size // len(tasks)) if eval_steps else 0)
-      val = train_data.load_offline_examples(name, "validation", cache_dir, per_task)
-      if eval_steps:
-        eval_source = train_data.offline_source(val, tokenizer, feature_lengths, batch_size,
-                                                shuffle=False, name=f"{name}/validation")
-      if infer_eval_examples:
-        decode = {t: [ex for ex in val if ex["task"] == t][:infer_eval_examples]
-                  for t in tasks}
-    path = getattr(tokenizer, "path", None) or vocab_path
-    return _Data(source, eval_source, tokenizer, decode, vocab_path=path and str(path))
-  nproc, pidx = jax.process_count(), jax.process_index()
-  source = train_data.SeqioBatches(name, "train", feature_lengths, batch_size, seed=seed,
-                                   shard_index=pidx, num_shards=nproc)
-  eval_source = (train_data.SeqioBatches(name, "validation", feature_lengths, batch_size,
-                                         shuffle=False, shard_index=pidx, num_shards=nproc)
-                 if eval_steps else None)
-  if infer_eval_examples:
-    log.warning("infer_eval_examples is only supported on the offline tasks; use "
-                "spec_cascade.infer for %s.", name)
-  return _Data(source, eval_source, process_local=True)
-
-
-def _with_teacher_targets(source, teacher, kd: distill.Distillation, model_dir: str,
-                          seed: int) -> train_data.OfflineBatches:
-  """The training source with its targets replaced by the teacher's outputs (sequence-level
-  KD), generated once into MODEL_DIR/teacher_targets (resumable, see distill_data)."""
-  from spec_cascade import decoding, distill_data  # pylint: disable=import-outside-toplevel
-  if not isinstance(source, train_data.OfflineBatches):
-    raise ValueError(
-        f"SEQUENCE_TARGETS={kd.sequence_targets!r} needs the offline tasks' token arrays "
-        "(debian_ende, debian_summarize, debian_mix); for seqio tasks use token-level KD "
-        "(SEQUENCE_TARGETS='none') and ON_POLICY_FRACTION, which need no pre-generated data.")
-  temperature = 0.0 if kd.sequence_targets == "greedy" else kd.teacher_temperature
-  targets = distill_data.teacher_targets(
-      decoding.Bundle(*teacher), source.inputs, os.path.join(str(model_dir), "teacher_targets"),
-      max_length=source.target_length, temperature=temperature, seed=seed,
-      teacher_name=str(kd.teacher_checkpoint_path), batch_size=source.batch_size)
-  return train_data.OfflineBatches(
-      source.inputs, targets, source.batch_size,
-      {"inputs": source.input_length, "targets": source.target_length}, seed=source.seed,
-      shuffle=source.shuffle, window_batches=source.window_batches,
-      input_boundaries=source.input_boundaries, target_boundaries=source.target_boundaries)
-
-
-def _task_metrics(task: str, targets: list[str], predictions: list[str]) -> dict:
-  scores = {"exact_match": float(np.mean([t == p for t, p in zip(targets, predictions)]))}
-  try:
-    from spec_cascade import metrics  # pylint: disable=import-outside-toplevel
-    fn = metrics.metric_for_task(task)
-    fn = getattr(metrics, fn) if isinstance(fn, str) else fn
-    scores.update({k: float(v) for k, v in dict(fn(targets, predictions)).items()})
-  except (ImportError, ValueError, KeyError, AttributeError) as e:
-    log.info("No BLEU/ROUGE for %s (%s); exact match only.", task, e)
-  return scores
 
 
 # ---------------------------------------------------------------------------
@@ -349,13 +240,14 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     if not mixture_or_task_name or task_feature_lengths is None:
       raise ValueError("Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (or pass "
                        "train_source).")
-    data = _build_data(mixture_or_task_name, task_feature_lengths, batch_size, random_seed,
-                       vocab_path=vocab_path, cache_dir=data_cache_dir,
-                       bucket=bucket_by_length, shuffle_window_batches=shuffle_window_batches,
-                       infer_eval_examples=infer_eval_examples, eval_steps=eval_steps)
+    data = train_sources.build_data(
+        mixture_or_task_name, task_feature_lengths, batch_size, random_seed,
+        vocab_path=vocab_path, cache_dir=data_cache_dir, bucket=bucket_by_length,
+        shuffle_window_batches=shuffle_window_batches,
+        infer_eval_examples=infer_eval_examples, eval_steps=eval_steps)
   else:
-    data = _Data(train_source, eval_source, tokenizer, decode_examples,
-                 vocab_path=vocab_path and str(vocab_path))
+    data = train_sources.RunData(train_source, eval_source, tokenizer, decode_examples,
+                                 vocab_path=vocab_path and str(vocab_path))
   if data.train.batch_size != batch_size:
     raise ValueError(f"train_source.batch_size={data.train.batch_size} != BATCH_SIZE="
                      f"{batch_size}.")
@@ -372,8 +264,8 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     log.info("Distilling from %s (%.2fM parameters): %s.",
              distillation.teacher_checkpoint_path, teacher.num_params() / 1e6, distillation)
     if distillation.sequence_targets != "none":
-      data.train = _with_teacher_targets(data.train, (teacher, teacher_params), distillation,
-                                         model_dir, random_seed)
+      data.train = train_sources.with_teacher_targets(
+          data.train, (teacher, teacher_params), distillation, model_dir, random_seed)
 
   tx = optimizer or make_optimizer("adafactor", learning_rate_schedule)
   schedule = learning_rate_schedule or create_learning_rate_schedule()
@@ -400,7 +292,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                "seed": random_seed,
                "distillation": (None if distillation is None
                                 else dataclasses.asdict(distillation))}
-  metrics_log = _MetricsLog(model_dir, summaries)
+  metrics_log = metrics_lib.MetricsLog(model_dir, summaries)
   try:
     latest = manager.latest_step()
     if latest is not None:
@@ -457,15 +349,10 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           sums = jax.device_get(eval_step(params, *teacher_args, to_device(batch)))
           totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
         if totals:
-          w = max(float(totals["weight"]), 1.0)
-          out.update(eval_loss=float(totals["cross_entropy"]) / w,
-                     eval_accuracy=float(totals["correct"]) / w)
-          if "kd" in totals:  # how well the student would draft for the teacher
-            out.update(eval_kd=float(totals["kd"]) / w,
-                       eval_acceptance=1.0 - float(totals["tvd"]) / w,
-                       eval_agreement=float(totals["agree"]) / w)
+          out.update(metrics_lib.eval_summary(totals))
       if data.decode_examples and data.tokenizer is not None:
-        out.update(_decode_eval(model, params, data, task_feature_lengths))
+        out.update(metrics_lib.decode_eval(model, params, data.decode_examples, data.tokenizer,
+                                           task_feature_lengths))
       if out:
         log.info("eval step %d: %s", at_step,
                  " ".join(f"{k} {v:.4f}" for k, v in sorted(out.items())))
@@ -489,31 +376,15 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
       if step_callback is not None:
         step_callback(step, metrics)
       if step % log_period == 0 or step == total_steps:
-        sums = jax.device_get(pending)
+        sums = jax.device_get(pending)  # waits for the steps: before the clock is read
         pending = []
-        w = max(sum(float(m["weight"]) for m in sums), 1.0)
         now = time.time()
         sec_per_step = (now - t_last) / max(1, step - step_last)
-        train_metrics = {
-            "loss": float(np.mean([m["loss"] for m in sums])),
-            "cross_entropy": sum(float(m["cross_entropy"]) for m in sums) / w,
-            "z_loss": sum(float(m["z_loss"]) for m in sums) / w,
-            "accuracy": sum(float(m["correct"]) for m in sums) / w,
-            "grad_norm": float(sums[-1]["grad_norm"]),
-            # The schedule the optimizer uses, if known (gin passes both).
-            "learning_rate": (float(schedule(step - 1))
-                              if optimizer is None or learning_rate_schedule is not None
-                              else float("nan")),
-            "examples_per_s": batch_size / sec_per_step,
-            "target_tokens_per_s": w / len(sums) / sec_per_step,
-        }
-        if distillation is not None:
-          # acceptance: 1 − TV(teacher, student) per token, SpecDecode's expected acceptance
-          # rate at the teacher temperature; agreement: the greedy one.
-          train_metrics.update(
-              kd=sum(float(m["kd"]) for m in sums) / w,
-              acceptance=1.0 - sum(float(m["tvd"]) for m in sums) / w,
-              agreement=sum(float(m["agree"]) for m in sums) / w)
+        # The schedule the optimizer uses, if known (gin passes both).
+        lr = (float(schedule(step - 1)) if optimizer is None or learning_rate_schedule is not None
+              else float("nan"))
+        train_metrics = metrics_lib.train_summary(sums, lr, batch_size, sec_per_step,
+                                                  distillation is not None)
         # The latest interval's pace (the first one includes compilation).
         eta = (total_steps - step) * sec_per_step
         kd_note = ("" if distillation is None else
@@ -521,7 +392,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
         log.info("step %d/%d loss %.4f acc %.3f%s lr %.2e | %.1f ex/s | ETA %s", step,
                  total_steps, train_metrics["loss"], train_metrics["accuracy"], kd_note,
                  train_metrics["learning_rate"], train_metrics["examples_per_s"],
-                 _format_eta(eta))
+                 metrics_lib.format_eta(eta))
         metrics_log.write(dict(train_metrics, step=step, kind="train"))
         t_last, step_last = now, step
       # Read once: a signal between two reads would stop without the save.
@@ -548,35 +419,6 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   _write_operative_config(model_dir)
   log.info("Exported step %d to %s/export.", step, model_dir)
   return TrainResult(step, state["params"], state["opt_state"], train_metrics, eval_metrics)
-
-
-def _decode_eval(model: T5Model, params: Params, data: _Data,
-                 feature_lengths: Mapping[str, int] | None) -> dict:
-  """Greedy-decodes the held-out examples of each task; exact match + BLEU/ROUGE."""
-  lengths = train_data.check_feature_lengths(
-      feature_lengths or {"inputs": 512, "targets": 128})
-  decode = jitted_greedy(model.config)
-  out = {}
-  for task, examples in data.decode_examples.items():
-    if not examples:
-      continue
-    inputs, _, _ = train_data.tokenize_examples(examples, data.tokenizer, lengths,
-                                                name=f"{task}/decode")
-    batch = train_data.make_batch(inputs, inputs, len(inputs), lengths["inputs"],
-                                  lengths["inputs"])["encoder_input_tokens"]
-    tokens = np.asarray(decode(params, jnp.asarray(batch), lengths["targets"]))
-    preds = []
-    for row in tokens:
-      ids = row.tolist()
-      ids = ids[:ids.index(train_data.EOS_ID)] if train_data.EOS_ID in ids else ids
-      # The model's vocab is padded past the tokenizer's (4224 vs 4100): an
-      # untrained model may emit ids the tokenizer cannot decode.
-      preds.append(data.tokenizer.decode(
-          [i for i in ids if 1 < i < data.tokenizer.vocab_size]))
-    scores = _task_metrics(task, [ex["targets"] for ex in examples], preds)
-    out.update({f"{task}/{k}": v for k, v in scores.items()})
-  return out
-
 
 # ---------------------------------------------------------------------------
 # Command line (T5X-style flags)
