@@ -12,7 +12,7 @@ matters most. The trainer mixes these with the usual label loss:
 where p_τ = softmax(teacher_logits / τ) (τ = the teacher temperature; the student stays at
 temperature 1, so it learns the distribution the verifier samples from at T = τ) and D is one of
 DIVERGENCES. All sums run over the weighted (non-padding) target positions, like
-`train.loss_sums`, so the trainer averages them over real tokens.
+`train_steps.loss_sums`, so the trainer averages them over real tokens.
 """
 from __future__ import annotations
 

@@ -26,22 +26,28 @@ MODEL_DIR layout:
                                    "vocabulary_path", "step", task, feature lengths}
 The export is the checkpoint layout of spec_cascade.checkpoints, so
 `checkpoints.load_params(MODEL_DIR + "/export")` reads it; `load_exported(MODEL_DIR)`
-here returns (T5Config, params) without that module.
+(spec_cascade.exports) returns (T5Config, params) without that module.
 
 A killed run restarted with the same command resumes from the latest
 checkpoint: step, parameters, optimizer state and data position are restored,
 so it continues bit for bit as an uninterrupted run would (at most one
 checkpoint period of work is lost).
+
+This module holds the loop, `train()` and the command line; the rest, T5X-style, is in
+    optim.py          learning-rate schedules and optimizers
+    train_steps.py    losses, train / eval step factories, on-policy batches, sample decode
+    exports.py        the export; initial and teacher parameters
+    train_sources.py  the run's batch sources (offline or seqio, teacher targets)
+    train_metrics.py  metrics.jsonl, TensorBoard, greedy-decode validation metrics
+Their public names are importable from here too: gin files bind them as
+`train_script.<name>` (`import spec_cascade.train as train_script`), which registers them
+under this module's name whatever module defines them.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import inspect
-import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -54,14 +60,30 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spec_cascade import distill, parallel, pod, stages, train_data
-from spec_cascade.models import T5Config, T5Model, get_config
-from spec_cascade.models.t5 import shift_right
+from spec_cascade import distill, parallel, stages, train_data, train_sources
+from spec_cascade import train_metrics as metrics_lib
+from spec_cascade.exports import (EXPORT_INFO_FILE, check_teacher_path, export_params,
+                                  load_exported, load_initial_params, load_teacher,
+                                  read_export_info)
+from spec_cascade.models import T5Config, T5Model
+from spec_cascade.optim import create_learning_rate_schedule, make_optimizer
+from spec_cascade.train_steps import (Params, TrainState, benchmark_train_step, greedy_decode,
+                                      jitted_init, jitted_steps, loss_sums, make_eval_step,
+                                      make_train_step, on_policy_batch, resolve_model,
+                                      sample_decode)
 
 log = logging.getLogger(__name__)
 
-Params = Any
-TrainState = dict  # {"step": int32 [], "params": Params, "opt_state": optax state}
+# This module's public names and those it re-exports from the modules it was split into:
+# gin files (train_script.<name>), scripts and tests reach them all here.
+__all__ = [
+    "EXPORT_INFO_FILE", "Params", "STOP_REQUESTED", "TrainResult", "TrainState",
+    "TrainingStopped", "benchmark_train_step", "check_batch_size",
+    "create_learning_rate_schedule", "export_params", "greedy_decode", "load_exported",
+    "load_initial_params", "load_teacher", "loss_sums", "main", "make_eval_step",
+    "make_optimizer", "make_train_step", "on_policy_batch", "parse_flags", "read_export_info",
+    "sample_decode", "train",
+]
 
 
 # Set by the CLI's SIGTERM/SIGINT handlers (or by a caller): the loop then finishes its step,
@@ -80,361 +102,7 @@ class TrainingStopped(Exception):
 
 
 # ---------------------------------------------------------------------------
-# Learning-rate schedules and optimizers
-
-def _memoize_by_arguments(fn):
-  """Caches fn on its bound arguments (defaults applied): optimizers are pure
-  functions of their hyper-parameters, and returning the same object lets
-  repeated train() calls in one process (resume, tests) reuse compiled steps."""
-  signature = inspect.signature(fn)
-  cache: dict = {}
-
-  @functools.wraps(fn)
-  def wrapper(*args, **kwargs):
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    key = tuple(sorted(bound.arguments.items()))
-    try:
-      hash(key)
-    except TypeError:  # e.g. a list argument: no caching
-      return fn(*args, **kwargs)
-    if key not in cache:
-      cache[key] = fn(*args, **kwargs)
-    return cache[key]
-  return wrapper
-
-
-_SCHEDULE_FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay",
-                     "cosine_decay", "linear_decay")
-
-
-@_memoize_by_arguments
-def create_learning_rate_schedule(factors: str = "constant * linear_warmup * rsqrt_decay",
-                                  base_learning_rate: float = 0.5, warmup_steps: int = 1000,
-                                  decay_steps: int | None = None,
-                                  min_fraction: float = 0.0) -> optax.Schedule:
-  """T5X-style schedule: the product of the factors named in `factors` ('a * b').
-
-  constant: base_learning_rate. linear_warmup: min(1, step / warmup_steps).
-  rsqrt_decay: 1 / sqrt(max(step, warmup_steps)) (T5 pre-training).
-  rsqrt_normalized_decay: sqrt(warmup_steps / max(step, warmup_steps)).
-  cosine_decay / linear_decay: from 1 at warmup_steps to min_fraction at
-  decay_steps (required for these two), constant after.
-  """
-  names = [f.strip() for f in factors.split("*")]
-  unknown = [f for f in names if f not in _SCHEDULE_FACTORS]
-  if unknown or not names:
-    raise ValueError(f"Unknown learning-rate factors {unknown} in {factors!r}; known: "
-                     f"{list(_SCHEDULE_FACTORS)}.")
-  if warmup_steps < 0:
-    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
-  needs_decay = {"cosine_decay", "linear_decay"} & set(names)
-  if needs_decay and (decay_steps is None or decay_steps <= warmup_steps):
-    raise ValueError(f"{sorted(needs_decay)} needs decay_steps > warmup_steps "
-                     f"({warmup_steps}); got decay_steps={decay_steps}.")
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    lr = jnp.float32(1.0)
-    for name in names:
-      if name == "constant":
-        lr = lr * base_learning_rate
-      elif name == "linear_warmup":
-        lr = lr * (jnp.minimum(1.0, step / warmup_steps) if warmup_steps else 1.0)
-      elif name == "rsqrt_decay":
-        lr = lr * jax.lax.rsqrt(jnp.maximum(step, max(warmup_steps, 1)))
-      elif name == "rsqrt_normalized_decay":
-        lr = lr * jnp.sqrt(max(warmup_steps, 1) / jnp.maximum(step, max(warmup_steps, 1)))
-      else:
-        frac = jnp.clip((step - warmup_steps) / (decay_steps - warmup_steps), 0.0, 1.0)
-        shape = 0.5 * (1 + jnp.cos(jnp.pi * frac)) if name == "cosine_decay" else 1 - frac
-        lr = lr * (min_fraction + (1 - min_fraction) * shape)
-    return lr
-
-  return schedule
-
-
-@_memoize_by_arguments
-def make_optimizer(name: str = "adafactor",
-                   learning_rate: optax.Schedule | float | None = None,
-                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
-                   decay_rate: float = 0.8, momentum: float | None = None,
-                   clipping_threshold: float | None = 1.0,
-                   grad_clip_norm: float | None = None) -> optax.GradientTransformation:
-  """Adafactor as T5X uses it (factored second moments, decay 0.8, update
-  clipping 1.0, relative step scaled by parameter RMS, no momentum), or AdamW.
-  learning_rate: a schedule or float (None: create_learning_rate_schedule())."""
-  lr = create_learning_rate_schedule() if learning_rate is None else learning_rate
-  if name == "adafactor":
-    tx = optax.adafactor(learning_rate=lr, decay_rate=decay_rate, momentum=momentum,
-                         clipping_threshold=clipping_threshold,
-                         multiply_by_parameter_scale=True,
-                         weight_decay_rate=weight_decay or None)
-  elif name == "adamw":
-    tx = optax.adamw(learning_rate=lr, b1=b1, b2=b2, weight_decay=weight_decay)
-  else:
-    raise ValueError(f"Unknown optimizer {name!r}; use 'adafactor' or 'adamw'.")
-  if grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
-  return tx
-
-
-# ---------------------------------------------------------------------------
-# Loss
-
-def loss_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-              z_loss: float) -> dict[str, jax.Array]:
-  """Summed (not averaged) loss terms over the weighted target tokens.
-
-  logits [B, T, V] float32, targets [B, T] int, weights [B, T] float.
-  Returns scalars: cross_entropy (−log p(target)), z_loss (z · logsumexp²,
-  T5X's auxiliary loss that keeps the softmax normaliser near 1), weight
-  (number of real tokens) and correct (argmax hits).
-  """
-  logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return {
-      "cross_entropy": jnp.sum((log_z - target_logit) * weights),
-      "z_loss": jnp.sum(z_loss * jnp.square(log_z) * weights),
-      "weight": jnp.sum(weights),
-      "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * weights),
-  }
-
-
-def _batch_loss(model: T5Model, params: Params, batch: Mapping[str, jax.Array],
-                dropout_rng: jax.Array | None, z_loss: float,
-                kd: distill.Distillation | None = None, teacher: T5Model | None = None,
-                teacher_params: Params | None = None, label_weight: float | None = None):
-  """Mean loss over the batch's real target tokens, and the summed terms.
-
-  With a teacher: (label_weight · CE + kd_weight · divergence + z-loss) / tokens, where
-  label_weight defaults to 1 − kd_weight (0 on on-policy batches, whose targets are the
-  student's own samples)."""
-  logits = model.forward(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         dropout_rng=dropout_rng)
-  sums = loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-                   z_loss)
-  # Mean over real target tokens: invariant to padding and bucket shapes.
-  denom = jnp.maximum(sums["weight"], 1.0)
-  if kd is None:
-    return (sums["cross_entropy"] + sums["z_loss"]) / denom, sums
-  teacher_logits = jax.lax.stop_gradient(teacher.forward(
-      teacher_params, batch["encoder_input_tokens"], batch["decoder_input_tokens"]))
-  sums.update(distill.kd_sums(logits, teacher_logits, batch["decoder_loss_weights"],
-                              kd.divergence, kd.teacher_temperature))
-  ce_weight = 1.0 - kd.kd_weight if label_weight is None else label_weight
-  kd_weight = kd.kd_weight if label_weight is None else 1.0 - label_weight
-  loss = (ce_weight * sums["cross_entropy"] + kd_weight * sums["kd"] + sums["z_loss"]) / denom
-  return loss, sums
-
-
-def on_policy_batch(model: T5Model, params: Params, batch: Mapping[str, jax.Array],
-                    rng: jax.Array, temperature: float) -> dict[str, jax.Array]:
-  """The batch with its targets replaced by sequences the model samples itself.
-
-  Same inputs and target length T; rows without inputs (batch padding) get zero weight; the
-  weights cover each sample up to and including its EOS."""
-  enc = batch["encoder_input_tokens"]
-  tokens, weights = sample_decode(model, jax.lax.stop_gradient(params), enc,
-                                  batch["decoder_target_tokens"].shape[1], rng, temperature)
-  weights = weights * jnp.any(enc > 0, axis=1, keepdims=True)
-  tokens = jnp.where(weights > 0, tokens, 0)
-  return {"encoder_input_tokens": enc, "decoder_input_tokens": shift_right(tokens),
-          "decoder_target_tokens": tokens, "decoder_loss_weights": weights}
-
-
-def make_train_step(model: T5Model, tx: optax.GradientTransformation, z_loss: float = 1e-4,
-                    use_dropout: bool = True, kd: distill.Distillation | None = None,
-                    teacher: T5Model | None = None, on_policy: bool = False) -> Callable:
-  """(state, batch, dropout_key[, teacher_params]) → (state, metrics); pure, for jit.
-
-  The dropout key of step s is fold_in(dropout_key, s), so a resumed run
-  draws the same masks as an uninterrupted one. With `kd` (and the teacher model) the step
-  takes the teacher's params and adds the distillation loss; on_policy=True first replaces
-  the batch's targets by the student's own samples (keys derived from the step as well)."""
-  def step_fn(state: TrainState, batch, dropout_key, teacher_params=None):
-    rng = jax.random.fold_in(dropout_key, state["step"]) if use_dropout else None
-    label_weight = None
-    if on_policy:
-      sample_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state["step"]), 1)
-      batch = on_policy_batch(model, state["params"], batch, sample_key,
-                              kd.on_policy_temperature)
-      label_weight = 0.0
-    grad_fn = jax.value_and_grad(
-        lambda p: _batch_loss(model, p, batch, rng, z_loss, kd, teacher, teacher_params,
-                              label_weight), has_aux=True)
-    (loss, sums), grads = grad_fn(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
-  return step_fn
-
-
-def make_eval_step(model: T5Model, z_loss: float = 1e-4, kd: distill.Distillation | None = None,
-                   teacher: T5Model | None = None) -> Callable:
-  """(params[, teacher_params], batch) → loss_sums dict (plus the KD terms with a teacher),
-  teacher forced, no dropout."""
-  if kd is None:
-    return lambda params, batch: _batch_loss(model, params, batch, None, z_loss)[1]
-  return lambda params, teacher_params, batch: _batch_loss(
-      model, params, batch, None, z_loss, kd, teacher, teacher_params)[1]
-
-
-def sample_decode(model: T5Model, params: Params, inputs: jax.Array, max_length: int,
-                  rng: jax.Array | None = None, temperature: float = 1.0
-                  ) -> tuple[jax.Array, jax.Array]:
-  """inputs [B, S] → (tokens [B, max_length] int32, weights [B, max_length] float32).
-
-  Ancestral sampling at `temperature` with key `rng` (rng None: greedy). tokens are 0 after
-  EOS; weights are 1 up to and including each row's EOS. One decode_block call of k=1 per
-  position; for validation and on-policy distillation (the engine is `decoding`)."""
-  b = inputs.shape[0]
-  encoded, mask = model.encode(params, inputs)
-  cache = model.init_cache(params, encoded, mask, max_length)
-
-  def body(t, carry):
-    cache, prev, out, live, done = carry
-    logits, cache = model.decode_block(params, cache, prev[:, None],
-                                       jnp.full((b,), t, jnp.int32))
-    if rng is None:
-      tok = jnp.argmax(logits[:, 0], -1)
-    else:
-      tok = jax.random.categorical(jax.random.fold_in(rng, t), logits[:, 0] / temperature)
-    tok = jnp.where(done, 0, tok.astype(jnp.int32))
-    return (cache, tok, out.at[:, t].set(tok), live.at[:, t].set(~done),
-            done | (tok == train_data.EOS_ID))
-
-  init = (cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b, max_length), jnp.int32),
-          jnp.zeros((b, max_length), bool), jnp.zeros((b,), bool))
-  _, _, tokens, live, _ = jax.lax.fori_loop(0, max_length, body, init)
-  return tokens, live.astype(jnp.float32)
-
-
-def greedy_decode(model: T5Model, params: Params, inputs: jax.Array,
-                  max_length: int) -> jax.Array:
-  """inputs [B, S] → greedy target tokens [B, max_length] (0 after EOS)."""
-  return sample_decode(model, params, inputs, max_length)[0]
-
-
-# ---------------------------------------------------------------------------
-# Parameters: initial checkpoints and the export
-
-# The export uses the self-describing layout of spec_cascade.checkpoints
-# ("spec_cascade.orbax" v1: params/ + spec_cascade_checkpoint.json), so
-# checkpoints.load_params / load_model read it directly; it is written here
-# without importing that module so that training does not depend on it.
-EXPORT_INFO_FILE = "spec_cascade_checkpoint.json"
-_EXPORT_FORMAT = {"format": "spec_cascade.orbax", "format_version": 1}
-
-
-def _is_export_dir(path) -> bool:
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  p = epath.Path(path)
-  return (p / EXPORT_INFO_FILE).exists() and (p / "params").exists()
-
-
-def export_params(export_dir, params: Params, config: T5Config,
-                  vocabulary_path: str | None = None,
-                  extra: Mapping[str, Any] | None = None) -> None:
-  """Writes float32 params (Orbax, export_dir/params) and the config JSON
-  (export_dir/spec_cascade_checkpoint.json), replacing an earlier export."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  # Orbax saves only to absolute paths.
-  export_dir = epath.Path(export_dir if "://" in str(export_dir) else os.path.abspath(export_dir))
-  tmp = export_dir.parent / (export_dir.name + ".tmp")
-
-  def fresh_tmp():
-    if tmp.exists():
-      tmp.rmtree()
-    tmp.mkdir(parents=True)
-
-  # In a pod one process clears the folder while the others wait (run_on_writer is
-  # collective): a late rmtree elsewhere would delete shards already written into it.
-  pod.run_on_writer(fresh_tmp)
-  with ocp.StandardCheckpointer() as ckptr:  # every process saves; Orbax coordinates them
-    ckptr.save(tmp / "params", jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params))
-    ckptr.wait_until_finished()
-  model_config = dataclasses.asdict(config)
-  model_config["mlp_activations"] = list(config.mlp_activations)
-  info = {**_EXPORT_FORMAT, "t5_config": model_config, "param_dtypes": ["float32"],
-          "vocabulary_path": vocabulary_path, **dict(extra or {})}
-
-  def finish():
-    (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    # Swap in the complete export; a kill here leaves either the old or the .tmp one.
-    if export_dir.exists():
-      export_dir.rmtree()
-    tmp.rename(export_dir)
-
-  pod.run_on_writer(finish)
-
-
-def read_export_info(path) -> dict:
-  """The JSON of an export (path: the export dir or its MODEL_DIR), with the
-  resolved directory under "path" and the T5Config under "config"."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  # Absolute: Orbax refuses relative paths (the example gins give relative ones).
-  p = epath.Path(path if "://" in str(path) else os.path.abspath(path))
-  if not _is_export_dir(p) and _is_export_dir(p / "export"):
-    p = p / "export"
-  if not _is_export_dir(p):
-    raise FileNotFoundError(f"{path} holds no exported model (expected {EXPORT_INFO_FILE} "
-                            "and params/ there or under export/).")
-  info = json.loads((p / EXPORT_INFO_FILE).read_text())
-  return dict(info, path=str(p), config=T5Config(**info["t5_config"]))
-
-
-def load_exported(path) -> tuple[T5Config, Params]:
-  """(T5Config, float32 params) from an export of this trainer (or its MODEL_DIR)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  info = read_export_info(path)
-  # An explicit device: without one Orbax restores onto the saved sharding, which names
-  # devices (a pod's) that a later run on another machine does not have.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                        T5Model(info["config"]).abstract_params())
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(info["path"], "params"), target)
-  return info["config"], params
-
-
-def load_initial_params(path: str, model: T5Model) -> Params:
-  """Params for fine-tuning: a trainer export (MODEL_DIR or MODEL_DIR/export), or
-  a T5X / Hugging Face checkpoint read by spec_cascade.checkpoints.load_params.
-  Raises ValueError naming the first parameter that does not fit the model."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  if "://" not in str(path) and not epath.Path(path).exists():
-    raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path!r} does not exist. Give a T5X "
-                            "checkpoint_<step> dir, an export dir, or None to train from scratch.")
-  if _is_export_dir(path) or _is_export_dir(epath.Path(path) / "export"):
-    _, params = load_exported(path)
-  else:
-    try:
-      from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError(
-          f"INITIAL_CHECKPOINT_PATH={path!r} is not an export of this trainer, and reading "
-          f"T5X / Hugging Face checkpoints needs spec_cascade.checkpoints, which failed to "
-          f"import ({e}). Install the full package or set INITIAL_CHECKPOINT_PATH=None.") from e
-    try:
-      loaded = checkpoints.load_params(path, model.config)
-    except ValueError as e:  # e.g. the checkpoint's shapes disagree with the config
-      raise ValueError(f"INITIAL_CHECKPOINT_PATH {path!r} does not fit the model "
-                       f"({model.config}): {e}") from e
-    params = loaded[0] if isinstance(loaded, tuple) else loaded  # (params, config)
-  try:
-    model.check_params(params)
-  except ValueError as e:
-    raise ValueError(f"INITIAL_CHECKPOINT_PATH {path!r} does not fit the model "
-                     f"({model.config}): {e}") from e
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-
-
-# ---------------------------------------------------------------------------
-# Small helpers at the edge: files, devices, logging
+# Small helpers at the edge: MODEL_DIR's files
 
 def _check_writable(model_dir) -> None:
   from etils import epath  # pylint: disable=import-outside-toplevel
@@ -468,212 +136,8 @@ def _write_operative_config(model_dir) -> None:
     _write_atomic(os.path.join(str(model_dir), "config.gin"), text)
 
 
-class _MetricsLog:
-  """Appends JSON lines to MODEL_DIR/metrics.jsonl and, with `summaries`, writes the same
-  scalars as TensorBoard summaries to MODEL_DIR/train and MODEL_DIR/eval (T5X's folders are
-  train/ and training_eval/; `tensorboard --logdir MODEL_DIR` shows both). Process 0 only."""
-
-  def __init__(self, model_dir, summaries: bool = True):
-    self.model_dir = str(model_dir)
-    self.path = os.path.join(self.model_dir, "metrics.jsonl")
-    self.summaries = summaries
-    self._writers: dict[str, Any] = {}
-
-  def write(self, record: Mapping[str, Any]) -> None:
-    if jax.process_index() != 0:
-      return
-    from etils import epath  # pylint: disable=import-outside-toplevel
-    clean = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v)
-             for k, v in record.items()}
-    with epath.Path(self.path).open("a") as f:
-      f.write(json.dumps(clean) + "\n")
-    if self.summaries:
-      scalars = {k: v for k, v in clean.items() if k not in ("step", "kind")
-                 and isinstance(v, (int, float)) and math.isfinite(v)}
-      writer = self._writer(str(clean.get("kind", "train")))
-      writer.write_scalars(int(clean["step"]), scalars)
-      writer.flush()  # events are few; a run killed later keeps every one written
-
-  def _writer(self, kind: str):
-    if kind not in self._writers:
-      # clu imports TensorFlow's summary ops: only a run that writes summaries pays for it.
-      from clu import metric_writers  # pylint: disable=import-outside-toplevel
-      self._writers[kind] = metric_writers.SummaryWriter(os.path.join(self.model_dir, kind))
-    return self._writers[kind]
-
-  def close(self) -> None:
-    for writer in self._writers.values():
-      writer.close()
-    self._writers.clear()
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _resolve_model(model) -> T5Model:
-  if isinstance(model, T5Model):
-    return model
-  if isinstance(model, T5Config):
-    return T5Model(model)
-  if isinstance(model, str):
-    return T5Model(get_config(model))
-  raise ValueError(f"MODEL must be a T5Config, a T5Model or a size name, got {model!r}.")
-
-
-# ---------------------------------------------------------------------------
-# Data
-
-@dataclasses.dataclass
-class _Data:
-  train: train_data.BatchSource
-  eval: train_data.BatchSource | None
-  tokenizer: Any = None
-  decode_examples: Mapping[str, list] | None = None
-  process_local: bool = False
-  vocab_path: str | None = None
-
-
-def _build_data(name: str, feature_lengths, batch_size: int, seed: int, *, vocab_path,
-                cache_dir, bucket: bool, shuffle_window_batches: int, infer_eval_examples: int,
-                eval_steps: int) -> _Data:
-  tasks = train_data.offline_task_names(name)
-  if tasks is not None:
-    tokenizer = train_data.load_offline_tokenizer(vocab_path, cache_dir)
-    train_ex = train_data.load_offline_examples(name, "train", cache_dir, balance=True,
-                                                seed=seed)
-    source = train_data.offline_source(train_ex, tokenizer, feature_lengths, batch_size,
-                                       seed=seed, name=f"{name}/train", bucket=bucket,
-                                       window_batches=shuffle_window_batches)
-    eval_source, decode = None, None
-    if eval_steps or infer_eval_examples:
-      # Enough validation examples for eval_steps batches, spread over the tasks.
-      per_task = max(infer_eval_examples,
-                     -(-eval_steps * batch_size // len(tasks)) if eval_steps else 0)
-      val = train_data.load_offline_examples(name, "validation", cache_dir, per_task)
-      if eval_steps:
-        eval_source = train_data.offline_source(val, tokenizer, feature_lengths, batch_size,
-                                                shuffle=False, name=f"{name}/validation")
-      if infer_eval_examples:
-        decode = {t: [ex for ex in val if ex["task"] == t][:infer_eval_examples]
-                  for t in tasks}
-    path = getattr(tokenizer, "path", None) or vocab_path
-    return _Data(source, eval_source, tokenizer, decode, vocab_path=path and str(path))
-  nproc, pidx = jax.process_count(), jax.process_index()
-  source = train_data.SeqioBatches(name, "train", feature_lengths, batch_size, seed=seed,
-                                   shard_index=pidx, num_shards=nproc)
-  eval_source = (train_data.SeqioBatches(name, "validation", feature_lengths, batch_size,
-                                         shuffle=False, shard_index=pidx, num_shards=nproc)
-                 if eval_steps else None)
-  if infer_eval_examples:
-    log.warning("infer_eval_examples is only supported on the offline tasks; use "
-                "spec_cascade.infer for %s.", name)
-  return _Data(source, eval_source, process_local=True)
-
-
-def _with_teacher_targets(source, teacher, kd: distill.Distillation, model_dir: str,
-                          seed: int) -> train_data.OfflineBatches:
-  """The training source with its targets replaced by the teacher's outputs (sequence-level
-  KD), generated once into MODEL_DIR/teacher_targets (resumable, see distill_data)."""
-  from spec_cascade import decoding, distill_data  # pylint: disable=import-outside-toplevel
-  if not isinstance(source, train_data.OfflineBatches):
-    raise ValueError(
-        f"SEQUENCE_TARGETS={kd.sequence_targets!r} needs the offline tasks' token arrays "
-        "(debian_ende, debian_summarize, debian_mix); for seqio tasks use token-level KD "
-        "(SEQUENCE_TARGETS='none') and ON_POLICY_FRACTION, which need no pre-generated data.")
-  temperature = 0.0 if kd.sequence_targets == "greedy" else kd.teacher_temperature
-  targets = distill_data.teacher_targets(
-      decoding.Bundle(*teacher), source.inputs, os.path.join(str(model_dir), "teacher_targets"),
-      max_length=source.target_length, temperature=temperature, seed=seed,
-      teacher_name=str(kd.teacher_checkpoint_path), batch_size=source.batch_size)
-  return train_data.OfflineBatches(
-      source.inputs, targets, source.batch_size,
-      {"inputs": source.input_length, "targets": source.target_length}, seed=source.seed,
-      shuffle=source.shuffle, window_batches=source.window_batches,
-      input_boundaries=source.input_boundaries, target_boundaries=source.target_boundaries)
-
-
-def _task_metrics(task: str, targets: list[str], predictions: list[str]) -> dict:
-  scores = {"exact_match": float(np.mean([t == p for t, p in zip(targets, predictions)]))}
-  try:
-    from spec_cascade import metrics  # pylint: disable=import-outside-toplevel
-    fn = metrics.metric_for_task(task)
-    fn = getattr(metrics, fn) if isinstance(fn, str) else fn
-    scores.update({k: float(v) for k, v in dict(fn(targets, predictions)).items()})
-  except (ImportError, ValueError, KeyError, AttributeError) as e:
-    log.info("No BLEU/ROUGE for %s (%s); exact match only.", task, e)
-  return scores
-
-
 # ---------------------------------------------------------------------------
 # The training loop
-
-@functools.lru_cache(maxsize=4)
-def _jitted_steps(config: T5Config, tx: optax.GradientTransformation, z_loss: float,
-                  use_dropout: bool, mesh: jax.sharding.Mesh,
-                  kd: distill.Distillation | None = None, teacher_config: T5Config | None = None):
-  """Jitted (train_step, on_policy_step, eval_step), cached so that repeated train() calls in
-  one process (a resume in tests or notebooks) reuse the compiled executables. With `kd` the
-  steps take the teacher's params after the dropout key (train) or the params (eval);
-  on_policy_step is None unless kd.on_policy_fraction > 0."""
-  model = T5Model(config)
-  teacher = T5Model(teacher_config) if kd is not None else None
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  shardings = (replicated, rows, replicated) + ((replicated,) if kd is not None else ())
-
-  def jit_step(on_policy):
-    return jax.jit(make_train_step(model, tx, z_loss, use_dropout, kd, teacher, on_policy),
-                   in_shardings=shardings, out_shardings=(replicated, replicated),
-                   donate_argnums=0)
-  on_policy = kd is not None and kd.on_policy_fraction > 0
-  return (jit_step(False), jit_step(True) if on_policy else None,
-          _jitted_eval_step(config, z_loss, mesh, kd, teacher_config))
-
-
-@functools.lru_cache(maxsize=4)
-def _jitted_eval_step(config: T5Config, z_loss: float, mesh: jax.sharding.Mesh,
-                      kd: distill.Distillation | None = None,
-                      teacher_config: T5Config | None = None):
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  teacher = T5Model(teacher_config) if kd is not None else None
-  shardings = (replicated, replicated, rows) if kd is not None else (replicated, rows)
-  return jax.jit(make_eval_step(T5Model(config), z_loss, kd, teacher), in_shardings=shardings,
-                 out_shardings=replicated)
-
-
-def _check_teacher_path(path: str) -> None:
-  if "://" not in str(path) and not os.path.exists(path):
-    raise FileNotFoundError(f"TEACHER_CHECKPOINT_PATH {path!r} does not exist; give the "
-                            "verifier's export (its MODEL_DIR) or checkpoint folder.")
-
-
-def load_teacher(path: str, student: T5Config) -> tuple[T5Model, Params]:
-  """The distillation teacher: (T5Model, float32 params) from a trainer export or any
-  checkpoint spec_cascade.checkpoints reads; refuses a teacher with another vocabulary."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  _check_teacher_path(path)
-  if _is_export_dir(path) or _is_export_dir(epath.Path(path) / "export"):
-    config, params = load_exported(path)
-  else:
-    from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
-    params, config = checkpoints.load_params(path)
-  if config.vocab_size != student.vocab_size:
-    raise ValueError(f"TEACHER_CHECKPOINT_PATH {path!r} has vocab_size {config.vocab_size} "
-                     f"but the student has {student.vocab_size}: distillation compares the "
-                     "two distributions token by token, so both need one vocabulary.")
-  return T5Model(config), jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-
-
-@functools.lru_cache(maxsize=4)
-def _init_params_fn(config: T5Config) -> Callable:
-  """Jitted random init (T5Model.init_params' computation), compiled once per config."""
-  model = T5Model(config)
-  enc = jnp.ones((1, 4), jnp.int32)
-  return jax.jit(lambda rng: model.module.init(rng, enc, enc)["params"])
-
 
 def check_batch_size(batch_size: int, num_devices: int, num_processes: int = 1) -> None:
   """ValueError unless BATCH_SIZE splits evenly over the data-parallel mesh: every device
@@ -756,12 +220,12 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                            ("log_period", log_period, 1), ("eval_period", eval_period, 1)):
     if not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
-  model = _resolve_model(model)
+  model = resolve_model(model)
   if dropout_rate is not None:
     model = T5Model(model.config.replace(dropout_rate=float(dropout_rate)))
   config = model.config
   if distillation is not None:  # before MODEL_DIR is made: a typo'd path writes nothing
-    _check_teacher_path(distillation.teacher_checkpoint_path)
+    check_teacher_path(distillation.teacher_checkpoint_path)
   _check_writable(model_dir)
   _write_operative_config(model_dir)
 
@@ -776,13 +240,14 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     if not mixture_or_task_name or task_feature_lengths is None:
       raise ValueError("Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (or pass "
                        "train_source).")
-    data = _build_data(mixture_or_task_name, task_feature_lengths, batch_size, random_seed,
-                       vocab_path=vocab_path, cache_dir=data_cache_dir,
-                       bucket=bucket_by_length, shuffle_window_batches=shuffle_window_batches,
-                       infer_eval_examples=infer_eval_examples, eval_steps=eval_steps)
+    data = train_sources.build_data(
+        mixture_or_task_name, task_feature_lengths, batch_size, random_seed,
+        vocab_path=vocab_path, cache_dir=data_cache_dir, bucket=bucket_by_length,
+        shuffle_window_batches=shuffle_window_batches,
+        infer_eval_examples=infer_eval_examples, eval_steps=eval_steps)
   else:
-    data = _Data(train_source, eval_source, tokenizer, decode_examples,
-                 vocab_path=vocab_path and str(vocab_path))
+    data = train_sources.RunData(train_source, eval_source, tokenizer, decode_examples,
+                                 vocab_path=vocab_path and str(vocab_path))
   if data.train.batch_size != batch_size:
     raise ValueError(f"train_source.batch_size={data.train.batch_size} != BATCH_SIZE="
                      f"{batch_size}.")
@@ -799,12 +264,12 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     log.info("Distilling from %s (%.2fM parameters): %s.",
              distillation.teacher_checkpoint_path, teacher.num_params() / 1e6, distillation)
     if distillation.sequence_targets != "none":
-      data.train = _with_teacher_targets(data.train, (teacher, teacher_params), distillation,
-                                         model_dir, random_seed)
+      data.train = train_sources.with_teacher_targets(
+          data.train, (teacher, teacher_params), distillation, model_dir, random_seed)
 
   tx = optimizer or make_optimizer("adafactor", learning_rate_schedule)
   schedule = learning_rate_schedule or create_learning_rate_schedule()
-  train_step, on_policy_step, eval_step = _jitted_steps(
+  train_step, on_policy_step, eval_step = jitted_steps(
       config, tx, float(z_loss), config.dropout_rate > 0, mesh, distillation, teacher_config)
   teacher_args = () if distillation is None else (teacher_params,)
   # Made on the mesh by a computation: a typed key has no host form for `parallel.put`.
@@ -827,7 +292,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
                "seed": random_seed,
                "distillation": (None if distillation is None
                                 else dataclasses.asdict(distillation))}
-  metrics_log = _MetricsLog(model_dir, summaries)
+  metrics_log = metrics_lib.MetricsLog(model_dir, summaries)
   try:
     latest = manager.latest_step()
     if latest is not None:
@@ -850,7 +315,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           log.info("Continuing a staged run at step %d (schedule and data position; the "
                    "optimizer state starts afresh).", position)
       else:
-        params = _init_params_fn(config)(jax.random.key(random_seed))
+        params = jitted_init(config)(jax.random.key(random_seed))
       state = init_state(params)
       state["step"] = jnp.asarray(position, jnp.int32)
       state = parallel.put(state, replicated)
@@ -884,15 +349,10 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           sums = jax.device_get(eval_step(params, *teacher_args, to_device(batch)))
           totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
         if totals:
-          w = max(float(totals["weight"]), 1.0)
-          out.update(eval_loss=float(totals["cross_entropy"]) / w,
-                     eval_accuracy=float(totals["correct"]) / w)
-          if "kd" in totals:  # how well the student would draft for the teacher
-            out.update(eval_kd=float(totals["kd"]) / w,
-                       eval_acceptance=1.0 - float(totals["tvd"]) / w,
-                       eval_agreement=float(totals["agree"]) / w)
+          out.update(metrics_lib.eval_summary(totals))
       if data.decode_examples and data.tokenizer is not None:
-        out.update(_decode_eval(model, params, data, task_feature_lengths))
+        out.update(metrics_lib.decode_eval(model, params, data.decode_examples, data.tokenizer,
+                                           task_feature_lengths))
       if out:
         log.info("eval step %d: %s", at_step,
                  " ".join(f"{k} {v:.4f}" for k, v in sorted(out.items())))
@@ -916,31 +376,15 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
       if step_callback is not None:
         step_callback(step, metrics)
       if step % log_period == 0 or step == total_steps:
-        sums = jax.device_get(pending)
+        sums = jax.device_get(pending)  # waits for the steps: before the clock is read
         pending = []
-        w = max(sum(float(m["weight"]) for m in sums), 1.0)
         now = time.time()
         sec_per_step = (now - t_last) / max(1, step - step_last)
-        train_metrics = {
-            "loss": float(np.mean([m["loss"] for m in sums])),
-            "cross_entropy": sum(float(m["cross_entropy"]) for m in sums) / w,
-            "z_loss": sum(float(m["z_loss"]) for m in sums) / w,
-            "accuracy": sum(float(m["correct"]) for m in sums) / w,
-            "grad_norm": float(sums[-1]["grad_norm"]),
-            # The schedule the optimizer uses, if known (gin passes both).
-            "learning_rate": (float(schedule(step - 1))
-                              if optimizer is None or learning_rate_schedule is not None
-                              else float("nan")),
-            "examples_per_s": batch_size / sec_per_step,
-            "target_tokens_per_s": w / len(sums) / sec_per_step,
-        }
-        if distillation is not None:
-          # acceptance: 1 − TV(teacher, student) per token, SpecDecode's expected acceptance
-          # rate at the teacher temperature; agreement: the greedy one.
-          train_metrics.update(
-              kd=sum(float(m["kd"]) for m in sums) / w,
-              acceptance=1.0 - sum(float(m["tvd"]) for m in sums) / w,
-              agreement=sum(float(m["agree"]) for m in sums) / w)
+        # The schedule the optimizer uses, if known (gin passes both).
+        lr = (float(schedule(step - 1)) if optimizer is None or learning_rate_schedule is not None
+              else float("nan"))
+        train_metrics = metrics_lib.train_summary(sums, lr, batch_size, sec_per_step,
+                                                  distillation is not None)
         # The latest interval's pace (the first one includes compilation).
         eta = (total_steps - step) * sec_per_step
         kd_note = ("" if distillation is None else
@@ -948,7 +392,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
         log.info("step %d/%d loss %.4f acc %.3f%s lr %.2e | %.1f ex/s | ETA %s", step,
                  total_steps, train_metrics["loss"], train_metrics["accuracy"], kd_note,
                  train_metrics["learning_rate"], train_metrics["examples_per_s"],
-                 _format_eta(eta))
+                 metrics_lib.format_eta(eta))
         metrics_log.write(dict(train_metrics, step=step, kind="train"))
         t_last, step_last = now, step
       # Read once: a signal between two reads would stop without the save.
@@ -975,77 +419,6 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   _write_operative_config(model_dir)
   log.info("Exported step %d to %s/export.", step, model_dir)
   return TrainResult(step, state["params"], state["opt_state"], train_metrics, eval_metrics)
-
-
-@functools.lru_cache(maxsize=4)
-def _jitted_greedy(config: T5Config) -> Callable:
-  return jax.jit(functools.partial(greedy_decode, T5Model(config)), static_argnums=2)
-
-
-def _decode_eval(model: T5Model, params: Params, data: _Data,
-                 feature_lengths: Mapping[str, int] | None) -> dict:
-  """Greedy-decodes the held-out examples of each task; exact match + BLEU/ROUGE."""
-  lengths = train_data.check_feature_lengths(
-      feature_lengths or {"inputs": 512, "targets": 128})
-  decode = _jitted_greedy(model.config)
-  out = {}
-  for task, examples in data.decode_examples.items():
-    if not examples:
-      continue
-    inputs, _, _ = train_data.tokenize_examples(examples, data.tokenizer, lengths,
-                                                name=f"{task}/decode")
-    batch = train_data.make_batch(inputs, inputs, len(inputs), lengths["inputs"],
-                                  lengths["inputs"])["encoder_input_tokens"]
-    tokens = np.asarray(decode(params, jnp.asarray(batch), lengths["targets"]))
-    preds = []
-    for row in tokens:
-      ids = row.tolist()
-      ids = ids[:ids.index(train_data.EOS_ID)] if train_data.EOS_ID in ids else ids
-      # The model's vocab is padded past the tokenizer's (4224 vs 4100): an
-      # untrained model may emit ids the tokenizer cannot decode.
-      preds.append(data.tokenizer.decode(
-          [i for i in ids if 1 < i < data.tokenizer.vocab_size]))
-    scores = _task_metrics(task, [ex["targets"] for ex in examples], preds)
-    out.update({f"{task}/{k}": v for k, v in scores.items()})
-  return out
-
-
-# ---------------------------------------------------------------------------
-# Throughput measurement
-
-def benchmark_train_step(model: T5Config | str, batch_size: int = 64, input_length: int = 128,
-                         target_length: int = 64, steps: int = 10, dropout_rate: float = 0.0,
-                         seed: int = 0) -> dict:
-  """Times the jitted train step on synthetic full-length tokens.
-  Returns {"compile_s", "step_s", "examples_per_s"} (median over `steps`)."""
-  model = _resolve_model(model)
-  if dropout_rate:
-    model = T5Model(model.config.replace(dropout_rate=dropout_rate))
-  rng = np.random.default_rng(seed)
-  v = model.config.vocab_size
-  tgt = rng.integers(2, v, (batch_size, target_length)).astype(np.int32)
-  batch = {"encoder_input_tokens": rng.integers(2, v, (batch_size, input_length)).astype(
-      np.int32), "decoder_target_tokens": tgt,
-           "decoder_input_tokens": np.pad(tgt, ((0, 0), (1, 0)))[:, :-1],
-           "decoder_loss_weights": np.ones(tgt.shape, np.float32)}
-  tx = make_optimizer("adafactor")
-  params = model.init_params(jax.random.key(seed))
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  step_fn = jax.jit(make_train_step(model, tx, 1e-4, dropout_rate > 0), donate_argnums=0)
-  key = jax.random.key(seed)
-  t0 = time.time()
-  state, m = step_fn(state, batch, key)
-  jax.block_until_ready(m)
-  compile_s = time.time() - t0
-  times = []
-  for _ in range(steps):
-    t0 = time.time()
-    state, m = step_fn(state, batch, key)
-    jax.block_until_ready(m)
-    times.append(time.time() - t0)
-  step_s = float(np.median(times))
-  return {"compile_s": compile_s, "step_s": step_s, "examples_per_s": batch_size / step_s}
-
 
 # ---------------------------------------------------------------------------
 # Command line (T5X-style flags)

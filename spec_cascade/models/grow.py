@@ -92,11 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--num_decoder_layers", type=int, default=None)
   args = parser.parse_args(argv)
   # pylint: disable=import-outside-toplevel
-  from spec_cascade import checkpoints, train
+  from spec_cascade import checkpoints, exports
   params, config = checkpoints.load_params(args.src)
   config, params = deepen(params, config, num_encoder_layers=args.num_encoder_layers,
                           num_decoder_layers=args.num_decoder_layers)
-  train.export_params(args.dst, params, config, None, {"grown_from": str(args.src)})
+  exports.export_params(args.dst, params, config, None, {"grown_from": str(args.src)})
   print(f"wrote {args.dst}: {config.num_encoder_layers} encoder / "
         f"{config.num_decoder_layers} decoder layers")
   return 0
