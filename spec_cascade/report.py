@@ -5,6 +5,8 @@ metrics/ or predictions/) and writes RUN_DIR/report.md, a self-contained RUN_DIR
 the figures. The report opens with a five-line summary (per task × T: which method is fastest at
 the verifier's quality, by how much, with its interval), then the tables, then the figures.
 
+- Panels: rows grouped by (task, T, γ), each with its verifier reference and readings
+  (`report_panels`).
 - Curves and the paper's two numbers per method — (a) the latency reduction at the verifier's
   quality, (b) the best quality within the verifier's latency — are read on each method's frontier
   over α (`report_curves`).
@@ -47,149 +49,16 @@ from spec_cascade.report_curves import (FRONTIERS, LATENCY_KINDS,  # pylint: dis
                                         METHOD_ORDER,
                                         verifier_calls_per_token, REFERENCE_METHODS)
 from spec_cascade.results import ResultRow
+from spec_cascade.report_panels import (fmt, fmt_interval, group_rows, has_axis,
+                                        headline_latency, main_methods, panel_metric,
+                                        panel_readings, panel_slug, panel_title,
+                                        reference_reading, verifier_row)
 
 _LATENCY_LABELS = {"batch1": "batch-1", "wallclock": "wall-clock", "modelled": "modelled"}
 # Files are named after the axis: quality_vs_<name>__<task>_T<t>_g<γ>.png.
 _AXIS_FILE = {"batch1": "batch1_latency", "wallclock": "latency", "modelled": "modelled_latency",
               "deferral": "deferral", "verifier_calls": "verifier_calls"}
 SUMMARY_LINES = 5
-
-
-# ----------------------------------------------------------------------------------------------
-# Grouping rows into (task, T, γ) panels.
-
-
-def _is_gamma_independent(r: ResultRow) -> bool:
-  return methods_lib.gamma_independent(r.method) or r.num_draft_tokens == 0
-
-
-def group_rows(rows: Sequence[ResultRow]) -> list[tuple[tuple, dict[str, list[ResultRow]]]]:
-  """Splits rows into panels keyed by (task, T, γ), each a {method: rows} dict.
-
-  γ-independent rows (drafter, verifier, sequential cascades; γ = 0) join every γ panel of their
-  (task, T); if they were recorded at several γ, a panel takes those at its own γ, else those at the
-  smallest γ. A (task, T) with no γ-dependent rows forms one panel with γ = None.
-  """
-  by_tt: dict[tuple, list[ResultRow]] = {}
-  for r in rows:
-    by_tt.setdefault((r.task, results_lib._norm_float(r.temperature)), []).append(r)  # pylint: disable=protected-access
-  panels = []
-  for (task, temp) in sorted(by_tt, key=lambda k: (k[0], k[1])):
-    tt_rows = by_tt[(task, temp)]
-    gammas = sorted({r.num_draft_tokens for r in tt_rows if not _is_gamma_independent(r)})
-    for g in gammas or [None]:
-      methods: dict[str, list[ResultRow]] = {}
-      for m in sorted({r.method for r in tt_rows}, key=method_sort_key):
-        mrows = [r for r in tt_rows if r.method == m]
-        same = [r for r in mrows if g is not None and r.num_draft_tokens == g]
-        if same:
-          methods[m] = same
-        elif all(_is_gamma_independent(r) for r in mrows):
-          g0 = min(r.num_draft_tokens for r in mrows)
-          methods[m] = [r for r in mrows if r.num_draft_tokens == g0]
-      panels.append(((task, temp, g), methods))
-  return panels
-
-
-def _panel_title(key: tuple) -> str:
-  task, temp, g = key
-  t = f"{task} · T = {temp:g}"
-  return t + (f" · γ = {g}" if g is not None else "")
-
-
-def _panel_slug(key: tuple) -> str:
-  task, temp, g = key
-  return f"{task}_T{temp:g}" + (f"_g{g}" if g is not None else "")
-
-
-def _panel_metric(methods: dict[str, list[ResultRow]]) -> str:
-  return next((r.metric for rs in methods.values() for r in rs if r.metric), "")
-
-
-def _verifier(methods: dict[str, list[ResultRow]]) -> ResultRow | None:
-  """The panel's verifier row with a quality (the first, if it was recorded at several γ)."""
-  return next((r for r in methods.get("verifier", []) if math.isfinite(r.quality)), None)
-
-
-def _has_axis(methods: dict[str, list[ResultRow]], axis: str) -> bool:
-  return any(math.isfinite(axis_value(r, axis)) for rs in methods.values() for r in rs
-             if r.method not in REFERENCE_METHODS)
-
-
-def headline_latency(methods: dict[str, list[ResultRow]]) -> str:
-  """The latency kind the summary and the main figure's method choice read: the paper's batch-1
-  wall-clock where the sweep measured it, else modelled latency (batched wall-clock on a CPU
-  charges a verifier block call ≈ 2.4× a one-token call, which an accelerator does not)."""
-  for kind in ("batch1", "modelled", "wallclock"):
-    if _has_axis(methods, kind):
-      return kind
-  return "wallclock"
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading the panels.
-
-
-def _fmt(x: float | None, spec: str = ".2f") -> str:
-  return "—" if x is None or not math.isfinite(x) else format(x, spec)
-
-
-def _fmt_interval(values: np.ndarray, level: float, spec: str, never: str = "n.r.") -> str:
-  """'[lo, hi]' of replicates; an infinite bound (a replicate that never reaches) as `never`
-  (−inf) or '+∞'."""
-  lo, hi = stats.interval(values, level)
-  # One minus sign throughout: format's '-' beside the '−∞' bound reads as two different signs.
-  end = lambda x: (never if x == -math.inf else "+∞" if x == math.inf
-                   else format(x, spec).replace("-", "−"))
-  return f"[{end(lo)}, {end(hi)}]"
-
-
-def _reference(methods: dict[str, list[ResultRow]], name: str, latency: str):
-  """(quality, latency) of a one-point reference method (mean over its rows), or None."""
-  rs = methods.get(name)
-  if not rs:
-    return None
-  qs = [r.quality for r in rs if math.isfinite(r.quality)]
-  lats = [axis_value(r, latency) for r in rs if math.isfinite(axis_value(r, latency))]
-  return (float(np.mean(qs)) if qs else math.nan), (float(np.mean(lats)) if lats else math.nan)
-
-
-def _no_replicates() -> stats.Replicates:
-  """Replicates that do not vary: the point readings, without intervals."""
-  return stats.Replicates(1, stats.LEVEL, {}, {}, {})
-
-
-def panel_readings(methods: dict[str, list[ResultRow]], latency: str,
-                   reps: stats.Replicates | None, mode: str = "pareto"
-                   ) -> dict[str, stats.Reading]:
-  """{method: Reading} of every non-reference method of a panel ({} without a verifier)."""
-  ver = _verifier(methods)
-  if ver is None:
-    return {}
-  reps = reps or _no_replicates()
-  return {m: stats.read_curve(rs, ver, latency, reps, mode) for m, rs in methods.items()
-          if m not in REFERENCE_METHODS}
-
-
-def best_other_spec_cascade(readings: dict[str, stats.Reading]) -> str | None:
-  """The SpecCascade rule (other than Token) with the largest latency reduction at the
-  verifier's quality, ties and never-reached broken by the best quality within its latency."""
-  cands = [m for m in figures.OTHER_SPEC_CASCADE if m in readings]
-  if not cands:
-    return None
-  score = lambda m: tuple(-math.inf if v is None else v for v in
-                          (readings[m].reduction, readings[m].best_quality))
-  return max(cands, key=score)
-
-
-def main_methods(methods: dict[str, list[ResultRow]], reps: stats.Replicates | None,
-                 mode: str = "pareto") -> list[str]:
-  """The main figure's methods present in a panel (the paper's, plus the best other rule)."""
-  names = [m for m in figures.MAIN_METHODS if m in methods]
-  best = best_other_spec_cascade(panel_readings(methods, headline_latency(methods), reps, mode))
-  if best is None:
-    best = next((m for m in figures.OTHER_SPEC_CASCADE if m in methods), None)
-  return names + ([best] if best else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,7 +74,7 @@ def _reading_cell(value: float | None, text: str, diff_reps: np.ndarray, shown_r
   if not has_interval:
     return text
   near = "≈ " if stats.within_noise(diff_reps, level) else ""
-  return f"{near}{text} {_fmt_interval(shown_reps, level, spec)}"
+  return f"{near}{text} {fmt_interval(shown_reps, level, spec)}"
 
 
 def paper_table_blocks(rows: Sequence[ResultRow], latency: str = "wallclock",
@@ -221,16 +90,16 @@ def paper_table_blocks(rows: Sequence[ResultRow], latency: str = "wallclock",
   out: list[doc.Block] = []
   level = reps.level if reps else stats.LEVEL
   for key, methods in group_rows(rows):
-    metric = metric_name(_panel_metric(methods))
-    out.append(doc.Heading(3, f"{_panel_title(key)} ({kind} latency)"))
+    metric = metric_name(panel_metric(methods))
+    out.append(doc.Heading(3, f"{panel_title(key)} ({kind} latency)"))
     refs = []
     for label, name in (("Drafter", "drafter"), ("Verifier", "verifier")):
-      ref = _reference(methods, name, latency)
+      ref = reference_reading(methods, name, latency)
       if ref is not None:
-        refs.append(f"{label} {metric}: {_fmt(ref[0])} (rel. latency {_fmt(ref[1])})")
+        refs.append(f"{label} {metric}: {fmt(ref[0])} (rel. latency {fmt(ref[1])})")
     if refs:
       out.append(doc.Para(" · ".join(refs)))
-    ver = _verifier(methods)
+    ver = verifier_row(methods)
     if ver is None:
       out.append(doc.Para("_No verifier row with a quality in this panel: the paper's columns "
                           "are relative to the verifier, so they cannot be computed. Add the "
@@ -247,7 +116,7 @@ def paper_table_blocks(rows: Sequence[ResultRow], latency: str = "wallclock",
       red = _reading_cell(rd.reduction, f"{rd.reduction:.1f}%" if rd.reduction is not None
                           else "", rd.reduction_reps, rd.reduction_reps, rd.has_interval,
                           level, ".1f")
-      best = _reading_cell(rd.best_quality, _fmt(rd.best_quality), rd.best_gain_reps,
+      best = _reading_cell(rd.best_quality, fmt(rd.best_quality), rd.best_gain_reps,
                            rd.best_gain_reps + ver.quality, rd.has_interval, level, ".2f")
       body.append((display_name(m), rule, str(len(rs)), red, best))
     out.append(doc.Table(header, tuple(body), "llrrr"))
@@ -273,19 +142,19 @@ def points_table_blocks(rows: Sequence[ResultRow], reps: stats.Replicates | None
   out: list[doc.Block] = []
   level = reps.level if reps else stats.LEVEL
   for key, methods in group_rows(rows):
-    out.append(doc.Heading(4, _panel_title(key)))
+    out.append(doc.Heading(4, panel_title(key)))
     body = []
     for m, rs in methods.items():
       for r in by_alpha(rs):
-        q = _fmt(r.quality)
+        q = fmt(r.quality)
         if reps is not None and reps.has_quality(r):
-          q += " " + _fmt_interval(reps.of_quality(r), level, ".2f")
-        wall = _fmt(r.rel_latency, ".3f")
+          q += " " + fmt_interval(reps.of_quality(r), level, ".2f")
+        wall = fmt(r.rel_latency, ".3f")
         if r.trials > 1 and math.isfinite(r.wallclock_std_s) and r.wallclock_s > 0:
           wall += f" ± {r.rel_latency * r.wallclock_std_s / r.wallclock_s:.3f}"
-        body.append((display_name(m), _fmt(r.alpha, ".3g"), q, _fmt(r.rel_latency_batch1, ".3f"),
-                     wall, _fmt(r.modelled_rel_latency, ".3f"), _fmt(r.acceptance_rate, ".3f"),
-                     _fmt(r.deferral_rate, ".3f"), _fmt(verifier_calls_per_token(r), ".3f"),
+        body.append((display_name(m), fmt(r.alpha, ".3g"), q, fmt(r.rel_latency_batch1, ".3f"),
+                     wall, fmt(r.modelled_rel_latency, ".3f"), fmt(r.acceptance_rate, ".3f"),
+                     fmt(r.deferral_rate, ".3f"), fmt(verifier_calls_per_token(r), ".3f"),
                      str(r.trials)))
     out.append(doc.Table(
         ("Method", "α", f"quality [{100 * level:.0f} % CI]", "rel. latency (batch 1)",
@@ -310,11 +179,11 @@ def alpha_transfer_blocks(dev_rows: Sequence[ResultRow], test_rows: Sequence[Res
   out: list[doc.Block] = []
   level = test_reps.level if test_reps else stats.LEVEL
   for key, methods in group_rows(dev_rows):
-    ver, t_methods = _verifier(methods), tests.get(key, {})
-    t_ver = _verifier(t_methods)
+    ver, t_methods = verifier_row(methods), tests.get(key, {})
+    t_ver = verifier_row(t_methods)
     if ver is None or t_ver is None:
       continue
-    metric = metric_name(_panel_metric(methods))
+    metric = metric_name(panel_metric(methods))
     body = []
     for m, rs in methods.items():
       pts = [(r.alpha, axis_value(r, latency), r.quality) for r in rs if math.isfinite(r.alpha)]
@@ -326,21 +195,21 @@ def alpha_transfer_blocks(dev_rows: Sequence[ResultRow], test_rows: Sequence[Res
         continue
       test = next((r for r in t_methods.get(m, []) if math.isfinite(r.alpha)
                    and abs(r.alpha - choice.alpha) < 1e-9), None)
-      dev_cells = (display_name(m), f"{choice.alpha:.3g}", _fmt(choice.cost, ".3f"),
+      dev_cells = (display_name(m), f"{choice.alpha:.3g}", fmt(choice.cost, ".3f"),
                    f"{choice.quality:.2f}", "yes" if choice.met else "no (closest α)")
       if test is None:
         body.append(dev_cells + ("not in the test sweep", "—", "—"))
         continue
-      q = _fmt(test.quality)
+      q = fmt(test.quality)
       verdict = "yes" if test.quality >= t_ver.quality else "no"
       if test_reps is not None and test_reps.has_quality(test) and test_reps.has_quality(t_ver):
-        q += " " + _fmt_interval(test_reps.of_quality(test), level, ".2f")
+        q += " " + fmt_interval(test_reps.of_quality(test), level, ".2f")
         gap = test_reps.of_quality(test) - test_reps.of_quality(t_ver)
         if stats.within_noise(gap, level):
           verdict = "≈"
-      body.append(dev_cells + (_fmt(axis_value(test, latency), ".3f"), q, verdict))
+      body.append(dev_cells + (fmt(axis_value(test, latency), ".3f"), q, verdict))
     if body:
-      out.append(doc.Heading(3, f"{_panel_title(key)} ({_LATENCY_LABELS[latency]} latency)"))
+      out.append(doc.Heading(3, f"{panel_title(key)} ({_LATENCY_LABELS[latency]} latency)"))
       out.append(doc.Para(f"Verifier {metric}: {ver.quality:.2f} on the sweep's split, "
                           f"{t_ver.quality:.2f} on the test sweep's."))
       out.append(doc.Table(
@@ -357,8 +226,8 @@ def alpha_transfer_blocks(dev_rows: Sequence[ResultRow], test_rows: Sequence[Res
 def _summary_line(key: tuple, methods: dict[str, list[ResultRow]],
                   reps: stats.Replicates | None, mode: str) -> str:
   latency = headline_latency(methods)
-  ver = _verifier(methods)
-  title = f"**{_panel_title(key)}** ({_LATENCY_LABELS[latency]} latency)"
+  ver = verifier_row(methods)
+  title = f"**{panel_title(key)}** ({_LATENCY_LABELS[latency]} latency)"
   if ver is None:
     return f"{title}: no verifier row, so nothing to compare against."
   metric = metric_name(ver.metric)
@@ -372,7 +241,7 @@ def _summary_line(key: tuple, methods: dict[str, list[ResultRow]],
             "frontier.")
   win = ranked[0]
   rd = readings[win]
-  ci = f" {_fmt_interval(rd.reduction_reps, level, '.1f')}" if rd.has_interval else ""
+  ci = f" {fmt_interval(rd.reduction_reps, level, '.1f')}" if rd.has_interval else ""
   noise = rd.has_interval and stats.within_noise(rd.reduction_reps, level)
   if rd.reduction > 0:
     line = (f"{title}: {display_name(win)} matches the verifier's {metric} ({ver.quality:.2f}) "
@@ -387,7 +256,7 @@ def _summary_line(key: tuple, methods: dict[str, list[ResultRow]],
     if rd.has_interval and second.has_interval:
       diff = stats.difference(rd.reduction_reps, second.reduction_reps)
       line += (f" (paired difference {rd.reduction - second.reduction:.1f} points "
-               f"{_fmt_interval(diff, level, '.1f', '−∞')}"
+               f"{fmt_interval(diff, level, '.1f', '−∞')}"
                f"{', ≈ a tie' if stats.within_noise(diff, level) else ''})")
   return line + "."
 
@@ -425,13 +294,13 @@ def write_figures(rows: Sequence[ResultRow], run_dir: str, reps: stats.Replicate
   """
   out = []
   for key, methods in group_rows(rows):
-    metric = _panel_metric(methods)
+    metric = panel_metric(methods)
     names = main_methods(methods, reps, mode)
-    title = _panel_title(key)
+    title = panel_title(key)
     for axis in figures.AXIS_LABELS:
-      if not _has_axis(methods, axis):
+      if not has_axis(methods, axis):
         continue
-      name = f"quality_vs_{_AXIS_FILE[axis]}__{_panel_slug(key)}"
+      name = f"quality_vs_{_AXIS_FILE[axis]}__{panel_slug(key)}"
       fig = figures.main_figure(title, methods, names, axis, metric, reps, mode)
       figures.save_figure(fig, os.path.join(run_dir, name), ("png", "svg"))
       out.append((key, "main", axis, name + ".png"))
@@ -511,7 +380,7 @@ def report_blocks(rows: Sequence[ResultRow], run_dir: str, reps: stats.Replicate
     mine = [f for f in figure_list if f[0] == key]
     if not mine:
       continue
-    blocks.append(doc.Heading(3, _panel_title(key)))
+    blocks.append(doc.Heading(3, panel_title(key)))
     best = [m for m in main_methods(methods, reps, mode) if m in figures.OTHER_SPEC_CASCADE]
     if best:
       blocks.append(doc.Para(
@@ -519,7 +388,7 @@ def report_blocks(rows: Sequence[ResultRow], run_dir: str, reps: stats.Replicate
           f"SpecCascade rule with the largest latency reduction at the verifier's quality "
           f"({_LATENCY_LABELS[headline_latency(methods)]} latency)."))
     for _, kind, axis, path in mine:
-      alt = f"{_panel_title(key)}: quality vs {figures.AXIS_TITLES[axis]}, {caption[kind]}"
+      alt = f"{panel_title(key)}: quality vs {figures.AXIS_TITLES[axis]}, {caption[kind]}"
       (blocks if kind == "main" else appendix).append(doc.Image(path, alt))
   blocks.append(doc.Heading(2, "Appendix"))
   blocks.append(doc.Details("All methods, one panel per family", tuple(appendix)))
