@@ -77,9 +77,11 @@ import numpy as np
 # Passive waiting is HF's best case here, so the comparison is conservative for us.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
-from spec_cascade import checkpoints, costs, decoding  # pylint: disable=g-import-not-at-top
-from spec_cascade.decoding import EOS_ID, PAD_ID, Bundle, generate
+# pylint: disable=g-import-not-at-top
+from spec_cascade import checkpoints, costs, decoding, hf_decoder
+from spec_cascade.decoding import EOS_ID, PAD_ID, Bundle, contract, generate
 from spec_cascade.models import T5Model, get_config
+# pylint: enable=g-import-not-at-top
 
 Params = dict
 
@@ -106,6 +108,20 @@ def _place(dst: np.ndarray, src: np.ndarray, path: str, heads: int) -> np.ndarra
   return out
 
 
+def check_embeddable(what: str, d_cfg, v_cfg, equal: tuple[str, ...],
+                     at_least: tuple[str, ...]) -> None:
+  """ValueError unless drafter config d_cfg and verifier config v_cfg agree on every field in
+  `equal` and the verifier's is ≥ the drafter's on every field in `at_least`."""
+  for f in equal:
+    if getattr(d_cfg, f) != getattr(v_cfg, f):
+      raise ValueError(f"{what} needs equal {f}: drafter {getattr(d_cfg, f)!r}, "
+                       f"verifier {getattr(v_cfg, f)!r}.")
+  for f in at_least:
+    if getattr(v_cfg, f) < getattr(d_cfg, f):
+      raise ValueError(f"{what} needs verifier {f} ≥ drafter's "
+                       f"({getattr(v_cfg, f)} < {getattr(d_cfg, f)}).")
+
+
 def embed_drafter(d_params: Params, d_cfg, v_cfg) -> Params:
   """Verifier params [v_cfg] that compute exactly the drafter's function [d_cfg].
 
@@ -114,15 +130,11 @@ def embed_drafter(d_params: Params, d_cfg, v_cfg) -> Params:
   get sqrt(d_drafter / d_verifier): the padded residual stream has the same sum of squares
   over more dimensions. Needs equal heads and vocab and verifier sizes ≥ drafter sizes.
   """
-  for f in ("num_heads", "vocab_size", "relpos_num_buckets", "mlp_activations",
-            "logits_via_embedding"):
-    if getattr(d_cfg, f) != getattr(v_cfg, f):
-      raise ValueError(f"embed_drafter needs equal {f}: drafter {getattr(d_cfg, f)!r}, "
-                       f"verifier {getattr(v_cfg, f)!r}.")
-  for f in ("emb_dim", "head_dim", "mlp_dim", "num_encoder_layers", "num_decoder_layers"):
-    if getattr(v_cfg, f) < getattr(d_cfg, f):
-      raise ValueError(f"embed_drafter needs verifier {f} ≥ drafter's "
-                       f"({getattr(v_cfg, f)} < {getattr(d_cfg, f)}).")
+  check_embeddable("embed_drafter", d_cfg, v_cfg,
+                   equal=("num_heads", "vocab_size", "relpos_num_buckets", "mlp_activations",
+                          "logits_via_embedding"),
+                   at_least=("emb_dim", "head_dim", "mlp_dim", "num_encoder_layers",
+                             "num_decoder_layers"))
   norm = float(np.sqrt(d_cfg.emb_dim / v_cfg.emb_dim))
   d_flat = flax.traverse_util.flatten_dict(d_params, sep="/")
   abstract = flax.traverse_util.flatten_dict(T5Model(v_cfg).abstract_params(), sep="/")
@@ -170,18 +182,19 @@ def random_inputs(batch: int, length: int, vocab: int, seed: int = 0) -> np.ndar
   return x
 
 
-def until_eos(row: np.ndarray) -> np.ndarray:
+def until_eos(row: np.ndarray, eos: int = EOS_ID) -> np.ndarray:
   """A generated row up to and including its first EOS (the whole row if none)."""
-  hit = np.flatnonzero(row == EOS_ID)
+  hit = np.flatnonzero(row == eos)
   return row[:hit[0] + 1] if hit.size else row
 
 
-def mismatches(ours: np.ndarray, lengths: np.ndarray, theirs: np.ndarray) -> list[str]:
+def mismatches(ours: np.ndarray, lengths: np.ndarray, theirs: np.ndarray,
+               eos: int = EOS_ID) -> list[str]:
   """Rows where our tokens [B, L] (first lengths[b] valid) differ from HF's [B, T] (decoder
-  start dropped, padding after EOS): each compared up to and including EOS."""
+  start or prompt dropped, padding after EOS): each compared up to and including EOS."""
   bad = []
   for b in range(ours.shape[0]):
-    a, h = ours[b, :lengths[b]], until_eos(theirs[b])
+    a, h = ours[b, :lengths[b]], until_eos(theirs[b], eos)
     if not np.array_equal(a, h):
       n = min(len(a), len(h))
       first = int(np.argmax(a[:n] != h[:n])) if np.any(a[:n] != h[:n]) else n
@@ -314,37 +327,67 @@ def block_call_loop(drafter: Bundle, verifier: Bundle, inputs: np.ndarray, gamma
 
 
 def hf_models(drafter: Bundle, verifier: Bundle, workdir: str, device: str = "cpu"):
-  """Exports both with export_hf, loads them in transformers, reads them back for us."""
+  """Exports both, loads them in transformers and reads them back for us: {'drafter' |
+  'verifier': (HF model, our Bundle)}. T5 goes through checkpoints.export_hf /
+  T5ForConditionalGeneration / checkpoints.load_params, a decoder-only model through
+  hf_decoder.export_hf_decoder / AutoModelForCausalLM / hf_decoder.load_hf_decoder."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   out = {}
   for name, b in (("drafter", drafter), ("verifier", verifier)):
     path = os.path.join(workdir, name)
-    checkpoints.export_hf(b.params, b.model.config, path)
-    hf = transformers.T5ForConditionalGeneration.from_pretrained(path).eval().to(device)
-    params, config = checkpoints.load_params(path)
-    out[name] = (hf, Bundle(T5Model(config), params))
+    if contract.is_decoder_only(b.model):
+      hf_decoder.export_hf_decoder(b.params, b.model.config, path)
+      hf_class, (params, config) = (transformers.AutoModelForCausalLM,
+                                    hf_decoder.load_hf_decoder(path))
+    else:
+      checkpoints.export_hf(b.params, b.model.config, path)
+      hf_class, (params, config) = (transformers.T5ForConditionalGeneration,
+                                    checkpoints.load_params(path))
+    hf = hf_class.from_pretrained(path).eval().to(device)
+    out[name] = (hf, Bundle(contract.model_for(config), params))
   del torch
   return out
 
 
+def left_padded(prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded prompts [B, S] → (the same prompts left-padded [B, S'], attention mask
+  [B, S']), S' the longest prompt: HF's layout for a batch of decoder-only prompts (each real
+  token keeps its position and context)."""
+  lengths = (prompts != PAD_ID).sum(1)
+  width = int(lengths.max())
+  ids, mask = np.zeros((len(prompts), width), np.int64), np.zeros((len(prompts), width), np.int64)
+  for b, n in enumerate(lengths):
+    ids[b, width - n:], mask[b, width - n:] = prompts[b, :n], 1
+  return ids, mask
+
+
 def hf_generate(model, inputs: np.ndarray, max_new_tokens: int, assistant=None,
-                gamma: int = 5) -> np.ndarray:
-  """HF greedy generate (optionally assisted), tokens [B, T] without the decoder start."""
+                gamma: int = 5, eos: int = EOS_ID) -> np.ndarray:
+  """HF greedy generate (optionally assisted) of our inputs [B, S] (T5: encoder ids;
+  decoder-only: right-padded prompts, left-padded for HF): the new tokens [B, T],
+  T ≤ max_new_tokens (no decoder start, no prompt), PAD after a row's EOS."""
   import torch  # pylint: disable=g-import-not-at-top
   kw = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
-            eos_token_id=EOS_ID, pad_token_id=PAD_ID, decoder_start_token_id=0,
-            repetition_penalty=1.0, no_repeat_ngram_size=0, use_cache=True)
+            eos_token_id=eos, pad_token_id=PAD_ID, repetition_penalty=1.0,
+            no_repeat_ngram_size=0, use_cache=True)
   if assistant is not None:
     g = assistant.generation_config
     g.num_assistant_tokens = gamma
     g.num_assistant_tokens_schedule = "constant"
     g.assistant_confidence_threshold = 0.0
     kw["assistant_model"] = assistant
-  x = torch.tensor(inputs, dtype=torch.long, device=model.device)
+  if model.config.is_encoder_decoder:
+    ids, mask = inputs, inputs != PAD_ID
+    skip = 1  # the decoder start
+    kw["decoder_start_token_id"] = 0
+  else:
+    ids, mask = left_padded(inputs)
+    skip = ids.shape[1]  # the prompts
+  tensor = lambda a: torch.tensor(a, dtype=torch.long, device=model.device)
   with torch.inference_mode():
-    out = model.generate(input_ids=x, attention_mask=x != PAD_ID, **kw)
-  return out.cpu().numpy()[:, 1:]  # .cpu() waits for a GPU to finish
+    out = model.generate(input_ids=tensor(ids), attention_mask=tensor(mask), **kw)
+  return out.cpu().numpy()[:, skip:]  # .cpu() waits for a GPU to finish
 
 
 def check_same(what: str, ours, theirs: np.ndarray) -> None:
@@ -422,6 +465,40 @@ def stream_table(args, drafter: Bundle, verifier: Bundle, hf_v, rows) -> None:
           flush=True)
 
 
+def add_torch_flags(parser: argparse.ArgumentParser) -> None:
+  """--threads and --device, for every benchmark that runs transformers beside us."""
+  parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
+  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                      help="cuda: both frameworks on the GPU (jax must see one), float32 "
+                      "matmuls at full precision in both (no TF32) so outputs can match")
+
+
+def start_torch(args, script: str, argv) -> None:
+  """Sets torch's threads and, for --device cuda, both frameworks' matmul precision; quiets
+  transformers; prints the run's header (machine, versions, command line, devices)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(args.threads)
+  if args.device == "cuda":
+    if jax.default_backend() != "gpu" or not torch.cuda.is_available():
+      raise SystemExit(f"--device cuda needs a GPU for jax (backend: {jax.default_backend()}) "
+                       f"and torch (cuda available: {torch.cuda.is_available()}).")
+    # Both default to float32 matmuls without TF32 only if asked: jax's default on GPU may
+    # use TF32, which changes greedy outputs.
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+  transformers.logging.set_verbosity_error()
+  transformers.utils.logging.disable_progress_bar()
+  print(f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs (load average "
+        f"{os.getloadavg()[0]:.1f}); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; Python "
+        f"{platform.python_version()}; jax {jax.__version__}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); transformers {transformers.__version__}")
+  print(f"# command: python {script} {' '.join(sys.argv[1:] if argv is None else argv)}")
+  print(f"# device: jax {jax.devices()[0].device_kind}; torch "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -439,34 +516,10 @@ def main(argv=None):
                       help="batches ≥ 2 also decode a stream of this many batches' worth of "
                       "examples through `batch` rows (continuous batching; 0: skip)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--threads", type=int, default=2)
-  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                      help="cuda: both frameworks on the GPU (jax must see one), float32 "
-                      "matmuls at full precision in both (no TF32) so outputs can match")
+  add_torch_flags(parser)
   args = parser.parse_args(argv)
-
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(args.threads)
-  if args.device == "cuda":
-    if jax.default_backend() != "gpu" or not torch.cuda.is_available():
-      raise SystemExit(f"--device cuda needs a GPU for jax (backend: {jax.default_backend()}) "
-                       f"and torch (cuda available: {torch.cuda.is_available()}).")
-    # Both default to float32 matmuls without TF32 only if asked: jax's default on GPU may
-    # use TF32, which changes greedy outputs.
-    jax.config.update("jax_default_matmul_precision", "highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-  transformers.logging.set_verbosity_error()
-  transformers.utils.logging.disable_progress_bar()
+  start_torch(args, "bench/hf_peer.py", argv)
   gamma, steps = args.gamma, args.max_new_tokens
-  print(f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs (load average "
-        f"{os.getloadavg()[0]:.1f}); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; Python "
-        f"{platform.python_version()}; jax {jax.__version__}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); transformers {transformers.__version__}")
-  print(f"# command: python bench/hf_peer.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-  print(f"# device: jax {jax.devices()[0].device_kind}; torch "
-        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
   drafter, verifier = synthetic_pair(args.noise, args.seed, args.eos_gain)
   with tempfile.TemporaryDirectory() as tmp:
     models = hf_models(drafter, verifier, tmp, args.device)

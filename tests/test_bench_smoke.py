@@ -1,5 +1,6 @@
-"""The benchmark scripts' pure helpers (bench/hf_peer.py, bench/compile_time.py): fast checks;
-bench/stream_speedup.py end to end on a few examples (slow)."""
+"""The benchmark scripts' pure helpers (bench/hf_peer.py, bench/compile_time.py,
+bench/decoder_only_speed.py): fast checks; bench/stream_speedup.py and
+bench/decoder_only_speed.py end to end on a few examples (slow)."""
 import os
 import sys
 
@@ -11,10 +12,11 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "bench"))
 import compile_time  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import decoder_only_speed  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import hf_peer  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from spec_cascade import decoding  # noqa: E402  pylint: disable=g-import-not-at-top
-from spec_cascade.models import T5Model, get_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from spec_cascade.models import DecoderOnlyModel, T5Model, get_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # Small shapes with everything the embedding must handle: wider model, heads and MLP,
 # more encoder and decoder layers.
@@ -50,6 +52,38 @@ def test_embed_drafter_rejects_incompatible_shapes():
     hf_peer.embed_drafter({}, V_CFG, D_CFG)
 
 
+def test_embedded_decoder_drafter_computes_the_drafters_function():
+  """Wider model, MLP, more query and key-value heads (same grouping), more layers."""
+  d_cfg, grow = decoder_only_speed.SIZES["smoke"]
+  v_cfg = d_cfg.replace(**grow)
+  d_params = DecoderOnlyModel(d_cfg).init_params(jax.random.key(0))
+  v_params = decoder_only_speed.embed_decoder_drafter(d_params, d_cfg, v_cfg)
+  DecoderOnlyModel(v_cfg).check_params(v_params)
+  x = jnp.asarray(decoder_only_speed.random_prompts(3, 9, d_cfg.vocab_size))
+  ref = np.asarray(DecoderOnlyModel(d_cfg).forward(d_params, x))
+  assert np.abs(ref).max() > 0.1
+  np.testing.assert_allclose(np.asarray(DecoderOnlyModel(v_cfg).forward(v_params, x)), ref,
+                             atol=1e-4, rtol=0)
+  with pytest.raises(ValueError, match="head_dim"):
+    decoder_only_speed.embed_decoder_drafter({}, d_cfg, v_cfg.replace(head_dim=32))
+  with pytest.raises(ValueError, match="key-value head"):
+    decoder_only_speed.embed_decoder_drafter({}, d_cfg, v_cfg.replace(num_kv_heads=4))
+  with pytest.raises(ValueError, match="emb_dim"):
+    decoder_only_speed.embed_decoder_drafter({}, v_cfg, d_cfg)
+
+
+def test_decoder_prompts_and_their_left_padding():
+  x = decoder_only_speed.random_prompts(4, 10, 50, seed=1)
+  assert x.dtype == np.int32 and (x[:, 0] == decoder_only_speed.BOS_ID).all()
+  assert (x[:, 1:5] > decoder_only_speed.EOS).all()
+  ids, mask = hf_peer.left_padded(x)
+  lengths = (x != 0).sum(1)
+  assert ids.shape[1] == lengths.max()
+  for row, left, m, n in zip(x, ids, mask, lengths):
+    assert (row[n:] == 0).all() and left[-n:].tolist() == row[:n].tolist()
+    assert m.tolist() == [0] * (len(m) - n) + [1] * n
+
+
 def test_mismatches_compares_up_to_and_including_eos():
   ours = np.array([[5, 6, 1, 0], [7, 8, 9, 4]])
   lengths = np.array([3, 4])
@@ -62,6 +96,7 @@ def test_mismatches_compares_up_to_and_including_eos():
   other = np.array([[5, 6, 1, 0], [7, 2, 9, 4]])
   assert hf_peer.mismatches(ours, lengths, other)[0].startswith("row 1")
   np.testing.assert_array_equal(hf_peer.until_eos(np.array([3, 1, 0, 1])), [3, 1])
+  np.testing.assert_array_equal(hf_peer.until_eos(np.array([3, 1, 2, 1]), eos=2), [3, 1, 2])
 
 
 def test_analytic_bound():
@@ -137,6 +172,23 @@ def test_stream_speedup_runs_and_checks_outputs(capsys):
                        "--max_decode_length", "6", "--gamma", "2", "--seq_alpha", "0.5"])
   rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| 2 |")]
   assert len(rows) == 2 and rows[0].count("×") == 2 and "%" in rows[1], rows
+
+
+@pytest.mark.slow
+def test_decoder_only_speed_smoke_runs_and_checks_outputs(capsys):
+  """--smoke: tiny Llama pair exported to transformers, batches 1 and 2, one round; the
+  script exits non-zero if any output differs from HF greedy."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  rows = decoder_only_speed.main(["--smoke"])
+  out = capsys.readouterr().out
+  assert "| 1 | SpecDecode γ=2 | 8 |" in out and "assisted γ=2" in out
+  assert "| 2 | verifier alone | 16 |" in out and "identical" in out
+  assert [(r.batch, r.method) for r in rows] == [
+      (1, "verifier alone"), (1, "SpecDecode γ=2"), (2, "verifier alone"),
+      (2, "SpecDecode γ=2")]
+  assert all(r.ours_s > 0 and r.hf_s > 0 for r in rows)
+  assert 0 < rows[1].accept < 1  # a real drafter: some drafts rejected
 
 
 @pytest.mark.slow
