@@ -438,7 +438,8 @@ def tokenizer_path(path: str) -> str | None:
   a tokenizer.model / tokenizer.json in the folder; None when there is none."""
   path = str(path)
   if checkpoint_format(path) == "orbax":
-    info = C._json_object(C._read_bytes(C._join(path, C.INFO_FILE)), path, C._INFO_FIX)  # pylint: disable=protected-access
+    raw = C._read_bytes(C._join(path, C.INFO_FILE))  # pylint: disable=protected-access
+    info = C._json_object(raw, path, C._INFO_FIX)  # pylint: disable=protected-access
     vocab = info.get("vocabulary_path")
     if isinstance(vocab, str) and vocab:
       return vocab if os.path.isabs(vocab) or "://" in vocab else os.path.join(path, vocab)

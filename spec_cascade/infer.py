@@ -22,8 +22,8 @@ Examples are sorted by input length and batched; every batch is padded to one fi
 (`input_bucket=None`, one compilation per method) or to a multiple of `input_bucket` tokens (fewer
 padded positions, one compilation per bucket). The last batch is filled up with copies of its last
 row (discarded afterwards), so every call has the same batch size. Inputs longer than
-`input_length` are cut (EOS kept at the end; a prompt keeps BOS and its end) and counted; `input_length=None` takes the longest
-input, so nothing is cut.
+`input_length` are cut (EOS kept at the end; a prompt keeps BOS and its end) and counted;
+`input_length=None` takes the longest input, so nothing is cut.
 """
 from __future__ import annotations
 
@@ -281,7 +281,8 @@ def check_task(task: str) -> None:
 
 
 def _seqio_task(task: str):
-  from spec_cascade.data import prompt_tasks as _  # pylint: disable=g-import-not-at-top  (registers)
+  # Registers the prompt tasks and, through `tasks`, the T5 ones.
+  from spec_cascade.data import prompt_tasks as _  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   try:
     t = seqio.get_mixture_or_task(task)

@@ -158,8 +158,8 @@ def _parse(*files):
     gin.add_config_file_search_path(p)
   gin.parse_config_files_and_bindings([os.path.join(REPO, f) for f in files], [],
                                      finalize_config=False)
-  sweep_args = next(v for (_, sel), v in gin.config._CONFIG.items()  # pylint: disable=protected-access
-                    if sel.endswith("run_sweep"))
+  bindings = gin.config._CONFIG.items()  # pylint: disable=protected-access
+  sweep_args = next(v for (_, sel), v in bindings if sel.endswith("run_sweep"))
   return gin.query_parameter, {k: sweep_args[k].scoped_configurable_fn()
                                for k in ("drafter_config", "verifier_config")}
 

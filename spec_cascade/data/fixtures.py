@@ -158,7 +158,8 @@ def prompt_rows(source: str, n: int = 8, seed: int = 0) -> list[dict]:
     else:  # mbpp
       name = _word(rng, _VOWELS_EN)
       # Ids spread over MBPP's four task-id ranges (prompt, test, validation, train).
-      rows.append({"task_id": (2, 11, 511, 601)[i % 4] + i // 4, "text": f"Write a function {name} that {answer}.",
+      rows.append({"task_id": (2, 11, 511, 601)[i % 4] + i // 4,
+                   "text": f"Write a function {name} that {answer}.",
                    "code": f"def {name}(x):\n    return x",
                    "test_list": [f"assert {name}({k}) == {k}" for k in range(3)],
                    "test_setup_code": "", "challenge_test_list": []})

@@ -4,15 +4,21 @@ The ICLR version of the paper runs Gemma 2B → 27B on GSM8K, WMT, MBPP, SQuAD, 
 NaturalQA and TriviaQA (docs/method.md §6). It names the datasets only; sources, splits,
 prompts and metrics below are our choices:
 
-| task | source | prompt (data/prompts.py) | metric |
-| --- | --- | --- | --- |
-| gsm8k_prompt | TFDS gsm8k:1.0.0 (train / test) | 4-shot chain of thought | accuracy of the final number |
-| wmt_ende_prompt | TFDS wmt_t2t_translate/de-en:1.0.0 (newstest2013 = validation) | 2-shot | BLEU |
-| mbpp_prompt | MBPP's mbpp.jsonl (gin `mbpp_jsonl_path.path`) | 2-shot | BLEU to the reference (a stand-in for pass@1) |
-| squad_prompt | TFDS squad/v1.1:3.0.0 (validation) | 1-shot, passage in the prompt | exact match (F1 too) |
-| web_questions_prompt | TFDS web_questions:1.0.0 (test) | 4-shot closed book | exact match |
-| natural_questions_prompt | TFDS natural_questions_open:1.0.0 (validation) | 4-shot closed book | exact match |
-| trivia_qa_prompt | TFDS trivia_qa/unfiltered.nocontext:1.1.0 (validation) | 4-shot closed book | exact match |
+* gsm8k_prompt: TFDS gsm8k:1.0.0 (test); 4-shot chain of thought; accuracy.
+* wmt_ende_prompt: TFDS wmt_t2t_translate/de-en:1.0.0 (validation = newstest2013); 2-shot;
+  BLEU.
+* mbpp_prompt: MBPP's mbpp.jsonl (gin `mbpp_jsonl_path.path`; test); 2-shot, code in a fenced
+  block; BLEU (*).
+* squad_prompt: TFDS squad/v1.1:3.0.0 (validation); 1-shot with the passage; EM and F1.
+* web_questions_prompt: TFDS web_questions:1.0.0 (test); 4-shot closed book; EM.
+* natural_questions_prompt: TFDS natural_questions_open:1.0.0 (validation); 4-shot closed book;
+  EM.
+* trivia_qa_prompt: TFDS trivia_qa/unfiltered.nocontext:1.1.0 (validation); 4-shot closed
+  book; EM.
+
+accuracy: the prediction's final number equals the answer's; EM: exact match against any
+accepted answer. (*) MBPP's BLEU to the reference solution stands in for pass@1, which would
+run the generated code.
 
 MBPP's splits are its task-id ranges (1-10 prompt, 11-510 test, 511-600 validation, 601-974
 train). Several accepted answers are joined by `metrics.ANSWER_SEPARATOR` in the target.
