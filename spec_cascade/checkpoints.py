@@ -1031,10 +1031,10 @@ def read_checkpoint_info(path: str) -> dict[str, Any]:
                      f"{info.get('format_version')!r} is not one this code reads "
                      f"({FORMAT_NAME!r} <= {FORMAT_VERSION}).")
   if "decoder_config" in info and "t5_config" not in info:
-    # Written by hf_decoder.save_decoder_checkpoint; the engine does not run these yet.
+    # Written by hf_decoder.save_decoder_checkpoint (infer / sweep load these through
+    # hf_decoder.load_decoder).
     raise ValueError(f"{info_file}: a decoder-only checkpoint (Llama/Gemma/Qwen2 family); "
-                     "load it with spec_cascade.hf_decoder.restore_decoder_checkpoint. The "
-                     "decoding engine runs T5 pairs only so far (docs/decoder_only.md).")
+                     "load it with spec_cascade.hf_decoder.load_decoder (docs/decoder_only.md).")
   if not isinstance(info.get("t5_config"), dict):
     raise ValueError(f"{info_file}: 't5_config' is missing or not an object, so the model's "
                      f"shape is unknown. {_INFO_FIX}")

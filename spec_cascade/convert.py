@@ -17,8 +17,8 @@ vocabulary path, source) and `model.gin`, which binds every T5Config field:
 A run includes it and builds the config with `@drafter/spec_cascade.models.T5Config()`.
 
 `--from hf` on a decoder-only directory (config.json model_type llama, gemma, gemma2 or
-qwen2) converts it with spec_cascade.hf_decoder and binds DecoderConfig instead; the
-decoding engine does not run decoder-only models yet (docs/decoder_only.md).
+qwen2) converts it with spec_cascade.hf_decoder and binds DecoderConfig instead (infer and
+sweep run such pairs: docs/decoder_only.md).
 """
 from __future__ import annotations
 

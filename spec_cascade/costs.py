@@ -14,15 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spec_cascade.decoding import contract
+
 
 def call_loop(bundle, inputs: np.ndarray, k: int, cache_length: int,
               iters: int) -> Callable[[], None]:
-  """A function that encodes `inputs`, builds the decoder cache and then runs `iters`
-  decode_block calls, each scoring k tokens per row, all in one compiled program (compiled and
-  warmed up here; call it to time it). `iters` = 0 times the set-up alone, so a call costs
-  (T(iters) − T(0)) / iters (`per_call_seconds`).
+  """A function that starts the model's decoding state for `inputs` (T5: encoder and cache;
+  decoder-only: prefill of the prompts) and then runs `iters` calls, each scoring k tokens per
+  row, all in one compiled program (compiled and warmed up here; call it to time it), through
+  the engine's model contract (`decoding.contract`). `iters` = 0 times the set-up alone, so a
+  call costs (T(iters) − T(0)) / iters (`per_call_seconds`).
 
-  bundle: (T5Model, params); inputs: int32 [B, S] encoder tokens. The cache is made inside the
+  bundle: (model, params), T5 or decoder-only; inputs: int32 [B, S] encoder tokens or
+  right-padded prompts. The cache is made inside the
   program, as in `decoding.decode`: XLA then picks the cache layouts for the loop, which it
   cannot for a cache passed in as an argument (that cost 25-30 % more per call at batch 1 and
   8, bench/RESULTS.md). Each call writes k cache positions at an offset cycling through the
@@ -39,13 +43,12 @@ def call_loop(bundle, inputs: np.ndarray, k: int, cache_length: int,
 
   @jax.jit
   def run(params, inputs):
-    encoded, mask = model.encode(params, inputs)
-    cache = model.init_cache(params, encoded, mask, cache_length)
+    cache = contract.start("model", (model, params), inputs, cache_length)
 
     def body(i, carry):
       cache, tok = carry
       offsets = jnp.full((batch,), i % span, jnp.int32)
-      logits, cache = model.decode_block(params, cache, tok, offsets)
+      logits, cache = contract.score("model", (model, params), cache, tok, offsets)
       return cache, (logits[..., 0] > 0).astype(jnp.int32) + 2
     # The result depends on the cache, so the set-up is never optimised away at iters = 0.
     cache, tok = jax.lax.fori_loop(0, iters, body, (cache, jnp.ones((batch, k), jnp.int32)))

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from spec_cascade import checkpoints as C
+from spec_cascade.data import model_tokenizer
 from spec_cascade.models.decoder_configs import (DecoderConfig, config_from_dict,
                                                  config_to_dict, get_decoder_config)
 from spec_cascade.models.decoder_only import DecoderOnlyModel
@@ -372,10 +373,75 @@ def convert_hf_decoder(src: str, dst: str, dtype: str = "float32",
              if k not in _RUNTIME_FIELDS and config_to_dict(named)[k] != v]
     if diffs:
       raise ValueError(f"{src} is not {config_name}: {'; '.join(diffs)}.")
-  if vocabulary is None and os.path.isfile(os.path.join(src, "tokenizer.model")):
+  found = model_tokenizer.find_tokenizer(src) if vocabulary is None else None
+  if found is not None:
     os.makedirs(dst, exist_ok=True)
-    shutil.copyfile(os.path.join(src, "tokenizer.model"), os.path.join(dst, "tokenizer.model"))
-    vocabulary = "tokenizer.model"  # relative: resolved against DST when read
+    # tokenizer.json names its BOS in tokenizer_config.json: it travels along.
+    for name in (found.name, "tokenizer_config.json"):
+      if os.path.isfile(os.path.join(src, name)):
+        shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+    vocabulary = found.name  # relative: resolved against DST when read
   save_decoder_checkpoint(dst, params, config, vocabulary_path=vocabulary, force=force,
                           extra_info={"source": f"hf:{src}"})
   return config
+
+
+# -----------------------------------------------------------------------------
+# What the entry points load: either format, checked against an expected config.
+
+def checkpoint_format(path: str) -> str | None:
+  """'orbax' (ours, with a DecoderConfig), 'hf' (a decoder-only HF folder) or None (not a
+  decoder-only checkpoint: T5 loaders take it)."""
+  path = str(path).rstrip("/")
+  raw = C._read_bytes(C._join(path, C.INFO_FILE))  # pylint: disable=protected-access
+  if raw is not None:
+    try:
+      info = C._json_object(raw, path, C._INFO_FIX)  # pylint: disable=protected-access
+    except ValueError:
+      return None  # damaged: checkpoints.load_params names what is wrong
+    return "orbax" if INFO_KEY in info and "t5_config" not in info else None
+  if C._looks_hf(path) and is_decoder_only_hf(path):  # pylint: disable=protected-access
+    return "hf"
+  return None
+
+
+def load_decoder(path: str, config: DecoderConfig | None = None, dtype="float32",
+                 sharding: C.ShardingSpec = None) -> tuple[Params, DecoderConfig]:
+  """Loads a decoder-only checkpoint in either format → (params, config).
+
+  config: optional; the checkpoint must agree with it in every field but the run-time ones
+  (dtype, matmul_dtype), and it is returned in the stored config's place, so a gin file can
+  set the activation dtype. A config of another family (T5Config) is an error.
+  """
+  fmt = checkpoint_format(path)
+  if fmt is None:
+    raise ValueError(f"{path} is not a decoder-only checkpoint (ours with a DecoderConfig, or "
+                     "a Hugging Face folder of a supported model_type).")
+  if config is not None and not isinstance(config, DecoderConfig):
+    raise ValueError(f"{path} holds a decoder-only model but the config given for it is a "
+                     f"{type(config).__name__}; give a DecoderConfig (configs/models/gemma*/, "
+                     "llama/) or none: the checkpoint carries its own.")
+  loader = restore_decoder_checkpoint if fmt == "orbax" else load_hf_decoder
+  params, stored = loader(path, dtype=dtype, sharding=sharding)
+  if config is None:
+    return params, stored
+  diffs = [f"{k}: checkpoint {v!r} vs given {getattr(config, k)!r}"
+           for k, v in config_to_dict(stored).items()
+           if k not in _RUNTIME_FIELDS and config_to_dict(config)[k] != v]
+  if diffs:
+    raise ValueError(f"{path} does not match the config given for it: {'; '.join(diffs)}.")
+  return params, config
+
+
+def tokenizer_path(path: str) -> str | None:
+  """The tokenizer of a decoder-only checkpoint: the vocabulary our checkpoint records, else
+  a tokenizer.model / tokenizer.json in the folder; None when there is none."""
+  path = str(path)
+  if checkpoint_format(path) == "orbax":
+    raw = C._read_bytes(C._join(path, C.INFO_FILE))  # pylint: disable=protected-access
+    info = C._json_object(raw, path, C._INFO_FIX)  # pylint: disable=protected-access
+    vocab = info.get("vocabulary_path")
+    if isinstance(vocab, str) and vocab:
+      return vocab if os.path.isabs(vocab) or "://" in vocab else os.path.join(path, vocab)
+  found = model_tokenizer.find_tokenizer(path) if os.path.isdir(path) else None
+  return None if found is None else str(found)

@@ -8,16 +8,22 @@
 Writes INFER_OUTPUT_DIR/{config.gin, predictions.jsonl, metrics.json}.
 
 This module also holds the pieces the sweep shares: method names (the results table's, e.g.
-`spec_cascade_token_v3`, mapped onto the engine's method + rule), checkpoint loading, the task's
-examples (offline corpora without TensorFlow; any other name through seqio), length-sorted
-fixed-shape batches, decoding a set of batches, counters → rates, and scoring.
+`spec_cascade_token_v3`, mapped onto the engine's method + rule), checkpoint loading (T5 and
+decoder-only), the task's examples (offline corpora without TensorFlow; any other name through
+seqio), length-sorted fixed-shape batches, decoding a set of batches, counters → rates, and
+scoring.
+
+A decoder-only pair (Gemma, Llama, Qwen2: `hf_decoder`) reads prompts: each example's input text
+(the prompt tasks of `data.prompt_tasks` format few-shot prompts; other tasks' inputs are read
+as they are), tokenized with the model's own vocabulary, its BOS first and no EOS; a prediction
+is the continuation up to EOS, cut at the task template's stop strings (`data.prompts`).
 
 Examples are sorted by input length and batched; every batch is padded to one fixed input length
 (`input_bucket=None`, one compilation per method) or to a multiple of `input_bucket` tokens (fewer
 padded positions, one compilation per bucket). The last batch is filled up with copies of its last
 row (discarded afterwards), so every call has the same batch size. Inputs longer than
-`input_length` are cut (EOS kept at the end) and counted; `input_length=None` takes the longest
-input, so nothing is cut.
+`input_length` are cut (EOS kept at the end; a prompt keeps BOS and its end) and counted;
+`input_length=None` takes the longest input, so nothing is cut.
 """
 from __future__ import annotations
 
@@ -142,33 +148,41 @@ def _resolve_checkpoint_dir(path: str) -> str:
 def load_bundle(path: str, config=None, dtype: str = "float32",
                 activation_dtype: str | None = None, matmul_dtype: str | None = None
                 ) -> Bundle:
-  """Loads a model: a trainer MODEL_DIR / export, one of our checkpoints, T5X or Hugging Face.
+  """Loads a model: a trainer MODEL_DIR / export, one of our checkpoints, T5X or Hugging Face;
+  T5 or decoder-only (our checkpoint with a DecoderConfig, or a Llama / Gemma / Gemma 2 /
+  Qwen2 Hugging Face folder: `hf_decoder.load_decoder`).
 
-  config: optional T5Config (needed only where a checkpoint lacks one and shapes cannot tell).
+  config: optional T5Config or DecoderConfig, checked against the checkpoint's own and used in
+  its place (needed only where a T5 checkpoint lacks one and shapes cannot tell).
   dtype: parameter dtype ('float32' on CPU; 'bfloat16' as T5X restores for inference).
   activation_dtype: overrides the config's activation dtype.
   matmul_dtype: overrides the config's matmul input dtype (T5Config.matmul_dtype; 'bfloat16'
   runs a bfloat16 checkpoint's matmuls faster on CPUs with AMX / AVX512-BF16).
   """
-  from spec_cascade.models import T5Model  # pylint: disable=g-import-not-at-top
   if not path:
     raise ValueError("a checkpoint path is empty; set DRAFTER_CHECKPOINT_PATH / "
                      "VERIFIER_CHECKPOINT_PATH.")
   from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
-  params, cfg = checkpoints.load_params(_resolve_checkpoint_dir(str(path)), config=config,
-                                        dtype=dtype)
+  from spec_cascade import hf_decoder  # pylint: disable=g-import-not-at-top
+  path = _resolve_checkpoint_dir(str(path))
+  if hf_decoder.checkpoint_format(path) is not None:
+    params, cfg = hf_decoder.load_decoder(path, config=config, dtype=dtype)
+  else:
+    params, cfg = checkpoints.load_params(path, config=config, dtype=dtype)
   if activation_dtype:
     cfg = cfg.replace(dtype=activation_dtype)
   if matmul_dtype:
     cfg = cfg.replace(matmul_dtype=matmul_dtype)
-  return Bundle(T5Model(cfg), params)
+  return Bundle(decoding.contract.model_for(cfg), params)
 
 
 def check_pair(drafter: Bundle | None, verifier: Bundle | None, tokenizer=None) -> None:
-  """Refuses pairs with different vocabularies and tokenizers larger than the models' vocab."""
+  """Refuses pairs with different vocabularies or EOS ids, and tokenizers larger than the
+  models' vocab."""
   from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
   if drafter is not None and verifier is not None:
     checkpoints.check_same_vocabulary(drafter.model.config, verifier.model.config)
+    decoding.eos_id_of(drafter, verifier)
   if tokenizer is not None:
     for name, b in (("drafter", drafter), ("verifier", verifier)):
       if b is not None and tokenizer.vocab_size > b.model.config.vocab_size:
@@ -267,7 +281,8 @@ def check_task(task: str) -> None:
 
 
 def _seqio_task(task: str):
-  from spec_cascade.data import tasks as _  # pylint: disable=g-import-not-at-top  (registers)
+  # Registers the prompt tasks and, through `tasks`, the T5 ones.
+  from spec_cascade.data import prompt_tasks as _  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   try:
     t = seqio.get_mixture_or_task(task)
@@ -275,7 +290,9 @@ def _seqio_task(task: str):
     raise ValueError(
         f"unknown task {task!r}: not an offline task ({', '.join(_offline_task_names())}) and "
         "not registered with seqio. Paper tasks: wmt_t2t_ende_v003, cnn_dailymail_v002, xsum; "
-        "register your own seqio.Task before running (see docs/experiments.md).") from None
+        "for decoder-only pairs the prompt tasks of spec_cascade.data.prompt_tasks "
+        "(gsm8k_prompt, ...); register your own seqio.Task before running (see "
+        "docs/experiments.md).") from None
   if not isinstance(t, seqio.Task):
     raise ValueError(f"{task!r} is a seqio mixture; infer and sweep take one task at a time "
                      f"(its tasks: {[x.name for x in t.tasks]}).")
@@ -284,38 +301,67 @@ def _seqio_task(task: str):
 
 def _seqio_rows(task: str, split: str, shard: tuple[int, int] = (0, 1)):
   """(rows with pre-tokenized input ids, tokenizer) of a registered seqio task; with
-  shard = (index, count) > 1 process, seqio's `ShardInfo` share of them."""
+  shard = (index, count) > 1 process, seqio's `ShardInfo` share of them. A text task (the
+  prompt tasks: string features, no vocabulary) gives rows without input ids and no
+  tokenizer."""
   import seqio  # pylint: disable=g-import-not-at-top
   t = _seqio_task(task)
   info = seqio.ShardInfo(index=shard[0], num_shards=shard[1]) if shard[1] > 1 else None
   ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                      use_cached=False, shard_info=info)
+  text_task = _is_text_task(t)
   rows = []
   for ex in ds.as_numpy_iterator():
     text = lambda k: ex[k].decode("utf-8") if isinstance(ex[k], bytes) else str(ex[k])
+    if text_task:
+      rows.append({"inputs": text("inputs"), "targets": text("targets")})
+      continue
     rows.append({"inputs": text("inputs_pretokenized"), "targets": text("targets_pretokenized"),
                  "input_ids": [int(x) for x in ex["inputs"]]})
+  if text_task:
+    return rows, None
   return rows, _SeqioTokenizer(t.output_features["targets"].vocabulary)
 
 
-def _read_split(task: str, split: str, vocabulary_path: str | None):
+def _is_text_task(t) -> bool:
+  """Whether a seqio task's inputs are text to be tokenized by the model (prompt tasks)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return t.output_features["inputs"].dtype == tf.string
+
+
+def _read_split(task: str, split: str, vocabulary_path: str | None, codec=None):
   """(rows, tokenizer): every example of the split as {inputs, targets, id, input_ids (EOS
   last)}, in split order. In a multi-host run each process reads and tokenizes only its share
   (`pod.shard_of`) and the shares are exchanged, so every process returns the same rows (for
   seqio tasks whose files seqio shards whole, "split order" is seqio's per-host order
-  interleaved: fixed for a given number of hosts)."""
+  interleaved: fixed for a given number of hosts).
+
+  codec: a decoder-only pair's `prompts.PromptCodec`: input_ids are then its prompts (BOS
+  first, no EOS) and it is the tokenizer returned."""
   index, count = pod.process_index(), pod.process_count()
   if task in _offline_task_names():
     rows = _offline_rows(task, split)
-    tokenizer = offline_tokenizer(vocabulary_path)
-    share = [dict(rows[i], id=str(rows[i].get("id", i)),
-                  input_ids=tokenizer.encode(rows[i]["inputs"]) + [tokenizer.eos_id])
+    if codec is not None:
+      tokenizer, encode = codec, codec.encode_prompt
+    else:
+      tokenizer = offline_tokenizer(vocabulary_path)
+      encode = lambda text: tokenizer.encode(text) + [tokenizer.eos_id]
+    share = [dict(rows[i], id=str(rows[i].get("id", i)), input_ids=encode(rows[i]["inputs"]))
              for i in pod.shard_of(len(rows), index, count)]
   else:
     share, tokenizer = _seqio_rows(task, split, (index, count))
-    for r in share:
-      if r["input_ids"][-1:] != [1]:
-        r["input_ids"] = r["input_ids"] + [1]
+    if codec is not None:
+      tokenizer = codec
+      for r in share:
+        r["input_ids"] = codec.encode_prompt(r["inputs"])
+    elif tokenizer is None:
+      raise ValueError(f"task {task!r} holds text prompts for decoder-only models "
+                       "(spec_cascade.data.prompt_tasks); a T5 pair needs a task tokenized "
+                       "with its vocabulary.")
+    else:
+      for r in share:
+        if r["input_ids"][-1:] != [1]:
+          r["input_ids"] = r["input_ids"] + [1]
   rows = pod.interleave_shares(pod.allgather_objects(share)) if count > 1 else share
   for i, r in enumerate(rows):
     r.setdefault("id", str(i))
@@ -334,31 +380,60 @@ def offline_tokenizer(vocabulary_path: str | None = None):
 
 
 def checkpoint_vocabulary(path: str | None) -> str | None:
-  """The vocabulary a spec_cascade checkpoint records, if any."""
+  """The vocabulary a spec_cascade checkpoint records, if any; a decoder-only checkpoint's
+  tokenizer file (`hf_decoder.tokenizer_path`)."""
   if not path:
     return None
   path = _resolve_checkpoint_dir(str(path))
   from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+  from spec_cascade import hf_decoder  # pylint: disable=g-import-not-at-top
+  if hf_decoder.checkpoint_format(path) is not None:
+    return hf_decoder.tokenizer_path(path)
   try:
     return checkpoints.read_checkpoint_info(str(path)).get("vocabulary_path")
   except (FileNotFoundError, ValueError, OSError):
     return None
 
 
+def prompt_codec(task: str, pair: Sequence[Bundle | None], vocabulary_path: str | None):
+  """The `prompts.PromptCodec` a pair reads `task` with when either model is decoder-only
+  (its tokenizer from `vocabulary_path`, its EOS from the configs, the task's template's stop
+  strings); None for T5 pairs, which read token ids in T5's vocabulary."""
+  if not any(b is not None and decoding.contract.is_decoder_only(b.model) for b in pair):
+    return None
+  from spec_cascade.data import model_tokenizer  # pylint: disable=g-import-not-at-top
+  from spec_cascade.data import prompts  # pylint: disable=g-import-not-at-top
+  if not vocabulary_path:
+    raise ValueError("a decoder-only pair reads prompts tokenized with its own vocabulary, and "
+                     "none was found next to the checkpoint (tokenizer.model or "
+                     "tokenizer.json); set vocabulary_path to the model's tokenizer file.")
+  template = None
+  if task not in _offline_task_names():
+    from spec_cascade.data import prompt_tasks  # pylint: disable=g-import-not-at-top
+    template = prompt_tasks.template_of(task)
+  return prompts.PromptCodec(model_tokenizer.ModelTokenizer(vocabulary_path),
+                             decoding.eos_id_of(*pair), template)
+
+
 def load_task(task: str, split: str = "validation", num_examples: int | None = None,
               seed: int = 0, vocabulary_path: str | None = None,
-              input_length: int | None = None, length_multiple: int = 32) -> TaskData:
+              input_length: int | None = None, length_multiple: int = 32,
+              pair: Sequence[Bundle | None] = ()) -> TaskData:
   """Selects and tokenizes a task's examples.
 
   task: an offline task (read without TensorFlow) or a registered seqio task.
   num_examples: a random subset of that size (fixed by `seed`, kept in split order); None = all.
   vocabulary_path: SentencePiece model for offline tasks (default: the offline corpora's);
-    seqio tasks use their own vocabulary.
+    seqio tasks use their own vocabulary. For a decoder-only pair: the model's tokenizer file.
   input_length: cut longer inputs (counted in `truncated`); None = longest input rounded up to
     `length_multiple`.
+  pair: the (drafter, verifier) the data is for. When either is decoder-only, inputs are
+    prompts (`prompt_codec`): BOS, the input text's ids, no EOS; a cut prompt keeps BOS and
+    its last ids. TaskData.tokenizer then decodes continuations into predictions.
   Multi-host: each process reads its share; all return the same TaskData (`_read_split`).
   """
-  rows, tokenizer = _read_split(task, split, vocabulary_path)
+  codec = prompt_codec(task, pair, vocabulary_path)
+  rows, tokenizer = _read_split(task, split, vocabulary_path, codec)
   ids = [r["input_ids"] for r in rows]
   if not rows:
     raise ValueError(f"{task}/{split} has no examples.")
@@ -378,7 +453,8 @@ def load_task(task: str, split: str = "validation", num_examples: int | None = N
     x = ids[i]
     if len(x) > input_length:
       truncated += 1
-      x = x[:input_length - 1] + [tokenizer.eos_id]
+      x = (codec.cut_prompt(x, input_length) if codec is not None
+           else x[:input_length - 1] + [tokenizer.eos_id])
     r = rows[i]
     examples.append(Example(int(i), r["id"], r["inputs"], r["targets"], tuple(x)))
   if truncated:
@@ -611,10 +687,12 @@ def rates(tot: Mapping[str, float], method: MethodSpec) -> dict[str, float]:
 # Scoring and files.
 
 def metric_name(task: str, metric: str | None = None) -> str:
-  """The primary metric: `metric` if given, else the task family's (BLEU / ROUGE-2)."""
+  """The primary metric: `metric` if given, else the task family's (BLEU / ROUGE-2 / exact
+  match / accuracy: `metrics.primary_metric`)."""
   if metric:
-    if metric not in ("bleu", "rouge1", "rouge2", "rougeLsum"):
-      raise ValueError(f"metric must be one of bleu, rouge1, rouge2, rougeLsum; got {metric!r}.")
+    if metric not in metrics_lib.METRICS:
+      raise ValueError(f"metric must be one of {', '.join(metrics_lib.METRICS)}; got "
+                       f"{metric!r}.")
     return metric
   try:
     return metrics_lib.primary_metric(task)
@@ -623,9 +701,9 @@ def metric_name(task: str, metric: str | None = None) -> str:
 
 
 def score(targets: Sequence[str], predictions: Sequence[str], metric: str) -> dict[str, float]:
-  """All scores of the metric's family: {'bleu'} or {'rouge1', 'rouge2', 'rougeLsum'}."""
-  fn = metrics_lib.bleu if metric == "bleu" else metrics_lib.rouge
-  return fn(list(targets), list(predictions))
+  """All scores of the metric's family: {'bleu'}, {'rouge1', 'rouge2', 'rougeLsum'},
+  {'exact_match', 'f1'} or {'accuracy'}."""
+  return metrics_lib.scores(list(targets), list(predictions), metric)
 
 
 def bootstrap_interval(targets: Sequence[str], predictions: Sequence[str], metric: str,
@@ -786,7 +864,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
                                   activation_dtype, drafter_config, verifier_config,
                                   matmul_dtype)
   vocab = vocabulary_path or checkpoint_vocabulary(verifier_checkpoint or drafter_checkpoint)
-  data = load_task(task, split, num_examples, seed, vocab, input_length)
+  data = load_task(task, split, num_examples, seed, vocab, input_length,
+                   pair=(drafter, verifier))
   check_pair(drafter, verifier, data.tokenizer)
   batches = make_batches(data, batch_size, input_bucket, stream_batches)
   mesh = make_mesh(model_parallel, use_mesh)

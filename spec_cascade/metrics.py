@@ -1,4 +1,5 @@
-"""BLEU and ROUGE with T5's conventions, on plain lists of strings.
+"""BLEU and ROUGE with T5's conventions, and the prompt tasks' answer metrics, on plain lists
+of strings.
 
 * BLEU: `sacrebleu.corpus_bleu(predictions, [targets], smooth_method="exp",
   tokenize="intl")`, no lowercasing, full-order (not effective-order) n-grams.
@@ -8,18 +9,32 @@
   newlines first (T5 does this for " . "; untokenized text gets the same
   treatment after ".", "!" or "?" followed by a space).
 
+* exact_match / f1 (question answering): SQuAD's answer normalisation (lower case, no
+  punctuation, no articles a / an / the, single spaces); a target may list several accepted
+  answers joined by ANSWER_SEPARATOR and an example scores its best; mean × 100.
+* accuracy (GSM8K): the prediction's final number (`final_number`: after "The answer is" when
+  it says so, else its last number) equals the target's; mean × 100.
+
 No TensorFlow or seqio here: these run on any host. As seqio metric functions
 they take `(targets, predictions)`.
 """
 
 from __future__ import annotations
 
+import collections
 import re
+import string
 from typing import Callable, Sequence
 
 import numpy as np
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeLsum")
+QA_KEYS = ("exact_match", "f1")
+ACCURACY = "accuracy"
+# Every metric a run can name, and the family that computes it (one call scores the family).
+METRICS = ("bleu", *ROUGE_KEYS, *QA_KEYS, ACCURACY)
+# Joins the accepted answers of one example in a target string (tasks with several answers).
+ANSWER_SEPARATOR = " ||| "
 _BOOTSTRAP_SEED = 0
 _SENTENCE_BREAK_RE = re.compile(r"(?<=[.!?])[ \t]+")
 
@@ -31,6 +46,14 @@ _PRIMARY = (
     ("cnn_dailymail", "rouge2"),
     ("xsum", "rouge2"),
     ("debian_summarize", "rouge2"),
+    # The prompt tasks (data/prompt_tasks.py). MBPP's BLEU against the reference solution is
+    # a stand-in: its real metric, pass@1, needs the generated code run in a sandbox.
+    ("gsm8k", ACCURACY),
+    ("mbpp", "bleu"),
+    ("squad", "exact_match"),
+    ("web_questions", "exact_match"),
+    ("natural_questions", "exact_match"),
+    ("trivia_qa", "exact_match"),
 )
 
 
@@ -105,8 +128,100 @@ def rouge(targets: Sequence[str], predictions: Sequence[str],
   return {key: float(result[key].mid.fmeasure * 100) for key in score_keys}
 
 
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+  """SQuAD's normalisation: lower case, punctuation and articles removed, single spaces."""
+  text = _ARTICLES_RE.sub(" ", text.lower().translate(_PUNCTUATION))
+  return " ".join(text.split())
+
+
+def _token_f1(target: str, prediction: str) -> float:
+  t, p = normalize_answer(target).split(), normalize_answer(prediction).split()
+  if not t or not p:
+    return float(t == p)
+  common = sum((collections.Counter(t) & collections.Counter(p)).values())
+  if not common:
+    return 0.0
+  precision, recall = common / len(p), common / len(t)
+  return 2 * precision * recall / (precision + recall)
+
+
+def _answers(target: str) -> list[str]:
+  return target.split(ANSWER_SEPARATOR)
+
+
+def _qa_scores(target: str, prediction: str) -> tuple[float, float]:
+  """(exact match, token F1) of one prediction against its best accepted answer, × 100."""
+  answers = _answers(target)
+  em = max(float(normalize_answer(a) == normalize_answer(prediction)) for a in answers)
+  return 100.0 * em, 100.0 * max(_token_f1(a, prediction) for a in answers)
+
+
+def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+  """Question answering: {"exact_match", "f1"}, means over examples (0..100).
+
+  A target lists its accepted answers joined by ANSWER_SEPARATOR; each example scores against
+  its best one."""
+  _check(targets, predictions)
+  scores = np.asarray([_qa_scores(t, p) for t, p in zip(targets, predictions)])
+  return {key: float(scores[:, i].mean()) for i, key in enumerate(QA_KEYS)}
+
+
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_ANSWER_IS_RE = re.compile(r"answer is\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+
+
+def final_number(text: str) -> float | None:
+  """The number a worked answer ends on: the one after the first "The answer is" if the text
+  says so (a model that runs on into another question says it again), else its last number;
+  thousands separators dropped; None without any."""
+  said = _ANSWER_IS_RE.findall(text)
+  found = said or _NUMBER_RE.findall(text)
+  if not found:
+    return None
+  try:
+    return float(found[-1 if not said else 0].replace(",", ""))
+  except ValueError:
+    return None
+
+
+def _number_match(target: str, prediction: str) -> float:
+  want, got = final_number(target), final_number(prediction)
+  return 100.0 * float(want is not None and got is not None and abs(want - got) < 1e-6)
+
+
+def accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+  """Math word problems: {"accuracy"}, the share (0..100) of predictions whose final number
+  (`final_number`) equals the target's."""
+  _check(targets, predictions)
+  return {ACCURACY: float(np.mean([_number_match(t, p)
+                                   for t, p in zip(targets, predictions)]))}
+
+
+def scores(targets: Sequence[str], predictions: Sequence[str], metric: str) -> dict[str, float]:
+  """All scores of `metric`'s family: {'bleu'}, the three ROUGE keys, {'exact_match', 'f1'} or
+  {'accuracy'}."""
+  return _family(metric)(targets, predictions)
+
+
+def _family(metric: str) -> Callable[[Sequence[str], Sequence[str]], dict[str, float]]:
+  if metric == "bleu":
+    return bleu
+  if metric in ROUGE_KEYS:
+    return rouge
+  if metric in QA_KEYS:
+    return exact_match
+  if metric == ACCURACY:
+    return accuracy
+  raise ValueError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}.")
+
+
 def primary_metric(task_name: str) -> str:
-  """"bleu" for translation tasks, "rouge2" for summarization tasks."""
+  """The metric a task is scored with, by task family: "bleu" for translation, "rouge2" for
+  summarization, "exact_match" for question answering, "accuracy" for GSM8K."""
   for prefix, metric in _PRIMARY:
     if task_name.startswith(prefix):
       return metric
@@ -115,8 +230,8 @@ def primary_metric(task_name: str) -> str:
 
 
 def metric_for_task(task_name: str) -> Callable[[Sequence[str], Sequence[str]], dict[str, float]]:
-  """The metric function (`bleu` or `rouge`) of a task, `(targets, predictions) -> dict`."""
-  return bleu if primary_metric(task_name) == "bleu" else rouge
+  """The metric function (`bleu`, `rouge`, ...) of a task, `(targets, predictions) -> dict`."""
+  return _family(primary_metric(task_name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,8 +248,10 @@ def stat_fields(metric: str) -> tuple[str, ...]:
     return BLEU_STAT_FIELDS
   if metric in ROUGE_KEYS:
     return (f"{metric}_f",)
-  raise ValueError(f"no per-example statistics for metric {metric!r}; use bleu or one of "
-                   f"{ROUGE_KEYS}.")
+  if metric in QA_KEYS or metric == ACCURACY:
+    return (f"{metric}_score",)
+  raise ValueError(f"no per-example statistics for metric {metric!r}; metrics: "
+                   f"{', '.join(METRICS)}.")
 
 
 def example_stats(targets: Sequence[str], predictions: Sequence[str], metric: str) -> np.ndarray:
@@ -143,7 +260,7 @@ def example_stats(targets: Sequence[str], predictions: Sequence[str], metric: st
   BLEU is a corpus metric (n-gram counts are summed before the precisions are taken), so an
   example's contribution is its sufficient statistics (`BLEU_STAT_FIELDS`), not a score. For
   ROUGE the corpus score is the mean of per-example F-measures, so each example contributes its
-  F-measure × 100 of `metric`.
+  F-measure × 100 of `metric`; likewise each example's score × 100 for the answer metrics.
 
   Returns:
     float64 [N, len(stat_fields(metric))].
@@ -156,6 +273,13 @@ def example_stats(targets: Sequence[str], predictions: Sequence[str], metric: st
     stats = _bleu_metric()._extract_corpus_statistics(  # pylint: disable=protected-access
         list(predictions), [list(targets)])
     return np.asarray(stats, dtype=np.float64).reshape(-1, len(fields))
+  if metric in QA_KEYS:
+    column = QA_KEYS.index(metric)
+    return np.asarray([[_qa_scores(t, p)[column]] for t, p in zip(targets, predictions)],
+                      dtype=np.float64)
+  if metric == ACCURACY:
+    return np.asarray([[_number_match(t, p)] for t, p in zip(targets, predictions)],
+                      dtype=np.float64)
   from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
   scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
   return np.asarray([[100.0 * scorer.score(target=_sentence_lines(t),

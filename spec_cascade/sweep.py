@@ -343,7 +343,8 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
                                   fallback_threshold=float(fallback_threshold),
                                   bild_max_window=bild_max_window,
                                   shrink_batch=bool(shrink_batch), lossy_beta=lossy_beta)
-  data = infer.load_task(task, split, num_examples, seed, vocab, input_length)
+  data = infer.load_task(task, split, num_examples, seed, vocab, input_length,
+                         pair=(drafter, verifier))
   infer.check_pair(drafter, verifier, data.tokenizer)
   batches = infer.make_batches(data, batch_size, input_bucket)
   targets = [e.targets for e in data.examples]

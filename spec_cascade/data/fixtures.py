@@ -109,3 +109,58 @@ def write_raw_fixture(directory: os.PathLike, n_sentences: int = 400,
   (directory / "Translation-en").write_text("\n".join(english), encoding="utf-8")
   (directory / "Translation-de").write_text("\n".join(german), encoding="utf-8")
   return directory
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows shaped like the prompt tasks' sources (data/prompt_tasks.py), for tests without TFDS.
+
+PROMPT_SOURCES = ("gsm8k", "wmt_t2t_translate", "squad", "web_questions",
+                  "natural_questions_open", "trivia_qa", "mbpp")
+
+
+def prompt_rows(source: str, n: int = 8, seed: int = 0) -> list[dict]:
+  """`n` synthetic examples with the fields (and nesting) of a prompt task's source.
+
+  source: one of PROMPT_SOURCES (a TFDS dataset's name, or 'mbpp' for MBPP's JSONL rows).
+  Texts are seeded pseudo-words; numbers and answers are consistent within a row (GSM8K's
+  short answer is the number after '#### ' in its answer; a SQuAD answer occurs in its
+  context), so metrics can be checked on them.
+  """
+  if source not in PROMPT_SOURCES:
+    raise ValueError(f"unknown prompt source {source!r}; sources: {PROMPT_SOURCES}.")
+  rng = random.Random(f"{source}/{seed}")
+  en, de = _Lexicon(rng, _VOWELS_EN), _Lexicon(rng, _VOWELS_DE)
+  rows = []
+  for i in range(n):
+    question = en.sentence(rng.randint(4, 9), "?")
+    answer = en.sentence(rng.randint(1, 3), "").lower()
+    if source == "gsm8k":
+      a, b = rng.randint(2, 40), rng.randint(2, 40)
+      work = f"{en.sentence(6)} {a} + {b} = {a + b}."
+      rows.append({"question": question, "answer": f"{work}\n#### {a + b}",
+                   "annotation": work, "short_answer": str(a + b)})
+    elif source == "wmt_t2t_translate":
+      k = rng.randint(4, 12)
+      rows.append({"en": en.sentence(k), "de": de.sentence(k)})
+    elif source == "squad":
+      context = f"{en.sentence(rng.randint(6, 12))} {answer.capitalize()}. {en.sentence(5)}"
+      rows.append({"id": f"sq{i}", "title": en.sentence(2, "").title(), "context": context,
+                   "question": question,
+                   "answers": {"text": [answer, answer], "answer_start": [0, 0]}})
+    elif source == "web_questions":
+      rows.append({"url": f"http://example.invalid/{i}", "question": question,
+                   "answers": [answer, en.sentence(1, "").lower()][:rng.randint(1, 2)]})
+    elif source == "natural_questions_open":
+      rows.append({"question": question, "answer": [answer]})
+    elif source == "trivia_qa":
+      rows.append({"question": question,
+                   "answer": {"aliases": [answer, answer.title()], "value": answer.title()}})
+    else:  # mbpp
+      name = _word(rng, _VOWELS_EN)
+      # Ids spread over MBPP's four task-id ranges (prompt, test, validation, train).
+      rows.append({"task_id": (2, 11, 511, 601)[i % 4] + i // 4,
+                   "text": f"Write a function {name} that {answer}.",
+                   "code": f"def {name}(x):\n    return x",
+                   "test_list": [f"assert {name}({k}) == {k}" for k in range(3)],
+                   "test_setup_code": "", "challenge_test_list": []})
+  return rows

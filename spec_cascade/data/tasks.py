@@ -94,8 +94,8 @@ class CheckedTfdsDataSource(seqio.TfdsDataSource):
   retries); XSum cannot be downloaded automatically at all.
   """
 
-  def __init__(self, tfds_name: str, how_to_prepare: str):
-    super().__init__(tfds_name=tfds_name, splits=_SPLITS)
+  def __init__(self, tfds_name: str, how_to_prepare: str, splits: tuple[str, ...] = _SPLITS):
+    super().__init__(tfds_name=tfds_name, splits=splits)
     self._how_to_prepare = how_to_prepare
 
   def require_prepared(self) -> None:
@@ -141,6 +141,11 @@ _PREPARE_XSUM = (
     "tfds.builder('{name}', data_dir='{{data_dir}}').download_and_prepare("
     "download_config=tfds.download.DownloadConfig("
     "manual_dir='{{data_dir}}/downloads/manual'))\"")
+
+
+def tfds_source(tfds_name: str, splits: tuple[str, ...] = _SPLITS) -> CheckedTfdsDataSource:
+  """A TFDS source whose missing data raises instructions to download and prepare it."""
+  return CheckedTfdsDataSource(tfds_name, _PREPARE.format(name=tfds_name), splits)
 
 
 @seqio.map_over_dataset
