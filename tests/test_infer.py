@@ -15,6 +15,7 @@ import pytest
 
 import sweep_helpers
 from spec_cascade import decoding, gin_cli, infer, metrics, pod, pretrained
+from spec_cascade.data import eval_data
 from spec_cascade.models import NAMED_CONFIGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -432,9 +433,9 @@ def test_seqio_route_reads_the_same_examples_as_the_offline_route(env):
   try:
     with gin.unlock_config():
       gin.bind_parameter("offline_settings.vocab_pieces", sweep_helpers.PIECES)
-    rows, tok = infer._seqio_rows(TASK, "validation")  # pylint: disable=protected-access
+    rows, tok = eval_data._seqio_rows(TASK, "validation")  # pylint: disable=protected-access
     # What each host of a 2-host pod reads (seqio.ShardInfo), put back in split order.
-    shares = [infer._seqio_rows(TASK, "validation", (i, 2))[0]  # pylint: disable=protected-access
+    shares = [eval_data._seqio_rows(TASK, "validation", (i, 2))[0]  # pylint: disable=protected-access
               for i in range(2)]
     direct = infer.load_task(TASK, "validation", None, 0, str(env.vocab))
     size, text = tok.vocab_size, tok.decode(rows[0]["input_ids"])

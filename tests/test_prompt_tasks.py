@@ -8,7 +8,7 @@ import pytest
 seqio = pytest.importorskip("seqio")
 
 from spec_cascade import infer, metrics  # pylint: disable=g-import-not-at-top
-from spec_cascade.data import fixtures, prompt_tasks, prompts
+from spec_cascade.data import eval_data, fixtures, prompt_tasks, prompts
 
 SEP = metrics.ANSWER_SEPARATOR
 # PROMPT_TASKS entry → (fixture source, row → (template fields, target)), written out here
@@ -38,7 +38,7 @@ def test_prompt_tasks_are_registered_as_text_tasks_with_their_metric():
   prompt_tasks.register_prompt_tasks()  # again: safe, needs no data
   for name, spec in prompt_tasks.PROMPT_TASKS.items():
     task = seqio.get_mixture_or_task(name)
-    assert infer._is_text_task(task)  # pylint: disable=protected-access
+    assert eval_data._is_text_task(task)  # pylint: disable=protected-access
     assert task.metric_fns == [metrics.metric_for_task(name)]
     assert prompt_tasks.template_of(name) is prompts.template(spec.template)
     assert set(task.source.splits) == set(spec.splits)
