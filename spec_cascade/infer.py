@@ -26,7 +26,6 @@ counted; `input_length=None` takes the longest input, so nothing is cut.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -44,11 +43,14 @@ from spec_cascade import methods as methods_lib
 from spec_cascade import metrics as metrics_lib
 from spec_cascade import pod
 from spec_cascade import results as results_lib
-# A task's examples and batches live in data/eval_data; infer's names for them stay.
+# Examples and batches (data.eval_data), loading the pair (loading) and JSON records
+# (output_dir) have their own modules; infer's names for them stay.
 from spec_cascade.data.eval_data import (  # noqa: F401  pylint: disable=unused-import
     Batch, Example, TaskData, check_stream_batches, check_task, checkpoint_vocabulary,
-    load_task, make_batches, offline_tokenizer, one_at_a_time, prompt_codec,
-    resolve_checkpoint_dir)
+    load_task, make_batches, offline_tokenizer, one_at_a_time, prompt_codec)
+from spec_cascade.loading import check_pair, load_bundle, load_models  # noqa: F401
+from spec_cascade.output_dir import write_json, write_jsonl  # noqa: F401
+from spec_cascade.parallel import device_summary, on_mesh, run_mesh as make_mesh  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -135,75 +137,6 @@ def resolve_methods(methods: str | Sequence[str]) -> list[MethodSpec]:
     raise ValueError("no methods given; pass methods='all' or a list such as "
                      "['verifier', 'spec_cascade_token_v3'].")
   return specs
-
-
-# ----------------------------------------------------------------------------------------------
-# Models.
-
-def load_bundle(path: str, config=None, dtype: str = "float32",
-                activation_dtype: str | None = None, matmul_dtype: str | None = None
-                ) -> Bundle:
-  """Loads a model: a trainer MODEL_DIR / export, one of our checkpoints, T5X or Hugging Face;
-  T5 or decoder-only (our checkpoint with a DecoderConfig, or a Llama / Gemma / Gemma 2 /
-  Qwen2 Hugging Face folder: `hf_decoder.load_decoder`).
-
-  config: optional T5Config or DecoderConfig, checked against the checkpoint's own and used in
-  its place (needed only where a T5 checkpoint lacks one and shapes cannot tell).
-  dtype: parameter dtype ('float32' on CPU; 'bfloat16' as T5X restores for inference).
-  activation_dtype: overrides the config's activation dtype.
-  matmul_dtype: overrides the config's matmul input dtype (T5Config.matmul_dtype; 'bfloat16'
-  runs a bfloat16 checkpoint's matmuls faster on CPUs with AMX / AVX512-BF16).
-  """
-  if not path:
-    raise ValueError("a checkpoint path is empty; set DRAFTER_CHECKPOINT_PATH / "
-                     "VERIFIER_CHECKPOINT_PATH.")
-  from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
-  from spec_cascade import hf_decoder  # pylint: disable=g-import-not-at-top
-  path = resolve_checkpoint_dir(str(path))
-  if hf_decoder.checkpoint_format(path) is not None:
-    params, cfg = hf_decoder.load_decoder(path, config=config, dtype=dtype)
-  else:
-    params, cfg = checkpoints.load_params(path, config=config, dtype=dtype)
-  if activation_dtype:
-    cfg = cfg.replace(dtype=activation_dtype)
-  if matmul_dtype:
-    cfg = cfg.replace(matmul_dtype=matmul_dtype)
-  return Bundle(decoding.contract.model_for(cfg), params)
-
-
-def check_pair(drafter: Bundle | None, verifier: Bundle | None, tokenizer=None) -> None:
-  """Refuses pairs with different vocabularies or EOS ids, and tokenizers larger than the
-  models' vocab."""
-  from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
-  if drafter is not None and verifier is not None:
-    checkpoints.check_same_vocabulary(drafter.model.config, verifier.model.config)
-    decoding.eos_id_of(drafter, verifier)
-  if tokenizer is not None:
-    for name, b in (("drafter", drafter), ("verifier", verifier)):
-      if b is not None and tokenizer.vocab_size > b.model.config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} ids but the {name} only "
-            f"{b.model.config.vocab_size}: the model was trained with another vocabulary. "
-            "Set vocabulary_path to the SentencePiece model the pair was trained with.")
-
-
-def load_models(drafter_checkpoint: str | None, verifier_checkpoint: str | None,
-                methods: Sequence[MethodSpec], dtype: str = "float32",
-                activation_dtype: str | None = None, drafter_config=None, verifier_config=None,
-                matmul_dtype: str | None = None) -> tuple[Bundle | None, Bundle | None]:
-  """Loads the models the methods need (the drafter is not needed for 'verifier' alone, etc.)."""
-  need_d = any(m.method.uses_drafter for m in methods)
-  need_v = any(m.method.uses_verifier for m in methods)
-  for need, path, macro in ((need_d, drafter_checkpoint, "DRAFTER_CHECKPOINT_PATH"),
-                            (need_v, verifier_checkpoint, "VERIFIER_CHECKPOINT_PATH")):
-    if need and not path:
-      raise ValueError(f"methods {[m.name for m in methods]} need {macro}; it is not set.")
-  drafter = (load_bundle(drafter_checkpoint, drafter_config, dtype, activation_dtype,
-                         matmul_dtype) if need_d else None)
-  verifier = (load_bundle(verifier_checkpoint, verifier_config, dtype, activation_dtype,
-                          matmul_dtype) if need_v else None)
-  check_pair(drafter, verifier)
-  return drafter, verifier
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,67 +339,9 @@ def prediction_records(data: TaskData, predictions: Sequence[str], run: DecodeRu
   return out
 
 
-def _json_default(x):
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating,)):
-    return float(x)
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  return str(x)
-
-
-def _clean(x):
-  """NaN/inf → None so the JSON is standard."""
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  if isinstance(x, dict):
-    return {k: _clean(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_clean(v) for v in x]
-  return x
-
-
-def write_json(path: str, obj: Any) -> None:
-  results_lib.atomic_write_text(path, json.dumps(_clean(obj), indent=2, default=_json_default,
-                                                 ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-  text = "".join(json.dumps(_clean(r), default=_json_default, ensure_ascii=False) + "\n"
-                 for r in records)
-  results_lib.atomic_write_text(path, text)
-
-
 def is_writer() -> bool:
   """Only process 0 of a multi-host run writes files."""
   return pod.is_writer()
-
-
-def device_summary() -> str:
-  """'<count> x <device kind>' of this process's devices: timings made on other hardware are
-  not comparable, so a sweep's settings record it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  devices = jax.devices()
-  return f"{len(devices)} x {devices[0].device_kind}"
-
-
-def make_mesh(model_parallel: int = 1, use_mesh: bool | None = None):
-  """A ('data', 'model') mesh when there are several devices (or use_mesh=True), else None."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
-  if use_mesh is None:
-    use_mesh = jax.device_count() > 1
-  return parallel.make_mesh(model=model_parallel) if use_mesh else None
-
-
-def on_mesh(bundle: Bundle | None, mesh) -> Bundle | None:
-  """bundle with its parameters placed on `mesh` once (T5X rules, `parallel.shard_params`), so
-  that the decode calls over a run's batches do not each move them; None / no mesh: as is."""
-  from spec_cascade import parallel  # pylint: disable=g-import-not-at-top
-  if bundle is None or mesh is None:
-    return bundle
-  return Bundle(bundle.model, parallel.shard_params(mesh, bundle.params))
 
 
 def write_config(output_dir: str) -> None:

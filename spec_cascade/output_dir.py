@@ -17,9 +17,12 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from spec_cascade import results as results_lib
 
@@ -154,3 +157,38 @@ def check_settings(folder: str, settings: Mapping[str, Any], *, write: bool = Tr
     return
   if write:
     results_lib.atomic_write_text(path, json.dumps(new, indent=1, ensure_ascii=False) + "\n")
+
+
+# JSON records of a run (metrics.json, predictions.jsonl): standard JSON (NaN → null), numpy
+# scalars and arrays as numbers and lists, written atomically.
+
+def _json_default(x):
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return str(x)
+
+
+def _clean(x):
+  """NaN/inf → None so the JSON is standard."""
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  if isinstance(x, dict):
+    return {k: _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  return x
+
+
+def write_json(path: str, obj: Any) -> None:
+  results_lib.atomic_write_text(path, json.dumps(_clean(obj), indent=2, default=_json_default,
+                                                 ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+  text = "".join(json.dumps(_clean(r), default=_json_default, ensure_ascii=False) + "\n"
+                 for r in records)
+  results_lib.atomic_write_text(path, text)

@@ -128,3 +128,27 @@ def interleave_batch(mesh: Mesh, inputs: np.ndarray, ids: np.ndarray):
   size = mesh.shape["data"]
   order = np.arange(inputs.shape[0]).reshape(-1, size).T.ravel()
   return inputs[order], ids[order], order
+
+
+# A run's devices (infer, sweep, calibrate).
+
+def device_summary() -> str:
+  """'<count> x <device kind>' of this process's devices: timings made on other hardware are
+  not comparable, so a sweep's settings record it."""
+  devices = jax.devices()
+  return f"{len(devices)} x {devices[0].device_kind}"
+
+
+def run_mesh(model_parallel: int = 1, use_mesh: bool | None = None):
+  """A ('data', 'model') mesh when there are several devices (or use_mesh=True), else None."""
+  if use_mesh is None:
+    use_mesh = jax.device_count() > 1
+  return make_mesh(model=model_parallel) if use_mesh else None
+
+
+def on_mesh(bundle, mesh):
+  """bundle with its parameters placed on `mesh` once (T5X rules, `parallel.shard_params`), so
+  that the decode calls over a run's batches do not each move them; None / no mesh: as is."""
+  if bundle is None or mesh is None:
+    return bundle
+  return bundle._replace(params=shard_params(mesh, bundle.params))
