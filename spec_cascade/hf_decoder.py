@@ -5,7 +5,7 @@ our own Orbax format for them.
     export_hf_decoder(params, config, "/out/gemma-2b-hf")     # transformers loads it
     convert_hf_decoder("/models/gemma-2b", "/ckpt/gemma_2b")  # `convert --from hf` does this
 
-Tensors are read with checkpoints.py's numpy safetensors reader (single file or sharded with
+Tensors are read with safetensors_reader.py's numpy reader (single file or sharded with
 model.safetensors.index.json), one array at a time. HF stores Linear weights [out, in]; ours
 are [in, out]. HF's q/k weights are already in the half-split ("rotate_half") RoPE pairing
 that models/decoder_only.py uses, so no permutation is applied (checkpoints converted from
@@ -308,7 +308,7 @@ def export_hf_decoder(params: Params, config: DecoderConfig, out_dir: str, dtype
 
 
 # -----------------------------------------------------------------------------
-# Our Orbax format for decoder-only params (checkpoints.py's layout, DecoderConfig in the
+# Our Orbax format for decoder-only params (orbax_checkpoints.py's layout, DecoderConfig in the
 # JSON under INFO_KEY).
 
 def save_decoder_checkpoint(path: str, params: Params, config: DecoderConfig,
