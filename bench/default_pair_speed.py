@@ -27,6 +27,7 @@ Timings are not numbers while anything else runs on the machine (a training run,
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -121,7 +122,9 @@ def main(argv=None):
     _, t = costs.interleaved(loops, 30)
     step = costs.per_call_seconds(t["v1"], t["setup"], 48)
     for g in gammas:
-      verify_cost[g] = costs.per_call_seconds(t[g], t["setup"], 48) / step
+      # A step within timing noise of the set-up (tiny models on a busy machine) gives no ratio.
+      verify_cost[g] = (costs.per_call_seconds(t[g], t["setup"], 48) / step if step > 0
+                        else math.nan)
     print(f"\n## {task} ({metric}); c = {c['c']:.3f} (drafter {1e3 * c['drafter_call_s']:.3f} "
           f"ms, verifier {1e3 * v1:.3f} ms per step); v(γ+1) = "
           + ", ".join(f"{verify_cost[g]:.2f} (γ {g})" for g in gammas))
