@@ -9,7 +9,8 @@ Every method's body is written once against four calls, each a pure function of 
       row b's tokens at decoder positions offsets[b] .. offsets[b] + k − 1; logits[:, i]
       is the distribution of the token at position offsets[b] + i + 1. Rolling back is
       scoring again from an earlier offset: what lies past it is overwritten before it is read.
-  pool(role, bundle, inputs [N, S]) → pool;  refill(bundle, cache, pool, slots, ids, count)
+  start_stream(role, bundle, inputs [N, S], first, positions) → (cache of inputs[first], pool)
+  refill(bundle, cache, pool, slots, ids, count)
       continuous batching: slot slots[j] of `cache` takes example ids[j]'s context, j < count
 
 The loops' positions are the output's: output token t sits at decoder position t + 1, and
@@ -107,15 +108,19 @@ def batch_size(cache) -> int:
   return cache.kv.batch_size if isinstance(cache, PromptCache) else cache.batch_size
 
 
-def pool(role: str, bundle, inputs: Array):
-  """What `refill` copies a new example's context from, for inputs [N, S]: T5's encoder
-  side of every example; a decoder-only model's prompts (prefilled when they enter)."""
+def start_stream(role: str, bundle, inputs: Array, first: Array, positions: int):
+  """(the decoding state of examples inputs[first] [B], the pool `refill` copies a new
+  example's context from) for a stream over inputs [N, S]. T5 encodes the N inputs once and
+  keeps every example's cross-attention keys / values; a decoder-only model keeps the prompts
+  (prefilled when they enter a slot)."""
   model, params = bundle
   if is_decoder_only(model):
-    return PromptPool(prompts=inputs, lengths=prompt_lengths(inputs))
+    return (start(role, bundle, inputs[first], positions),
+            PromptPool(prompts=inputs, lengths=prompt_lengths(inputs)))
   with jax.named_scope(f"encode_{role}"):
     encoded, mask = model.encode(params, inputs)
-  return model.init_cache(params, encoded, mask, 1)
+  pool_ = model.init_cache(params, encoded, mask, 1)
+  return model.init_cache(params, encoded[first], mask[first], positions), pool_
 
 
 def _put_row(dst: Array, src: Array, src_row, dst_row) -> Array:
@@ -134,7 +139,8 @@ def refill(bundle, cache, pool_: Any, slot_ids: Array, new_ids: Array, count: Ar
   model, params = bundle
   if not is_decoder_only(model):
     def put_t5(j, c: DecoderCache):
-      row = lambda dst, src: _put_row(dst, src, new_ids[j], slot_ids[j])
+      row = lambda dst, src: jax.lax.dynamic_update_slice_in_dim(
+          dst, jax.lax.dynamic_slice_in_dim(src, new_ids[j], 1, 0), slot_ids[j], 0)
       return c.replace(cross_k=tuple(map(row, c.cross_k, pool_.cross_k)),
                        cross_v=tuple(map(row, c.cross_v, pool_.cross_v)),
                        encoder_mask=row(c.encoder_mask, pool_.encoder_mask))

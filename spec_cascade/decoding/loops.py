@@ -247,7 +247,7 @@ def decode_stream(d_model, v_model, spec: DecodeSpec, slots: int, d_params, v_pa
     if b is None or not used:
       return None, None
     role = "drafter" if b is drafter else "verifier"
-    return contract.start(role, b, inputs[first], cache_len), contract.pool(role, b, inputs)
+    return contract.start_stream(role, b, inputs, first, cache_len)
 
   # Padding examples (id −1, added to reach a bucketed shape) are never queued.
   padding = example_ids < 0
