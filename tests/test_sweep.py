@@ -194,6 +194,14 @@ class _Interrupt(Exception):
   pass
 
 
+def _point_of(args, kwargs) -> tuple:
+  """(method, α, T) of a `decoding.generate` call, its settings a DecodeConfig (what the sweep
+  passes) or keywords."""
+  config = args[3] if len(args) > 3 else decoding.DecodeConfig(**{
+      k: v for k, v in kwargs.items() if k not in ("example_ids", "mesh")})
+  return config.method, config.alpha, config.temperature
+
+
 @pytest.fixture(scope="module")
 def swept(env, tmp_path_factory):
   env = sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
@@ -209,7 +217,7 @@ def swept(env, tmp_path_factory):
   def interrupted(*args, **kwargs):
     if len(log) == 19:
       raise _Interrupt("killed")
-    log.append((kwargs["method"], kwargs["alpha"], kwargs["temperature"]))
+    log.append(_point_of(args, kwargs))
     return real(*args, **kwargs)
 
   try:
@@ -220,7 +228,7 @@ def swept(env, tmp_path_factory):
     resumed = []
 
     def counting(*args, **kwargs):
-      resumed.append((kwargs["method"], kwargs["alpha"], kwargs["temperature"]))
+      resumed.append(_point_of(args, kwargs))
       return real(*args, **kwargs)
 
     mp.setattr(decoding, "generate", counting)
