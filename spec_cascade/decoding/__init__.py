@@ -7,7 +7,7 @@ The package, in the order a call goes through it:
   loops      decode / decode_stream: the while loops over a batch or a stream, compiled once
              per (models, spec, shape) in the bounded program cache
   bodies     one loop body per kind of method (`BODIES`, keyed by `methods.Method.body`)
-  contract   the model contract the bodies call: start / score / pool / refill, for T5 and
+  contract   the model contract the bodies call: start / score / start_stream / refill, for T5 and
              decoder-only models alike
   ops        small pure helpers (keys, commit, draws); state: the dataclasses
 

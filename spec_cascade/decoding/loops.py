@@ -155,7 +155,7 @@ def _stream(body_for, spec: DecodeSpec, keys: Array, drafter: Bundle | None,
   slots of the caches, refilling each slot as its example finishes.
 
   body_for(row keys [B]) → loop body; keys: [N] each example's row key; d_caches / v_caches:
-  (slot cache [B] holding the first B queued examples' context, `contract.pool` of every
+  (slot cache [B] holding the first B queued examples' context, the pool (`contract.start_stream`) of every
   example's), or (None, None) for a model the method does not use.
   """
   n = keys.shape[0]
