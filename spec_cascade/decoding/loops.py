@@ -155,8 +155,8 @@ def _stream(body_for, spec: DecodeSpec, keys: Array, drafter: Bundle | None,
   slots of the caches, refilling each slot as its example finishes.
 
   body_for(row keys [B]) → loop body; keys: [N] each example's row key; d_caches / v_caches:
-  (slot cache [B] holding the first B queued examples' context, the pool (`contract.start_stream`) of every
-  example's), or (None, None) for a model the method does not use.
+  (slot cache [B] holding the first B queued examples' context, the pool of every example's:
+  `contract.start_stream`), or (None, None) for a model the method does not use.
   """
   n = keys.shape[0]
   slot_cache = d_caches[0] if d_caches[0] is not None else v_caches[0]
