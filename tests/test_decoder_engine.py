@@ -7,7 +7,7 @@ import pytest
 from pairs import make_decoder_pair, make_pair, random_inputs
 from spec_cascade import deferral
 from spec_cascade.decoding import Bundle, generate
-from test_decoding import _chi2_pvalue, check_batch_composition  # pylint: disable=g-bad-import-order
+from test_decoding import _chi2_pvalue, check_batch_composition  # noqa: E402
 
 MAXLEN = 12
 

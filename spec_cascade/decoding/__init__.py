@@ -38,9 +38,9 @@ A row finishes at its first EOS (kept in the output) or at max_decode_length; la
 are 0. Every random draw of a row comes from fold_in(key(seed), example_id), then the row's
 own step count, so a row's output does not depend on the batch it sits in, on when it entered
 it (`decode_stream`) or on the device count.
-A batch of ≥ 16 rows runs in two stages (`stage_sizes`, `loops.run_stages`): once at most a quarter of its
-rows are still decoding, those rows (caches, keys and all) go on in a quarter-size batch, so
-the tail waiting for the slowest rows does not pay for the finished ones.
+A batch of ≥ 16 rows runs in two stages (`stage_sizes`, `loops.run_stages`): once at most a
+quarter of its rows are still decoding, those rows (caches, keys and all) go on in a
+quarter-size batch, so the tail waiting for the slowest rows does not pay for the finished ones.
 `decode_stream` decodes N inputs through B rows (continuous batching): a finished row's slot
 takes the next input in the same step; seq_cascade streams its drafter pass over all N, then
 its verifier pass over the deferred inputs only.
@@ -59,7 +59,8 @@ from spec_cascade.decoding.state import (COUNTER_FIELDS, EOS_ID, PAD_ID, TWO_PAS
 METHODS = methods.NAMES  # the engine's method names, for callers that list them
 
 __all__ = ["BODIES", "COUNTER_FIELDS", "EOS_ID", "METHODS", "PAD_ID", "TWO_PASS", "Bundle",
-           "Counters", "DecodeConfig", "DecodeResult", "DecodeSpec", "DecodeState", "GenerateOutput", "Knobs",
+           "Counters", "DecodeConfig", "DecodeResult", "DecodeSpec", "DecodeState",
+           "GenerateOutput", "Knobs",
            "api", "argmax", "bodies", "compiled_decode", "compiled_stream", "contract", "decode",
            "decode_stream", "eos_id_of", "generate", "loops", "make_knobs", "make_spec", "ops",
            "resolve_rule", "stage_sizes", "state"]

@@ -93,8 +93,8 @@ def decode(d_model, v_model, spec: DecodeSpec, d_params,
            ) -> DecodeResult:
   """Decodes a batch with `spec.method`. Pure; jit it with `spec` and the models static.
 
-  inputs: int32 [B, S] encoder tokens or right-padded prompts (0 = padding); example_ids: int32 [B] (−1: a padding
-  row, finished from the start); seed: int32 [].
+  inputs: int32 [B, S] encoder tokens or right-padded prompts (0 = padding); example_ids:
+  int32 [B] (−1: a padding row, finished from the start); seed: int32 [].
   Returns DecodeResult with tokens [B, max_decode_length].
   """
   batch = inputs.shape[0]

@@ -108,8 +108,9 @@ class DecodeState:
   """The loop state shared by all methods.
 
   out: int32 [B, L + W] output buffer (W = widest block); length: int32 [B] committed tokens;
-  done: bool [B]; caches: the two models' decoding state (`contract.start`; None if unused); verified: int32 [B]
-  verifier-valid positions (token_cascade only); step: int32 loop iteration.
+  done: bool [B]; caches: the two models' decoding state (`contract.start`; None if unused);
+  verified: int32 [B] verifier-valid positions (token_cascade only); step: int32 loop
+  iteration.
   """
   out: Array
   length: Array
