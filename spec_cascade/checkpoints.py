@@ -45,7 +45,7 @@ from spec_cascade.hf_t5 import (  # noqa: F401  pylint: disable=unused-import
 from spec_cascade.models import T5Config, T5Model
 from spec_cascade.orbax_checkpoints import (  # noqa: F401  pylint: disable=unused-import
     _INFO_FIX, FORMAT_NAME, FORMAT_VERSION, INFO_FILE, PARAMS_SUBDIR, read_checkpoint_info,
-    restore_checkpoint, save_checkpoint)
+    resolve_checkpoint_dir, restore_checkpoint, save_checkpoint)
 from spec_cascade.safetensors_reader import (  # noqa: F401  pylint: disable=unused-import
     read_safetensors_lazy)
 from spec_cascade.t5x_checkpoints import (  # noqa: F401  pylint: disable=unused-import

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from spec_cascade import decoding
-from spec_cascade.data.eval_data import resolve_checkpoint_dir
+from spec_cascade.orbax_checkpoints import resolve_checkpoint_dir
 from spec_cascade.decoding import Bundle
 
 def load_bundle(path: str, config=None, dtype: str = "float32",

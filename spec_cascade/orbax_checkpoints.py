@@ -18,6 +18,14 @@ from spec_cascade.checkpoint_io import (Params, ShardingSpec, _brief, _exists_di
 from spec_cascade.models import T5Config, T5Model
 
 INFO_FILE = "spec_cascade_checkpoint.json"
+
+
+def resolve_checkpoint_dir(path: str) -> str:
+  """A trainer MODEL_DIR stands for its export/ folder, which is in the checkpoint layout."""
+  export = os.path.join(path, "export")
+  if "://" not in path and os.path.isfile(os.path.join(export, INFO_FILE)):
+    return export
+  return path
 PARAMS_SUBDIR = "params"
 FORMAT_NAME = "spec_cascade.orbax"
 FORMAT_VERSION = 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,13 +22,6 @@ from spec_cascade.decoding import Bundle
 
 log = logging.getLogger(__name__)
 
-
-def resolve_checkpoint_dir(path: str) -> str:
-  """A trainer MODEL_DIR stands for its export/ folder, which is in the checkpoint layout."""
-  export = os.path.join(path, "export")
-  if "://" not in path and os.path.isfile(os.path.join(export, "spec_cascade_checkpoint.json")):
-    return export
-  return path
 
 class _SeqioTokenizer:
   """seqio.Vocabulary behind the SentencePieceTokenizer interface."""
@@ -201,8 +193,8 @@ def checkpoint_vocabulary(path: str | None) -> str | None:
   tokenizer file (`hf_decoder.tokenizer_path`)."""
   if not path:
     return None
-  path = resolve_checkpoint_dir(str(path))
   from spec_cascade import checkpoints  # pylint: disable=g-import-not-at-top
+  path = checkpoints.resolve_checkpoint_dir(str(path))
   from spec_cascade import hf_decoder  # pylint: disable=g-import-not-at-top
   if hf_decoder.checkpoint_format(path) is not None:
     return hf_decoder.tokenizer_path(path)
