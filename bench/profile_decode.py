@@ -96,12 +96,22 @@ def main():
   parser.add_argument("--temperature", type=float, default=0.0)
   parser.add_argument("--top", type=int, default=25)
   parser.add_argument("--trace_dir", default=None)
+  parser.add_argument("--pair", default="t5", choices=("t5", "decoder"),
+                      help="t5: hf_peer.synthetic_pair; decoder: decoder_only_speed's Llama pair")
+  parser.add_argument("--prompt_len", type=int, default=64)
   parser.add_argument("--scope", default=None, help="list only the ops of this scope "
                       f"({', '.join(SCOPES)}, other)")
   args = parser.parse_args()
 
-  drafter, verifier = hf_peer.synthetic_pair()
-  inputs = hf_peer.random_inputs(args.batch, 64, drafter.model.config.vocab_size, seed=1)
+  if args.pair == "decoder":
+    import decoder_only_speed  # pylint: disable=g-import-not-at-top
+    drafter, verifier = decoder_only_speed.synthetic_decoder_pair()
+    inputs = decoder_only_speed.random_prompts(args.batch, args.prompt_len,
+                                               drafter.model.config.vocab_size, seed=1)
+  else:
+    drafter, verifier = hf_peer.synthetic_pair()
+    inputs = hf_peer.random_inputs(args.batch, args.prompt_len,
+                                   drafter.model.config.vocab_size, seed=1)
   kw = dict(method=args.method, num_draft_tokens=args.gamma,
             max_decode_length=args.max_decode_length, temperature=args.temperature)
   run = lambda: generate(drafter, verifier, inputs, **kw)

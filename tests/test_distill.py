@@ -264,7 +264,7 @@ def test_trainer_trains_on_teacher_targets(tmp_path, tx):
 
 
 # ---------------------------------------------------------------------------
-# Growth
+# Growth and cutting
 
 def test_deepened_model_computes_the_same_logits():
   config = get_config("tiny").replace(vocab_size=128, emb_dim=32, num_heads=2, head_dim=16,
@@ -286,6 +286,45 @@ def test_deepened_model_computes_the_same_logits():
   assert float(jnp.abs(grads["decoder"]["layers_1"]["mlp"]["wo"]["kernel"]).sum()) > 0
   with pytest.raises(ValueError, match="at least as many"):
     grow.deepen(params, config, num_decoder_layers=1)
+
+
+def test_kept_layers_are_the_source_layers_and_the_cut_model_runs():
+  config = get_config("tiny").replace(vocab_size=128, emb_dim=32, num_heads=2, head_dim=16,
+                                      mlp_dim=64, num_encoder_layers=2, num_decoder_layers=3)
+  params = T5Model(config).init_params(jax.random.key(0))
+  cut_config, cut = grow.keep_layers(params, config, decoder_layers=[2, 0])
+  assert (cut_config.num_encoder_layers, cut_config.num_decoder_layers) == (2, 2)
+  small = T5Model(cut_config)
+  small.check_params(cut)
+  same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: bool((x == y).all()), a, b))
+  assert same(cut["decoder"]["layers_0"], params["decoder"]["layers_2"])
+  assert same(cut["decoder"]["layers_1"], params["decoder"]["layers_0"])
+  assert same(cut["encoder"], params["encoder"]) and same(cut["token_embedder"],
+                                                          params["token_embedder"])
+  x = jnp.asarray(np.random.default_rng(0).integers(2, 128, (2, 6)), jnp.int32)
+  # The encoder is untouched, so the cut model encodes exactly as the source does.
+  np.testing.assert_array_equal(small.encode(cut, x)[0], T5Model(config).encode(params, x)[0])
+  assert small.forward(cut, x, x).shape == (2, 6, 128)
+  for bad in ([], [3], [-1]):
+    with pytest.raises(ValueError, match="non-empty list of indices in 0..2"):
+      grow.keep_layers(params, config, decoder_layers=bad)
+
+
+def test_cut_cli_writes_a_loadable_checkpoint(tmp_path):
+  config = get_config("tiny").replace(vocab_size=128, emb_dim=32, num_heads=2, head_dim=16,
+                                      mlp_dim=64)
+  params = T5Model(config).init_params(jax.random.key(0))
+  from spec_cascade import checkpoints, exports  # pylint: disable=g-import-not-at-top
+  exports.export_params(str(tmp_path / "src"), params, config, None, {})
+  assert grow.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "cut"),
+                    "--keep_decoder_layers", "1"]) == 0
+  cut, cut_config = checkpoints.load_params(str(tmp_path / "cut"))
+  assert cut_config.num_decoder_layers == 1
+  np.testing.assert_array_equal(cut["decoder"]["layers_0"]["mlp"]["wo"]["kernel"],
+                                params["decoder"]["layers_1"]["mlp"]["wo"]["kernel"])
+  with pytest.raises(SystemExit):
+    grow.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "x"),
+               "--keep_decoder_layers", "0", "--num_decoder_layers", "3"])
 
 
 # ---------------------------------------------------------------------------

@@ -99,6 +99,10 @@ NAMED_CONFIGS: dict[str, T5Config] = {
     # batch-1 decode step costs ≈ 10 tiny steps (c ≈ 0.09) where mini's costs ≈ 4.
     "mini_deep": T5Config(**{**_V11, "vocab_size": 4224}, emb_dim=256, num_heads=4,
                           num_encoder_layers=4, num_decoder_layers=8, mlp_dim=640),
+    # mini_deep's embeddings, encoder and one decoder layer: a drafter cut from the verifier
+    # (models/grow.py `keep_layers`) whose decode step costs about one tiny step (c ≈ 0.07).
+    "mini_shallow": T5Config(**{**_V11, "vocab_size": 4224}, emb_dim=256, num_heads=4,
+                             num_encoder_layers=4, num_decoder_layers=1, mlp_dim=640),
 }
 
 # Published parameter counts, for checking the shapes above.

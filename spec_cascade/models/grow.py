@@ -10,6 +10,9 @@ whose batch-1 decode step costs several drafter steps (docs/training.md).
 
     python -m spec_cascade.models.grow --src=spec_cascade/assets/offline_pair/verifier \
         --dst=runs/grown/verifier_d8 --num_decoder_layers=8
+
+The opposite cut (`keep_layers`, --keep_decoder_layers=0) keeps some of a model's layers: a
+drafter that starts from its verifier's embeddings and encoder, to be distilled.
 """
 from __future__ import annotations
 
@@ -78,6 +81,36 @@ def deepen(params: Params, config: T5Config, *, num_encoder_layers: int | None =
   return config.replace(num_encoder_layers=enc, num_decoder_layers=dec), params
 
 
+def keep_layers(params: Params, config: T5Config, *, encoder_layers: Sequence[int] | None = None,
+                decoder_layers: Sequence[int] | None = None) -> tuple[T5Config, Params]:
+  """A shallower (config, params): only the listed layers of each stack, in the given order.
+
+  Everything else (embeddings, relative-position biases, final norms, logits) is kept. The
+  result does not compute what the original does — it is a start for distilling a drafter
+  from its own verifier (a layer-dropped copy shares the verifier's embeddings and encoder).
+  encoder_layers / decoder_layers: indices into each stack (None: all); at least one each.
+  """
+  def pick(stack: dict, old: int, keep, kind: str) -> tuple[int, dict]:
+    keep = list(range(old)) if keep is None else [int(i) for i in keep]
+    if not keep or any(not 0 <= i < old for i in keep):
+      raise ValueError(f"{kind} layers to keep must be a non-empty list of indices in "
+                       f"0..{old - 1}, got {keep}.")
+    out = {k: v for k, v in stack.items() if not k.startswith("layers_")}
+    out.update({f"layers_{j}": stack[f"layers_{i}"] for j, i in enumerate(keep)})
+    return len(keep), out
+
+  params = dict(params)
+  enc, params["encoder"] = pick(params["encoder"], config.num_encoder_layers, encoder_layers,
+                                "encoder")
+  dec, params["decoder"] = pick(params["decoder"], config.num_decoder_layers, decoder_layers,
+                                "decoder")
+  return config.replace(num_encoder_layers=enc, num_decoder_layers=dec), params
+
+
+def _indices(text: str | None) -> list[int] | None:
+  return None if text is None else [int(i) for i in text.split(",") if i.strip()]
+
+
 @gin_cli.cli_main
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
@@ -90,13 +123,30 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--dst", required=True, help="output folder (a trainer export)")
   parser.add_argument("--num_encoder_layers", type=int, default=None)
   parser.add_argument("--num_decoder_layers", type=int, default=None)
+  parser.add_argument("--keep_encoder_layers", default=None,
+                      help="comma-separated layer indices to keep instead of growing "
+                           "(e.g. 0,1,2,3)")
+  parser.add_argument("--keep_decoder_layers", default=None,
+                      help="comma-separated decoder layer indices to keep (e.g. 0): a "
+                           "layer-dropped copy to distill a drafter from")
   args = parser.parse_args(argv)
+  keep = args.keep_encoder_layers is not None or args.keep_decoder_layers is not None
+  if keep and (args.num_encoder_layers is not None or args.num_decoder_layers is not None):
+    parser.error("--keep_*_layers and --num_*_layers do not combine: grow or cut, not both.")
   # pylint: disable=import-outside-toplevel
   from spec_cascade import checkpoints, exports
   params, config = checkpoints.load_params(args.src)
-  config, params = deepen(params, config, num_encoder_layers=args.num_encoder_layers,
-                          num_decoder_layers=args.num_decoder_layers)
-  exports.export_params(args.dst, params, config, None, {"grown_from": str(args.src)})
+  if keep:
+    config, params = keep_layers(params, config,
+                                 encoder_layers=_indices(args.keep_encoder_layers),
+                                 decoder_layers=_indices(args.keep_decoder_layers))
+    record = {"cut_from": str(args.src), "encoder_layers_kept": args.keep_encoder_layers,
+              "decoder_layers_kept": args.keep_decoder_layers}
+  else:
+    config, params = deepen(params, config, num_encoder_layers=args.num_encoder_layers,
+                            num_decoder_layers=args.num_decoder_layers)
+    record = {"grown_from": str(args.src)}
+  exports.export_params(args.dst, params, config, None, record)
   print(f"wrote {args.dst}: {config.num_encoder_layers} encoder / "
         f"{config.num_decoder_layers} decoder layers")
   return 0
