@@ -1,11 +1,17 @@
 """Every method on decoder-only pairs (and a mixed T5 → decoder-only pair), through the same
 engine as T5: the model contract (`decoding.contract`) is the only family-specific code."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from pairs import make_decoder_pair, make_pair, random_inputs
-from spec_cascade import deferral
+from spec_cascade import autogamma, deferral
 from spec_cascade.decoding import Bundle, generate
 from test_decoding import _chi2_pvalue, check_batch_composition  # noqa: E402
 
@@ -201,3 +207,74 @@ def test_decoder_only_counters_match_t5_semantics(pair, prompts):
   np.testing.assert_array_equal(c["verifier_calls"], c["blocks"])
   np.testing.assert_array_equal(c["output_tokens"], out.lengths)
   assert (c["accepted"] <= c["drafted"]).all() and (c["drafted"] == 3 * c["blocks"]).all()
+
+
+def test_auto_gamma_on_a_decoder_only_pair(pair, prompts, greedy_verifier):
+  """num_draft_tokens='auto' times the decoder-only pair through the contract and keeps the
+  greedy output exactly the verifier's."""
+  autogamma.clear_cache()
+  drafter, verifier = pair
+  out = generate(drafter, verifier, prompts, method="spec_decode", num_draft_tokens="auto",
+                 temperature=0.0, max_decode_length=MAXLEN, draft_candidates=(1, 3))
+  np.testing.assert_array_equal(out.tokens, greedy_verifier.tokens)
+  choice = out.gamma_choice
+  assert set(choice.seconds) == {0, 1, 3} and choice.gamma == autogamma.pick(choice.seconds)
+  assert all(0.0 < a < 1.0 for a in choice.acceptance.values())
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.6])
+def test_dynamic_draft_length_on_a_decoder_only_pair(pair, prompts, greedy_verifier, threshold):
+  """draft_confidence stops a block's drafting early at per-row offsets into the prompt cache;
+  greedy SpecDecode still equals the greedy verifier."""
+  drafter, verifier = pair
+  out = generate(drafter, verifier, prompts, method="spec_decode", num_draft_tokens=4,
+                 temperature=0.0, max_decode_length=MAXLEN, draft_confidence=threshold)
+  np.testing.assert_array_equal(out.tokens, greedy_verifier.tokens)
+  c = out.counters
+  assert (c["blocks"] <= c["drafted"]).all() and (c["drafted"] <= 4 * c["blocks"]).all()
+  assert c["drafted"].sum() < 4 * c["blocks"].sum()  # some blocks stopped early
+
+
+_DECODER_ON_DEVICES = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from pairs import make_decoder_pair, random_inputs
+    from spec_cascade import parallel
+    from spec_cascade.decoding import generate
+    import jax
+    assert len(jax.devices()) == {n}, jax.devices()
+    d, v = make_decoder_pair()
+    x = random_inputs(6, length=7, seed=3)
+    meshes = ([parallel.make_mesh(), parallel.make_mesh(model=2)] if {n} > 1 else [None, None])
+    kw = dict(temperature=1.0, num_draft_tokens=3, max_decode_length=12, seed=1)
+    res = {{}}
+    for name, mesh in zip(("data", "data_model"), meshes):
+      res[name] = generate(d, v, x, method="spec_cascade", rule="token_v3", alpha=0.2,
+                           mesh=mesh, **kw).tokens.tolist()
+      if name == "data":  # streams split examples over 'data' only (check_stream_mesh)
+        # Each refilled slot prefills its prompt on its own device.
+        res["stream"] = generate(d, v, random_inputs(10, seed=6), method="spec_decode",
+                                 slots=4, mesh=mesh, **kw).tokens.tolist()
+      # Batch 1 (padded to the mesh's data size inside generate).
+      res[name + "_b1"] = generate(d, v, x[:1], method="spec_decode", mesh=mesh,
+                                   **kw).tokens.tolist()
+    print(json.dumps(res))
+""")
+
+
+@pytest.mark.slow
+def test_decoder_only_outputs_identical_on_one_and_four_devices():
+  """Data-parallel and data × model-parallel meshes (the logical-axis rules shard the
+  decoder-only parameters) give the tokens of one device."""
+  def run(n):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = _DECODER_ON_DEVICES.format(tests=os.path.join(root, "tests"), n=n)
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+  one, four = run(1), run(4)
+  assert one == four

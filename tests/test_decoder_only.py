@@ -108,6 +108,27 @@ def test_sliding_window_and_softcaps_change_the_function():
       np.testing.assert_allclose(other[:, :3], ref[:, :3], atol=TOL, rtol=0)
 
 
+def test_bfloat16_close_to_float32_and_decodes_the_same_way(setup):
+  """bfloat16 activations (and bfloat16-rounded parameters, as a bf16 checkpoint loads) give
+  float32 logits close to float32's, and the cached path agrees with teacher forcing in
+  bfloat16 too."""
+  model, params, tokens, ref = setup
+  bf = DecoderOnlyModel(model.config.replace(dtype="bfloat16"))
+  p16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+  logits = np.asarray(jax.jit(bf.forward)(p16, tokens))
+  assert logits.dtype == np.float32
+  assert np.abs(logits - ref).max() < 0.1 * np.abs(ref).max()
+  assert (logits.argmax(-1) == ref.argmax(-1)).mean() > 0.8
+  lengths = jnp.asarray([5, 8, 3], jnp.int32)
+  first, cache = bf.prefill(p16, tokens[:, :8], lengths, 16)
+  assert cache.k[0].dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(first), logits[np.arange(3), np.asarray(lengths) - 1],
+                             atol=0.05 * np.abs(logits).max())
+  mm = DecoderOnlyModel(model.config.replace(matmul_dtype="bfloat16"))
+  err = np.abs(np.asarray(jax.jit(mm.forward)(params, tokens)) - ref).max()
+  assert 0 < err < 0.05 * np.abs(ref).max()
+
+
 def test_bad_configs_and_inputs_are_refused():
   with pytest.raises(ValueError, match="num_kv_heads=3 must divide"):
     DecoderConfig(num_heads=4, num_kv_heads=3)
