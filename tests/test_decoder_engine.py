@@ -1,9 +1,5 @@
 """Every method on decoder-only pairs (and a mixed T5 → decoder-only pair), through the same
 engine as T5: the model contract (`decoding.contract`) is the only family-specific code."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax.numpy as jnp
@@ -13,7 +9,7 @@ import pytest
 from pairs import make_decoder_pair, make_pair, random_inputs
 from spec_cascade import autogamma, deferral
 from spec_cascade.decoding import Bundle, generate
-from test_decoding import _chi2_pvalue, check_batch_composition  # noqa: E402
+from test_decoding import _chi2_pvalue, check_batch_composition, run_on_devices  # noqa: E402
 
 MAXLEN = 12
 
@@ -267,14 +263,5 @@ _DECODER_ON_DEVICES = textwrap.dedent("""
 def test_decoder_only_outputs_identical_on_one_and_four_devices():
   """Data-parallel and data × model-parallel meshes (the logical-axis rules shard the
   decoder-only parameters) give the tokens of one device."""
-  def run(n):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = _DECODER_ON_DEVICES.format(tests=os.path.join(root, "tests"), n=n)
-    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
-  one, four = run(1), run(4)
+  one, four = (run_on_devices(n, _DECODER_ON_DEVICES) for n in (1, 4))
   assert one == four

@@ -523,11 +523,13 @@ _MULTI_DEVICE = textwrap.dedent("""
 """)
 
 
-def _run_on_devices(n):
+def run_on_devices(n, script=_MULTI_DEVICE):
+  """Runs `script` (formatted with tests=the tests folder, n) in a fresh process with n CPU
+  devices; returns the JSON it prints last."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
              JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  code = _MULTI_DEVICE.format(tests=os.path.join(root, "tests"), n=n)
+  code = script.format(tests=os.path.join(root, "tests"), n=n)
   res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
                        text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
@@ -537,7 +539,7 @@ def _run_on_devices(n):
 
 @pytest.mark.slow
 def test_identical_outputs_on_one_and_four_devices():
-  one, four = _run_on_devices(1), _run_on_devices(4)
+  one, four = run_on_devices(1), run_on_devices(4)
   assert one == four
   steps = sorted(one["big_blocks"], reverse=True)
   assert steps[0] > steps[4], steps  # the second stage ran
