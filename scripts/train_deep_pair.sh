@@ -5,11 +5,17 @@
 #   2. grow   mini → mini_deep (8 decoder layers), same outputs (python -m spec_cascade.models.grow)
 #   3. verifier   mini_deep trained on (configs/offline/train_verifier_deep.gin); --stage_in=DIR
 #             continues from a committed stage artifact instead (spec_cascade.stages)
-#   4. drafter    tiny distilled from the deep verifier (configs/offline/distill_drafter.gin)
+#   4. drafter    the pair's drafter, distilled from the deep verifier; --drafter= picks it:
+#             token    tiny, token-level KD (configs/offline/distill_drafter.gin → OUT/drafter)
+#             seq      that, then sequence-level KD on the verifier's greedy outputs
+#                      (configs/offline/distill_drafter_seq.gin → OUT/drafter_seq; the default)
+#             shallow  the verifier cut to its first decoder layer (models.grow
+#                      --keep_decoder_layers=0), distilled the same way
+#                      (configs/offline/distill_drafter_shallow.gin → OUT/drafter_shallow)
 #   5. pair   both installed into OUT/pair and evaluated (python -m spec_cascade.evaluate_pair)
 #
 #   bash scripts/train_deep_pair.sh [OUT_DIR] [--from_scratch] [--stage_in=DIR] [--until=STAGE]
-#        [--gin.X=V ...  (passed to both training stages)]
+#        [--drafter=token|seq|shallow] [--gin.X=V ...  (passed to every training stage)]
 #
 # OUT_DIR defaults to runs/offline_deep. A stop (Ctrl-C / SIGTERM) saves a checkpoint first.
 # To carry an unfinished verifier to another machine, save a stage artifact and commit it:
@@ -22,20 +28,23 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 
-OUT=runs/offline_deep; FROM_SCRATCH=0; STAGE_IN=""; UNTIL=pair; GIN=()
+OUT=runs/offline_deep; FROM_SCRATCH=0; STAGE_IN=""; UNTIL=pair; GIN=(); DRAFTER=seq
 for arg in "$@"; do
   case "$arg" in
     --from_scratch) FROM_SCRATCH=1 ;;
     --stage_in=*) STAGE_IN="${arg#--stage_in=}" ;;
     --until=*) UNTIL="${arg#--until=}" ;;
+    --drafter=*) DRAFTER="${arg#--drafter=}" ;;
     --gin.*) GIN+=("$arg") ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     --*) echo "unknown flag $arg" >&2; exit 2 ;;
     *) OUT="$arg" ;;
   esac
 done
 case "$UNTIL" in base|grow|verifier|drafter|pair) ;; *)
   echo "--until must be one of base, grow, verifier, drafter, pair" >&2; exit 2 ;; esac
+case "$DRAFTER" in token|seq|shallow) ;; *)
+  echo "--drafter must be one of token, seq, shallow" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 say() { echo "[deep pair] $*" >&2; }
 
@@ -73,15 +82,38 @@ python -m spec_cascade.train --gin_file=configs/offline/train_verifier_deep.gin 
   ${GIN[@]+"${GIN[@]}"} 2>&1 | tee -a "$OUT/verifier.log"
 [ "$UNTIL" = verifier ] && exit 0
 
-say "4/5 drafter: distilling tiny from the deep verifier → $OUT/drafter (resumable)"
-python -m spec_cascade.train --gin_file=configs/offline/distill_drafter.gin \
-  --gin.MODEL_DIR="'$OUT/drafter'" --gin.INITIAL_CHECKPOINT_PATH="'$BASE_DRAFTER'" \
-  --gin.TEACHER_CHECKPOINT_PATH="'$OUT/verifier'" \
-  ${GIN[@]+"${GIN[@]}"} 2>&1 | tee -a "$OUT/drafter.log"
+distill() {  # distill NAME GIN_FILE INITIAL_CHECKPOINT
+  python -m spec_cascade.train --gin_file="$2" --gin.MODEL_DIR="'$OUT/$1'" \
+    --gin.INITIAL_CHECKPOINT_PATH="'$3'" --gin.TEACHER_CHECKPOINT_PATH="'$OUT/verifier'" \
+    ${GIN[@]+"${GIN[@]}"} 2>&1 | tee -a "$OUT/$1.log"
+}
+if [ "$DRAFTER" = shallow ]; then
+  if [ ! -d "$OUT/shallow_cut" ]; then
+    python -m spec_cascade.models.grow --src="$OUT/verifier" --dst="$OUT/shallow_cut" \
+      --keep_decoder_layers=0
+  fi
+  # The seq stage's teacher outputs serve as well (same seed, so the same inputs and order).
+  if [ -d "$OUT/drafter_seq/teacher_targets" ] && [ ! -e "$OUT/drafter_shallow/teacher_targets" ]; then
+    mkdir -p "$OUT/drafter_shallow"
+    cp -al "$OUT/drafter_seq/teacher_targets" "$OUT/drafter_shallow/"
+  fi
+  say "4/5 drafter: distilling the verifier's first decoder layer → $OUT/drafter_shallow"
+  distill drafter_shallow configs/offline/distill_drafter_shallow.gin "$OUT/shallow_cut"
+  FINAL_DRAFTER="$OUT/drafter_shallow"
+else
+  say "4/5 drafter: distilling tiny from the deep verifier → $OUT/drafter (resumable)"
+  distill drafter configs/offline/distill_drafter.gin "$BASE_DRAFTER"
+  FINAL_DRAFTER="$OUT/drafter"
+  if [ "$DRAFTER" = seq ]; then
+    say "4/5 drafter: sequence-level KD on the verifier's outputs → $OUT/drafter_seq"
+    distill drafter_seq configs/offline/distill_drafter_seq.gin "$OUT/drafter"
+    FINAL_DRAFTER="$OUT/drafter_seq"
+  fi
+fi
 [ "$UNTIL" = drafter ] && exit 0
 
 say "5/5 pair: installing into $OUT/pair and evaluating"
-python -m spec_cascade.pretrained --force --drafter="$OUT/drafter" --verifier="$OUT/verifier" \
+python -m spec_cascade.pretrained --force --drafter="$FINAL_DRAFTER" --verifier="$OUT/verifier" \
   --dest="$OUT/pair"
 python -m spec_cascade.evaluate_pair --drafter="$OUT/pair/drafter" \
   --verifier="$OUT/pair/verifier" --vocabulary_path="$OUT/pair/vocab/sentencepiece.model" \
