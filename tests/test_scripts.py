@@ -10,7 +10,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU = ROOT / "scripts" / "tpu"
 SCRIPTS = sorted(TPU.glob("*.sh")) + [ROOT / "scripts" / n for n in (
-    "reproduce_paper.sh", "train_offline_pair.sh", "main.sh", "test.sh", "env.sh")]
+    "reproduce_paper.sh", "train_offline_pair.sh", "train_deep_pair.sh", "main.sh", "test.sh",
+    "env.sh")]
 TPU_ENV = {"TPU_NAME": "my-tpu", "ZONE": "us-central2-b"}
 _SETTINGS = ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "TPU_VERSION", "REMOTE_DIR",
              "DRY_RUN", "REPO_URL", "REF", "SRC", "DEST", "MODULE", "TASKS", "STAGES", "OUTPUT_DIR")
@@ -263,3 +264,9 @@ def test_reproduce_paper_errors():
     # Without --dry_run the gin files are checked before anything runs.
     r = _run(script, "--tasks=no_such_task", "--stages=sweep")
     assert r.returncode != 0 and "configs/paper/no_such_task.gin not found" in r.stderr
+
+
+def test_train_deep_pair_refuses_an_unknown_drafter_before_any_work(tmp_path):
+    r = _run(ROOT / "scripts" / "train_deep_pair.sh", str(tmp_path / "out"), "--drafter=big")
+    assert r.returncode == 2 and "--drafter must be one of token, seq, shallow" in r.stderr
+    assert not (tmp_path / "out").exists()
