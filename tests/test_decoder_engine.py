@@ -231,31 +231,35 @@ def test_dynamic_draft_length_on_a_decoder_only_pair(pair, prompts, greedy_verif
   assert c["drafted"].sum() < 4 * c["blocks"].sum()  # some blocks stopped early
 
 
+def decoder_mesh_results(meshes) -> dict:
+  """{run: tokens as lists} of a decoder-only pair on a data mesh and a data × model mesh
+  (None, None: one device). Run in this process for one device and, through
+  `_DECODER_ON_DEVICES`, in a process with 4."""
+  d, v = make_decoder_pair()
+  x = random_inputs(6, length=7, seed=3)
+  kw = dict(temperature=1.0, num_draft_tokens=3, max_decode_length=12, seed=1)
+  res = {}
+  for name, mesh in zip(("data", "data_model"), meshes):
+    res[name] = generate(d, v, x, method="spec_cascade", rule="token_v3", alpha=0.2,
+                         mesh=mesh, **kw).tokens.tolist()
+    if name == "data":  # streams split examples over 'data' only (check_stream_mesh)
+      # Each refilled slot prefills its prompt on its own device.
+      res["stream"] = generate(d, v, random_inputs(10, seed=6), method="spec_decode",
+                               slots=4, mesh=mesh, **kw).tokens.tolist()
+    # Batch 1 (padded to the mesh's data size inside generate).
+    res[name + "_b1"] = generate(d, v, x[:1], method="spec_decode", mesh=mesh,
+                                 **kw).tokens.tolist()
+  return res
+
+
 _DECODER_ON_DEVICES = textwrap.dedent("""
     import json, sys
-    import numpy as np
     sys.path.insert(0, {tests!r})
-    from pairs import make_decoder_pair, random_inputs
-    from spec_cascade import parallel
-    from spec_cascade.decoding import generate
     import jax
+    from spec_cascade import parallel
+    from test_decoder_engine import decoder_mesh_results
     assert len(jax.devices()) == {n}, jax.devices()
-    d, v = make_decoder_pair()
-    x = random_inputs(6, length=7, seed=3)
-    meshes = ([parallel.make_mesh(), parallel.make_mesh(model=2)] if {n} > 1 else [None, None])
-    kw = dict(temperature=1.0, num_draft_tokens=3, max_decode_length=12, seed=1)
-    res = {{}}
-    for name, mesh in zip(("data", "data_model"), meshes):
-      res[name] = generate(d, v, x, method="spec_cascade", rule="token_v3", alpha=0.2,
-                           mesh=mesh, **kw).tokens.tolist()
-      if name == "data":  # streams split examples over 'data' only (check_stream_mesh)
-        # Each refilled slot prefills its prompt on its own device.
-        res["stream"] = generate(d, v, random_inputs(10, seed=6), method="spec_decode",
-                                 slots=4, mesh=mesh, **kw).tokens.tolist()
-      # Batch 1 (padded to the mesh's data size inside generate).
-      res[name + "_b1"] = generate(d, v, x[:1], method="spec_decode", mesh=mesh,
-                                   **kw).tokens.tolist()
-    print(json.dumps(res))
+    print(json.dumps(decoder_mesh_results([parallel.make_mesh(), parallel.make_mesh(model=2)])))
 """)
 
 
@@ -263,5 +267,4 @@ _DECODER_ON_DEVICES = textwrap.dedent("""
 def test_decoder_only_outputs_identical_on_one_and_four_devices():
   """Data-parallel and data × model-parallel meshes (the logical-axis rules shard the
   decoder-only parameters) give the tokens of one device."""
-  one, four = (run_on_devices(n, _DECODER_ON_DEVICES) for n in (1, 4))
-  assert one == four
+  assert run_on_devices(4, _DECODER_ON_DEVICES) == decoder_mesh_results([None, None])
