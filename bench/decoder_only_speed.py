@@ -135,7 +135,8 @@ def synthetic_decoder_pair(size: str = "real", noise: float = 0.1, seed: int = 0
   v_params = hf_peer.perturb(embed_decoder_drafter(d_params, d_cfg, v_cfg), v_model, noise,
                              seed + 1)
   # On the device once, as load_bundle places them: numpy parameters would be copied to the
-  # device by every generate call (≈ 14 ms for the 27M verifier, 0.2 ms a token).
+  # device by every generate call (≈ 14 ms for the 27M verifier). profile_decode.py decodes
+  # with these; main() times the weights re-imported by hf_peer.hf_models (placed on load).
   return (Bundle(d_model, jax.device_put(_silence_eos(d_params, d_cfg.eos_id))),
           Bundle(v_model, jax.device_put(_silence_eos(v_params, v_cfg.eos_id))))
 
