@@ -9,16 +9,24 @@ per-block overheads of the loop. The analytic speed-up of Leviathan et al.,
     E[tokens per block] / cost per block = ((1 − a^(γ+1)) / (1 − a)) / (γ·c + v(γ)),
 
 (`predicted_speedup`) captures the first three but not the last, and on small models the last
-decides. So 'auto' times what it chooses between: it decodes the first batch it is given with
-every candidate γ (and, for lossless SpecDecode, with the verifier alone), in interleaved rounds
-so that machine noise hits all alike, and keeps the fastest (`measure`, `pick`). SpecDecode
-falls back to the verifier alone unless some γ beats it by a margin: its outputs are the
-verifier's either way, so it never loses. Other speculative methods keep their best γ (the
-verifier alone would change their outputs).
+decides. So 'auto' times what it chooses between: it decodes each batch it is given with every
+candidate γ (and, for lossless SpecDecode, with the verifier alone), in interleaved rounds in a
+fresh random order so that machine noise and cache effects hit all alike, and keeps the one
+with the least time summed over the batches seen (`measure`, `Warmup`, `pick`). SpecDecode falls
+back to the verifier alone unless some γ beats it by a margin: its outputs are the verifier's
+either way, so it never loses. Other speculative methods keep their best γ (the verifier alone
+would change their outputs).
 
-The choice is cached per (pair, method, rule, α, T, batch shape, lengths), so in a loop over
-batches only the first call pays for the measurement; `generate` reports the γ it ran with
-(`GenerateOutput.num_draft_tokens`, 0 = the verifier alone).
+One batch is not enough to choose on: how often a drafter is accepted varies from input to
+input, and one example at batch 1 picked γ that lost on the rest (bench/RESULTS.md, session
+11). So the choice stays provisional until the warm-up has decoded `warmup_rows` rows (16 by
+default): the first batch is timed in three rounds after an untimed (compiling) call, later
+ones in one, and a γ more than `PRUNE_FACTOR` slower than the best after two batches is
+dropped, so the warm-up costs a few decodes per candidate. While provisional, a call returns
+the output of the candidate currently ahead (its tokens are what that γ decodes; nothing is
+decoded twice). The settled choice is cached per (pair, method, rule, α, T, batch shape,
+lengths), and `generate` reports the γ it ran with (`GenerateOutput.num_draft_tokens`, 0 = the
+verifier alone) and what was measured (`GenerateOutput.gamma_choice`).
 """
 from __future__ import annotations
 
@@ -35,17 +43,29 @@ DEFAULT_CANDIDATES = (1, 2, 3, 5)
 # The verifier alone is kept unless a γ is at least this much faster on the warm-up batch:
 # timing noise on a busy machine must not make 'auto' pick a γ that loses.
 DEFAULT_MARGIN = 0.05
+# Rows the warm-up decodes before the choice is kept for good.
+DEFAULT_WARMUP_ROWS = 16
+# After two warm-up batches, a γ this much slower (summed) than the best is no longer timed.
+PRUNE_FACTOR = 1.25
+FIRST_ROUNDS = 3
+LATER_ROUNDS = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class GammaChoice:
-  """gamma: the chosen γ (0 = the verifier alone). seconds: candidate → median seconds to
-  decode the warm-up batch (key 0 = the verifier alone, when it was a candidate).
-  acceptance: candidate → accepted / (accepted + rejected) drafts, the per-draft acceptance
-  rate estimate (the maximum-likelihood one for independent acceptances)."""
+  """gamma: the chosen γ (0 = the verifier alone). seconds: candidate → seconds to decode a
+  warm-up batch, the mean over the batches it was timed on (key 0 = the verifier alone, when
+  it was a candidate; candidates dropped early were timed on fewer batches). acceptance:
+  candidate → accepted / (accepted + rejected) drafts over its warm-up decodes, the per-draft
+  acceptance rate estimate (the maximum-likelihood one for independent acceptances).
+  rows / batches: how much of the input the measurement rests on; settled: False while the
+  warm-up goes on (the next call with these settings measures again)."""
   gamma: int
   seconds: Mapping[int, float]
   acceptance: Mapping[int, float]
+  rows: int = 0
+  batches: int = 0
+  settled: bool = True
 
   def speedup(self) -> float | None:
     """Measured speed-up of the choice over the verifier alone (None if not measured)."""
@@ -101,18 +121,71 @@ def acceptance_estimate(counters: Mapping[str, Any]) -> float:
 
 
 def measure(run: Callable[[int], Any], candidates: Sequence[int], *,
-            include_verifier: bool, rounds: int = 5) -> tuple[dict[int, float],
-                                                              dict[int, float]]:
+            include_verifier: bool, rounds: int = FIRST_ROUNDS, warm: bool = True,
+            order_seed: int = 0) -> tuple[dict[int, float], dict[int, Any]]:
   """Times `run(γ)` (γ = 0: the verifier alone) for every candidate: one untimed call each
-  (compilation), then `rounds` interleaved rounds (`costs.interleaved`). run returns a
-  GenerateOutput. Returns ({γ: median seconds}, {γ: acceptance estimate})."""
+  (compilation; skipped with warm=False), then `rounds` rounds, each in a fresh random order
+  (`costs.interleaved`). run returns a GenerateOutput. Returns ({γ: median seconds},
+  {γ: the last GenerateOutput})."""
   from spec_cascade import costs  # pylint: disable=import-outside-toplevel
   keys = ([0] if include_verifier else []) + [int(g) for g in candidates]
-  outs, seconds = costs.interleaved({g: functools.partial(run, g) for g in keys}, rounds)
-  return seconds, {g: acceptance_estimate(outs[g].counters) for g in keys if g > 0}
+  outs, seconds = costs.interleaved({g: functools.partial(run, g) for g in keys}, rounds,
+                                    warm=warm, order_seed=order_seed)
+  return seconds, outs
+
+
+@dataclasses.dataclass
+class Warmup:
+  """What 'auto' has measured for one setting so far. live: the candidates still timed (0 =
+  the verifier alone); total / timed: summed median seconds and batch count per candidate;
+  accepted / rejected: drafts summed over each candidate's warm-up decodes."""
+  live: list[int]
+  total: dict[int, float] = dataclasses.field(default_factory=dict)
+  timed: dict[int, int] = dataclasses.field(default_factory=dict)
+  accepted: dict[int, float] = dataclasses.field(default_factory=dict)
+  rejected: dict[int, float] = dataclasses.field(default_factory=dict)
+  rows: int = 0
+  batches: int = 0
+
+  def add(self, seconds: Mapping[int, float], counters: Mapping[int, Mapping[str, Any]],
+          rows: int) -> None:
+    """One warm-up batch of `rows` rows: each live candidate's seconds and counters."""
+    for g in self.live:
+      self.total[g] = self.total.get(g, 0.0) + float(seconds[g])
+      self.timed[g] = self.timed.get(g, 0) + 1
+      if g > 0:
+        self.accepted[g] = self.accepted.get(g, 0.0) + float(np.sum(counters[g]["accepted"]))
+        self.rejected[g] = self.rejected.get(g, 0.0) + float(np.sum(counters[g]["rejected"]))
+    self.rows += int(rows)
+    self.batches += 1
+
+  def prune(self, factor: float = PRUNE_FACTOR) -> None:
+    """Stops timing the γ more than `factor` slower (summed over the same batches) than the
+    best, once two batches are in. The verifier alone stays: it is SpecDecode's fallback."""
+    if self.batches < 2:
+      return
+    best = min(self.total[g] for g in self.live if g > 0)
+    self.live = [g for g in self.live if g == 0 or self.total[g] <= factor * best]
+
+  def leader(self, margin: float = DEFAULT_MARGIN) -> int:
+    """The live candidate with the least summed time (`pick`: the verifier alone unless
+    beaten by `margin`)."""
+    return pick({g: self.total[g] for g in self.live}, margin)
+
+  def done(self, warmup_rows: int) -> bool:
+    return self.rows >= warmup_rows or len([g for g in self.live if g > 0]) == 0
+
+  def choice(self, warmup_rows: int, margin: float = DEFAULT_MARGIN) -> GammaChoice:
+    return GammaChoice(
+        gamma=self.leader(margin),
+        seconds={g: self.total[g] / self.timed[g] for g in self.total},
+        acceptance={g: self.accepted[g] / max(self.accepted[g] + self.rejected[g], 1.0)
+                    for g in self.accepted},
+        rows=self.rows, batches=self.batches, settled=self.done(warmup_rows))
 
 
 _CHOICES: dict[tuple, GammaChoice] = {}
+_WARMUPS: dict[tuple, Warmup] = {}
 
 
 def choice_key(drafter, verifier, method: str, rule: str | None, inputs_shape: tuple,
@@ -124,6 +197,7 @@ def choice_key(drafter, verifier, method: str, rule: str | None, inputs_shape: t
 
 
 def cached(key: tuple) -> GammaChoice | None:
+  """The settled choice for `key`, if the warm-up is over."""
   return _CHOICES.get(key)
 
 
@@ -132,5 +206,34 @@ def remember(key: tuple, choice: GammaChoice) -> GammaChoice:
   return choice
 
 
+def warmup_state(key: tuple, candidates: Sequence[int], include_verifier: bool) -> Warmup:
+  """The warm-up under way for `key` (a new one on first use)."""
+  if key not in _WARMUPS:
+    _WARMUPS[key] = Warmup(live=([0] if include_verifier else []) + [int(g) for g in candidates])
+  return _WARMUPS[key]
+
+
+def warm_up_batch(key: tuple, run: Callable[[int], Any], candidates: Sequence[int], *,
+                  include_verifier: bool, rows: int, warmup_rows: int = DEFAULT_WARMUP_ROWS,
+                  margin: float = DEFAULT_MARGIN) -> tuple[GammaChoice, Any]:
+  """Times the live candidates on one batch of `rows` rows (`measure`), adds it to the
+  warm-up for `key`, and returns (the choice so far, the leader's GenerateOutput on this
+  batch). Once the warm-up holds `warmup_rows` rows the choice is settled and `cached`."""
+  state = warmup_state(key, candidates, include_verifier)
+  first = state.batches == 0
+  live = [g for g in state.live if g > 0]
+  seconds, outs = measure(run, live, include_verifier=0 in state.live,
+                          rounds=FIRST_ROUNDS if first else LATER_ROUNDS, warm=first,
+                          order_seed=state.batches)
+  state.add(seconds, {g: outs[g].counters for g in outs}, rows)
+  choice = state.choice(warmup_rows, margin)
+  state.prune()
+  if choice.settled:
+    remember(key, choice)
+    del _WARMUPS[key]
+  return choice, outs[choice.gamma]
+
+
 def clear_cache() -> None:
   _CHOICES.clear()
+  _WARMUPS.clear()

@@ -59,16 +59,23 @@ def call_loop(bundle, inputs: np.ndarray, k: int, cache_length: int,
   return lambda: jax.block_until_ready(run(params, x))
 
 
-def interleaved(fns: dict, reps: int) -> tuple[dict, dict[str, float]]:
-  """Runs each fn once to warm up, then `reps` rounds calling every fn once per round (so
-  load changes on a shared machine hit all of them alike). Returns ({name: last result},
-  {name: median seconds})."""
-  out = {k: f() for k, f in fns.items()}
+def interleaved(fns: dict, reps: int, *, warm: bool = True,
+                order_seed: int | None = None) -> tuple[dict, dict[str, float]]:
+  """Runs each fn once to warm up (unless warm=False), then `reps` rounds calling every fn
+  once per round (so load changes on a shared machine hit all of them alike); with
+  order_seed, each round calls them in a fresh random order (a fixed order lets whichever fn
+  runs after a given one find its data in the caches). Returns ({name: last result},
+  {name: median seconds}); reps ≥ 1 when warm=False."""
+  if not warm and reps < 1:
+    raise ValueError("interleaved(warm=False) needs reps ≥ 1 (nothing would run).")
+  out = {k: f() for k, f in fns.items()} if warm else {}
   times = {k: [] for k in fns}
+  rng = None if order_seed is None else np.random.default_rng(order_seed)
+  names = list(fns)
   for _ in range(reps):
-    for k, f in fns.items():
+    for k in (names if rng is None else [names[i] for i in rng.permutation(len(names))]):
       t0 = time.perf_counter()
-      out[k] = f()
+      out[k] = fns[k]()
       times[k].append(time.perf_counter() - t0)
   return out, {k: float(np.median(v)) for k, v in times.items()}
 

@@ -202,11 +202,13 @@ def engine_config(method: MethodSpec, settings: DecodeSettings, alpha: float | N
 class DecodeRun:
   """tokens: int32 [N, max_decode_length] per example (0 after EOS); counters: name → [N];
   batch_wall_s: wall-clock of each batch's decode call; batch_gammas: the γ each batch ran
-  with (what num_draft_tokens='auto' chose; 0 = the verifier alone; None without blocks)."""
+  with (what num_draft_tokens='auto' chose; 0 = the verifier alone; None without blocks);
+  warmup_s: seconds 'auto' spent timing candidates beyond the decodes kept."""
   tokens: np.ndarray
   counters: dict[str, np.ndarray]
   batch_wall_s: list[float]
   batch_gammas: list[int | None] = dataclasses.field(default_factory=list)
+  warmup_s: float = 0.0
 
   @property
   def wall_s(self) -> float:
@@ -221,7 +223,7 @@ def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Seq
   L = config.max_decode_length
   tokens = np.zeros((num_examples, L), np.int32)
   counters = {f: np.zeros((num_examples,), np.float64) for f in decoding.COUNTER_FIELDS}
-  walls, gammas = [], []
+  walls, gammas, warmup = [], [], 0.0
   it = batches
   if progress:
     import tqdm  # pylint: disable=g-import-not-at-top
@@ -235,7 +237,8 @@ def decode_batches(drafter: Bundle | None, verifier: Bundle | None, batches: Seq
       counters[f][b.positions] = out.counters[f][:n]
     walls.append(out.wall_s)
     gammas.append(out.num_draft_tokens)
-  return DecodeRun(tokens, counters, walls, gammas)
+    warmup += out.warmup_s
+  return DecodeRun(tokens, counters, walls, gammas, warmup)
 
 
 def warm_up(drafter, verifier, batches: Sequence[Batch], config: decoding.DecodeConfig,
@@ -439,6 +442,8 @@ def infer(task: str, output_dir: str, method: str = "verifier",
                            else int(num_draft_tokens) if ms.gamma_dependent else 0),
       # What 'auto' chose per batch shape (0: the verifier alone), else the fixed γ.
       "chosen_num_draft_tokens": sorted({g for g in run.batch_gammas if g is not None}),
+      # Time 'auto' spent timing its candidates (not in wallclock_s; 0 without 'auto').
+      "auto_warmup_s": run.warmup_s,
       "metric": the_metric, "quality": scores[the_metric], "scores": scores,
       "num_examples": len(data.examples), "split_size": data.split_size,
       "input_length": data.input_length, "truncated_inputs": data.truncated,

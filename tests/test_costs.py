@@ -48,3 +48,15 @@ def test_interleaved_runs_every_fn_each_round():
                               "b": lambda: calls.append("b") or 2}, reps=3)
   assert calls == ["a", "b"] * 4  # warm-up round + 3 timed rounds
   assert out == {"a": 1, "b": 2} and set(t) == {"a", "b"}
+
+
+def test_interleaved_shuffles_each_round_without_a_warm_up():
+  calls = []
+  fns = {k: (lambda k=k: calls.append(k) or k) for k in "abcd"}
+  out, t = costs.interleaved(fns, reps=6, warm=False, order_seed=0)
+  rounds = [tuple(calls[i:i + 4]) for i in range(0, len(calls), 4)]
+  assert len(rounds) == 6 and all(sorted(r) == list("abcd") for r in rounds)
+  assert len(set(rounds)) > 1  # not one fixed order
+  assert out == {k: k for k in "abcd"} and set(t) == set("abcd")
+  with pytest.raises(ValueError, match="reps"):
+    costs.interleaved(fns, reps=0, warm=False)

@@ -19,7 +19,9 @@ class GenerateOutput:
   """tokens: int32 [B, max_decode_length] (0 after EOS); lengths: [B]; counters: name → [B];
   wall_s: wall-clock of the decode call (compilation excluded when warm).
   num_draft_tokens: the γ the speculative methods ran with (0: 'auto' chose the verifier
-  alone; None for methods without blocks); gamma_choice: what 'auto' measured."""
+  alone; None for methods without blocks); gamma_choice: what 'auto' measured;
+  warmup_s: seconds this call spent timing 'auto's candidates, beyond wall_s (0 once the
+  choice is settled)."""
   tokens: np.ndarray
   lengths: np.ndarray
   counters: dict[str, np.ndarray]
@@ -29,6 +31,7 @@ class GenerateOutput:
   # Iterations of the longest loop the call ran (under a data-parallel mesh each device runs
   # its own loop; rows that exist only as padding start finished and add none).
   loop_steps: int | None = None
+  warmup_s: float = 0.0
 
 
 def resolve_rule(method: str, rule: str | None) -> str | None:
@@ -166,6 +169,7 @@ class DecodeConfig:
   shrink_batch: bool = True
   slots: int | None = None
   draft_candidates: tuple[int, ...] = autogamma.DEFAULT_CANDIDATES
+  auto_warmup_rows: int = autogamma.DEFAULT_WARMUP_ROWS
   draft_confidence: float | None = None
   bucket_shapes: bool = True
 
@@ -180,6 +184,9 @@ class DecodeConfig:
       if not candidates or any(not isinstance(g, (int, np.integer)) or g < 1
                                for g in candidates):
         raise ValueError(f"draft_candidates must be positive ints, got {candidates!r}.")
+      if not isinstance(self.auto_warmup_rows, (int, np.integer)) or self.auto_warmup_rows < 1:
+        raise ValueError(f"auto_warmup_rows must be a positive int (rows 'auto' times before "
+                         f"its choice is kept), got {self.auto_warmup_rows!r}.")
     # 'auto' is checked with γ = 1 here (every rule and knob but γ); each γ it tries makes
     # its own spec.
     spec = make_spec(self.method, self.rule,
@@ -245,9 +252,10 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
   `decode_stream`): a finished row's slot takes the next input at once, so no step waits for a
   batch's slowest row. Same outputs as without. With a mesh (data
   parallel only), slots must be a multiple of its 'data' size: each device streams its share.
-  num_draft_tokens='auto' (speculative methods): the first call times every γ in
-  draft_candidates on these inputs (and SpecDecode also the verifier alone) and runs the
-  fastest; later calls with the same settings and shapes reuse the choice (`autogamma`).
+  num_draft_tokens='auto' (speculative methods): calls time every γ in draft_candidates on
+  their inputs (and SpecDecode also the verifier alone) and return the output of the one
+  fastest so far, until auto_warmup_rows rows have been timed (slow γ dropped on the way);
+  later calls with the same settings and shapes run the settled choice (`autogamma`).
   draft_confidence (speculative methods): a dynamic draft length — a row stops drafting after
   the first draft at which the drafter's top probability is below this value, so a block
   proposes 1..γ drafts (HF's assistant_confidence_threshold, BiLD's fallback); drafter calls no
@@ -334,7 +342,7 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
   inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
   slots = config.slots
   timing = {k: v for k, v in config.record().items()
-            if k not in ("seed", "rule", "method", "draft_candidates")}
+            if k not in ("seed", "rule", "method", "draft_candidates", "auto_warmup_rows")}
   key = autogamma.choice_key(drafter, verifier, config.method, config.rule, inputs.shape,
                              candidates=tuple(config.draft_candidates), mesh=mesh, **timing)
   as_verifier = lambda c: dataclasses.replace(c, method="verifier", rule=None,
@@ -353,10 +361,18 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
       return generate(drafter if gamma else None, verifier, inputs[:rows], one,
                       example_ids=ids, mesh=mesh)
 
-    seconds, acceptance = autogamma.measure(run, tuple(config.draft_candidates),
-                                            include_verifier=methods.get(config.method).lossless)
-    choice = autogamma.remember(
-        key, autogamma.GammaChoice(autogamma.pick(seconds), seconds, acceptance))
+    t0 = time.perf_counter()
+    choice, lead = autogamma.warm_up_batch(
+        key, run, tuple(config.draft_candidates),
+        include_verifier=methods.get(config.method).lossless, rows=rows,
+        warmup_rows=config.auto_warmup_rows)
+    spent = time.perf_counter() - t0
+    if rows == inputs.shape[0]:
+      # The leader decoded exactly this call (same rows, ids, settings but γ): reuse it.
+      return dataclasses.replace(lead, num_draft_tokens=choice.gamma, gamma_choice=choice,
+                                 warmup_s=max(spent - lead.wall_s, 0.0))
+  else:
+    spent = 0.0
   gamma = choice.gamma
   if gamma == 0:
     out = generate(None, verifier, inputs, as_verifier(config), example_ids=example_ids,
@@ -365,4 +381,5 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
     out = generate(drafter, verifier, inputs,
                    dataclasses.replace(config, num_draft_tokens=gamma),
                    example_ids=example_ids, mesh=mesh)
-  return dataclasses.replace(out, num_draft_tokens=gamma, gamma_choice=choice)
+  return dataclasses.replace(out, num_draft_tokens=gamma, gamma_choice=choice,
+                             warmup_s=spent)
