@@ -126,6 +126,7 @@ def main(argv=None):
         f"new tokens; batch 1, end to end; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
   summary = []
   for task in args.tasks.split(","):
+    autogamma.clear_cache()  # 'auto' chooses for this task's inputs, not the previous task's
     data = infer.load_task(task, "validation", args.examples, args.seed, vocab,
                            args.input_length)
     metric = infer.metric_name(task)

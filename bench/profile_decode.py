@@ -99,11 +99,22 @@ def main():
   parser.add_argument("--pair", default="t5", choices=("t5", "decoder"),
                       help="t5: hf_peer.synthetic_pair; decoder: decoder_only_speed's Llama pair")
   parser.add_argument("--prompt_len", type=int, default=64)
+  parser.add_argument("--drafter", default=None, help="checkpoint folder (with --verifier): "
+                      "profile this T5 pair instead of a synthetic one")
+  parser.add_argument("--verifier", default=None)
   parser.add_argument("--scope", default=None, help="list only the ops of this scope "
                       f"({', '.join(SCOPES)}, other)")
   args = parser.parse_args()
 
-  if args.pair == "decoder":
+  if args.drafter or args.verifier:
+    if not (args.drafter and args.verifier):
+      sys.exit("--drafter and --verifier go together.")
+    from spec_cascade import infer  # pylint: disable=g-import-not-at-top
+    drafter = decoding.Bundle(*infer.load_bundle(args.drafter))
+    verifier = decoding.Bundle(*infer.load_bundle(args.verifier))
+    inputs = hf_peer.random_inputs(args.batch, args.prompt_len,
+                                   drafter.model.config.vocab_size, seed=1)
+  elif args.pair == "decoder":
     import decoder_only_speed  # pylint: disable=g-import-not-at-top
     drafter, verifier = decoder_only_speed.synthetic_decoder_pair()
     inputs = decoder_only_speed.random_prompts(args.batch, args.prompt_len,

@@ -25,7 +25,8 @@ ones in one, and a γ more than `PRUNE_FACTOR` slower than the best after two ba
 dropped, so the warm-up costs a few decodes per candidate. While provisional, a call returns
 the output of the candidate currently ahead (its tokens are what that γ decodes; nothing is
 decoded twice). The settled choice is cached per (pair, method, rule, α, T, batch shape,
-lengths), and `generate` reports the γ it ran with (`GenerateOutput.num_draft_tokens`, 0 = the
+lengths) for the process: `clear_cache()` when the inputs change kind (another task — its
+acceptance rate differs; `infer` does so per run), and `generate` reports the γ it ran with (`GenerateOutput.num_draft_tokens`, 0 = the
 verifier alone) and what was measured (`GenerateOutput.gamma_choice`).
 """
 from __future__ import annotations

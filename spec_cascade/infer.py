@@ -428,6 +428,10 @@ def infer(task: str, output_dir: str, method: str = "verifier",
   if is_writer():
     os.makedirs(output_dir, exist_ok=True)
     write_config(output_dir)
+  if config.auto:
+    # γ is chosen for these inputs: a choice made on another task's (same shapes) would carry
+    # that task's acceptance rate over.
+    autogamma.clear_cache()
   first = warm_up(drafter, verifier, batches, config, mesh) if warmup else {}
   run = decode_batches(drafter, verifier, batches, len(data.examples), config, mesh, progress,
                        desc=ms.name)
