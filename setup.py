@@ -64,7 +64,7 @@ setup(
         "tensorboard>=2.21,<2.22",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
         # Side-by-side checks against Hugging Face transformers (optional).
         "parity": ["torch>=2.13,<2.15", "transformers>=5.0"],
     },

@@ -128,7 +128,7 @@ def test_auto_falls_back_to_the_verifier_alone(monkeypatch):
   monkeypatch.setattr(autogamma, "measure",
                       fake_times(lambda g: 1.0 if g == 0 else 2.0))
   out = generate(d, v, x, method="spec_decode", num_draft_tokens="auto", temperature=1.0,
-                 seed=3, max_decode_length=10)
+                 seed=3, max_decode_length=10, draft_candidates=(2,))
   ref = generate(None, v, x, method="verifier", temperature=1.0, seed=3, max_decode_length=10)
   assert out.num_draft_tokens == 0 and not out.counters["drafter_steps"].any()
   np.testing.assert_array_equal(out.tokens, ref.tokens)
