@@ -114,10 +114,11 @@ def matmul_chain(rows: int, block: int, dependent: bool, weights):
   return lambda: jax.block_until_ready(run(x, weights))
 
 
-def matmul_table(reps: int) -> None:
+def matmul_table(reps: int, pairs: int = 26) -> None:
+  """pairs: weight matrix pairs (2 MB of float32 each; 26 = 52 MB, more than the 32 MB L3)."""
   rng = np.random.default_rng(0)
   weights = []
-  for _ in range(26):  # 26 × (1 + 1) MB of float32 = 52 MB, more than the 32 MB L3
+  for _ in range(pairs):
     weights.append(jnp.asarray(rng.standard_normal((256, 1024)) * 0.05, jnp.float32))
     weights.append(jnp.asarray(rng.standard_normal((1024, 256)) * 0.05, jnp.float32))
   # 52 distinct [256, 1024] matrices for the independent dots (52 MB too).
@@ -127,8 +128,8 @@ def matmul_table(reps: int) -> None:
            for m in (1, 2, 4, 8) for b in (0, 256)}
     _, t = costs.interleaved(fns, reps, order_seed=1)
     base = t[(1, 0)]
-    what = ("dependent MLP chain, 52 MB" if dependent
-            else "independent [M, 256] × [256, 1024] dots, 52 MB")
+    what = (f"dependent MLP chain, {2 * pairs} MB" if dependent
+            else f"independent [M, 256] × [256, 1024] dots, {2 * pairs} MB")
     print(f"\n| {what} | M = 1 | M = 2 | M = 4 | M = 8 |\n|---|---:|---:|---:|---:|")
     for b in (0, 256):
       label = "one dot per matrix" if b == 0 else f"split into {b}-column blocks"

@@ -7,7 +7,8 @@ latency regime (batch 1, one example per call, end to end: encoders included).
 For each task, on the same `--examples` random validation examples (inputs padded to
 `--input_length` tokens), each decoded alone:
 
-1. greedy: the verifier alone, SpecDecode at every γ of `--gammas`, at γ = 'auto' and at the
+1. greedy: the verifier alone, SpecDecode at every γ of `--gammas`, at γ = 'auto' (choosing
+   among `--gammas` after a warm-up on the first 16 examples, `settle_auto`) and at the
    largest γ with each dynamic draft length θ of `--confidences` (draft_confidence). Columns:
    latency relative to the verifier (end to end, summed over examples), speed-up, the per-draft
    acceptance rate a, the paper's per-row bound E[tokens per block] / (γ·c + v(γ+1)) from the
@@ -124,6 +125,8 @@ def main(argv=None):
         f"{verifier.model.num_params() / 1e6:.2f}M parameters; {args.examples} validation "
         f"examples per task, inputs padded to {args.input_length}, ≤ {args.max_decode_length} "
         f"new tokens; batch 1, end to end; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+  # 'auto' chooses among the γ this run compares (and, for SpecDecode, the verifier alone).
+  auto = dict(num_draft_tokens="auto", draft_candidates=tuple(gammas))
   summary = []
   for task in args.tasks.split(","):
     autogamma.clear_cache()  # 'auto' chooses for this task's inputs, not the previous task's
@@ -155,7 +158,7 @@ def main(argv=None):
     configs = {"verifier": dict(base, method="verifier")}
     for g in gammas:
       configs[f"γ={g}"] = dict(base, method="spec_decode", num_draft_tokens=g)
-    configs["γ=auto"] = dict(base, method="spec_decode", num_draft_tokens="auto")
+    configs["γ=auto"] = dict(base, method="spec_decode", **auto)
     for theta in confidences:
       configs[f"γ={max(gammas)} θ={theta:g}"] = dict(
           base, method="spec_decode", num_draft_tokens=max(gammas), draft_confidence=theta)
@@ -186,10 +189,10 @@ def main(argv=None):
       base = dict(temperature=temp, max_decode_length=args.max_decode_length, seed=args.seed)
       configs = {"verifier": dict(base, method="verifier"),
                  "drafter": dict(base, method="drafter"),
-                 "SpecDecode γ=auto": dict(base, method="spec_decode", num_draft_tokens="auto")}
+                 "SpecDecode γ=auto": dict(base, method="spec_decode", **auto)}
       for a in alphas:
         configs[f"SpecCascade [Token] α={a}"] = dict(
-            base, method="spec_cascade", rule="token_v3", alpha=a, num_draft_tokens="auto")
+            base, method="spec_cascade", rule="token_v3", alpha=a, **auto)
       res = run_per_example(drafter, verifier, xs, configs, args.rounds)
       v_s = res["verifier"][2]
       print(f"\n| T = {temp:g}, batch 1 | {metric} (90 % CI) | rel. latency | γ |")
@@ -223,7 +226,7 @@ def main(argv=None):
       ids = [np.arange(i, i + b) for i in range(0, n, b)]
       base = dict(temperature=0.0, max_decode_length=args.max_decode_length)
       runs = {"verifier": dict(base, method="verifier"),
-              "auto": dict(base, method="spec_decode", num_draft_tokens="auto")}
+              "auto": dict(base, method="spec_decode", **auto)}
       generate(drafter, verifier, chunks[0], example_ids=ids[0], **runs["verifier"])
       settle_auto(drafter, verifier, chunks, ids, runs["auto"], f"batch {b}")
       t = {k: [] for k in runs}

@@ -225,3 +225,15 @@ def test_soak_counts_programs_per_method_and_reruns_slow_calls():
   assert all(1 <= v <= 6 for v in res["programs"].values())
   assert len(res["rss_mib"]) == 2 and sum("calls: RSS" in line for line in lines) == 2
   assert res["slow_calls"] == [] or all(r[0] > 3.0 for r in res["slow_calls"])
+
+
+def test_block_cost_times_every_term(capsys):
+  import block_cost  # pylint: disable=import-outside-toplevel
+  from pairs import make_pair, random_inputs  # pylint: disable=import-outside-toplevel
+  drafter, verifier = make_pair()
+  block_cost.block_table(drafter, verifier, random_inputs(1), gamma=2, reps=1)
+  block_cost.matmul_table(reps=1, pairs=2)
+  out = capsys.readouterr().out
+  assert "| the same calls alternating |" in out and "| alternation cost |" in out
+  assert "| dependent MLP chain, 4 MB |" in out
+  assert out.count("(1.00×)") >= 2  # each matmul table's reference cell
