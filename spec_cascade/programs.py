@@ -16,10 +16,20 @@ engine pads inputs to a bucket:
 Padding never changes a row's result beyond float rounding: padded input positions are masked,
 padding rows are skipped. Inputs of 1–256 tokens at batch 1–16 therefore need at most
 3 × 5 = 15 programs per method.
+
+A count is not the only bound: each program XLA compiles for the CPU maps its code into
+hundreds to thousands of separate memory regions, Linux caps the regions of a process
+(vm.max_map_count, 65,530 by default), and LLVM aborts the whole process when it runs out
+("LLVM ERROR: Unable to allocate section memory" — the main job's sweep with the batch-1
+latency table did, at its 164th point with fewer than 48 programs alive). So before each new
+compilation the cache also drops programs, least recently used first, while the process holds
+more than `MAP_BUDGET` of the regions it may map.
 """
 from __future__ import annotations
 
 import collections
+import gc
+import logging
 import threading
 from typing import Any, Callable, Hashable
 
@@ -29,6 +39,22 @@ MIN_LENGTH = 64
 LENGTH_STEP = 4096  # above this, lengths round to multiples of it
 BATCH_STEP = 16     # above this, batch sizes round to multiples of it
 DEFAULT_CAPACITY = 48
+MAP_BUDGET = 0.5  # of vm.max_map_count: the rest is headroom for the next compilation
+
+log = logging.getLogger(__name__)
+
+
+def memory_maps() -> tuple[int, int] | None:
+  """(memory regions this process has mapped, the most it may map) on Linux; None where the
+  kernel does not say."""
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      mapped = sum(1 for _ in f)
+    with open("/proc/sys/vm/max_map_count", encoding="ascii") as f:
+      limit = int(f.read())
+  except (OSError, ValueError):
+    return None
+  return mapped, limit
 
 
 def bucket_length(n: int) -> int:
@@ -95,6 +121,7 @@ class ProgramCache:
       if fn is not None:
         self._entries.move_to_end(key)
         return fn
+      self._relieve_maps()  # a new program is about to be compiled
     fn = make()
     with self._lock:
       fn = self._entries.setdefault(key, fn)
@@ -102,13 +129,33 @@ class ProgramCache:
       self._shrink()
     return fn
 
+  def _relieve_maps(self) -> None:
+    """Drops programs (LRU) while the process maps more than MAP_BUDGET of its allowed
+    memory regions (see the module docstring)."""
+    dropped = 0
+    while self._entries:
+      maps = memory_maps()
+      if maps is None or maps[0] <= MAP_BUDGET * maps[1]:
+        break
+      self._evict_one()
+      dropped += 1
+      gc.collect()  # the executables go with the last reference to them
+    if dropped:
+      maps = memory_maps()
+      log.info("dropped %d compiled programs to stay within the process's memory-map limit "
+               "(%s regions of %s mapped now; %d programs kept)", dropped,
+               *(maps or ("?", "?")), len(self._entries))
+
+  def _evict_one(self) -> None:
+    _, old = self._entries.popitem(last=False)
+    self.evictions += 1
+    clear = getattr(old, "clear_cache", None)
+    if clear is not None:
+      clear()
+
   def _shrink(self) -> None:
     while len(self._entries) > self.capacity:
-      _, old = self._entries.popitem(last=False)
-      self.evictions += 1
-      clear = getattr(old, "clear_cache", None)
-      if clear is not None:
-        clear()
+      self._evict_one()
 
   def __len__(self) -> int:
     return len(self._entries)

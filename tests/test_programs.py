@@ -92,6 +92,51 @@ def test_program_cache_evicts_least_recently_used(pair):
     programs.set_capacity(0)
 
 
+def test_memory_maps_are_counted_on_linux():
+  maps = programs.memory_maps()
+  if maps is None:
+    pytest.skip("the kernel does not report memory maps here")
+  mapped, limit = maps
+  assert 0 < mapped < limit
+
+
+def test_programs_are_dropped_before_a_compile_when_memory_maps_run_short(monkeypatch):
+  """Each compiled CPU program holds many memory regions; LLVM aborts the process when the
+  kernel's limit is reached, so a miss first drops the least recently used programs while over
+  MAP_BUDGET of it — and nothing while under, or where the kernel does not say."""
+  cache = programs.ProgramCache(capacity=10)
+  cleared = []
+
+  class Fn:
+    def __init__(self, name):
+      self.name = name
+
+    def clear_cache(self):
+      cleared.append(self.name)
+
+  for name in "abcd":
+    cache.get(name, lambda name=name: Fn(name))
+  cache.get("a", lambda: pytest.fail("'a' is cached"))  # a hit: 'a' is now the newest
+  mapped = {"n": 900}  # of 1,000: over the budget until two programs are gone
+
+  def fake_maps():
+    return mapped["n"], 1000
+
+  def fake_evict(evict=cache._evict_one):  # pylint: disable=protected-access
+    evict()
+    mapped["n"] -= 200
+  monkeypatch.setattr(programs, "memory_maps", fake_maps)
+  monkeypatch.setattr(cache, "_evict_one", fake_evict)
+  cache.get("e", lambda: Fn("e"))
+  assert cleared == ["b", "c"] and cache.keys() == ["d", "a", "e"]
+  cache.get("f", lambda: Fn("f"))  # 500 of 1,000: within the budget
+  assert cleared == ["b", "c"] and len(cache) == 4
+  monkeypatch.setattr(programs, "memory_maps", lambda: None)
+  mapped["n"] = 10_000
+  cache.get("g", lambda: Fn("g"))
+  assert len(cache) == 5
+
+
 @pytest.mark.parametrize("bad,match", [
     (np.array([[5, 64, 0]]), r"outside the vocabulary \[0, 64\): 64 at row 0, column 1"),
     (np.array([[5, 3], [-1, 0]]), r"-1 at row 1, column 0"),
