@@ -26,8 +26,9 @@ dropped, so the warm-up costs a few decodes per candidate. While provisional, a 
 the output of the candidate currently ahead (its tokens are what that γ decodes; nothing is
 decoded twice). The settled choice is cached per (pair, method, rule, α, T, batch shape,
 lengths) for the process: `clear_cache()` when the inputs change kind (another task — its
-acceptance rate differs; `infer` does so per run), and `generate` reports the γ it ran with (`GenerateOutput.num_draft_tokens`, 0 = the
-verifier alone) and what was measured (`GenerateOutput.gamma_choice`).
+acceptance rate differs; `infer` does so per run), and `generate` reports the γ it ran with
+(`GenerateOutput.num_draft_tokens`, 0 = the verifier alone) and what was measured
+(`GenerateOutput.gamma_choice`).
 """
 from __future__ import annotations
 
@@ -173,16 +174,14 @@ class Warmup:
     beaten by `margin`)."""
     return pick({g: self.total[g] for g in self.live}, margin)
 
-  def done(self, warmup_rows: int) -> bool:
-    return self.rows >= warmup_rows or len([g for g in self.live if g > 0]) == 0
-
   def choice(self, warmup_rows: int, margin: float = DEFAULT_MARGIN) -> GammaChoice:
     return GammaChoice(
         gamma=self.leader(margin),
         seconds={g: self.total[g] / self.timed[g] for g in self.total},
-        acceptance={g: self.accepted[g] / max(self.accepted[g] + self.rejected[g], 1.0)
+        acceptance={g: acceptance_estimate({"accepted": self.accepted[g],
+                                            "rejected": self.rejected[g]})
                     for g in self.accepted},
-        rows=self.rows, batches=self.batches, settled=self.done(warmup_rows))
+        rows=self.rows, batches=self.batches, settled=self.rows >= warmup_rows)
 
 
 _CHOICES: dict[tuple, GammaChoice] = {}
@@ -207,20 +206,14 @@ def remember(key: tuple, choice: GammaChoice) -> GammaChoice:
   return choice
 
 
-def warmup_state(key: tuple, candidates: Sequence[int], include_verifier: bool) -> Warmup:
-  """The warm-up under way for `key` (a new one on first use)."""
-  if key not in _WARMUPS:
-    _WARMUPS[key] = Warmup(live=([0] if include_verifier else []) + [int(g) for g in candidates])
-  return _WARMUPS[key]
-
-
 def warm_up_batch(key: tuple, run: Callable[[int], Any], candidates: Sequence[int], *,
                   include_verifier: bool, rows: int, warmup_rows: int = DEFAULT_WARMUP_ROWS,
                   margin: float = DEFAULT_MARGIN) -> tuple[GammaChoice, Any]:
   """Times the live candidates on one batch of `rows` rows (`measure`), adds it to the
   warm-up for `key`, and returns (the choice so far, the leader's GenerateOutput on this
   batch). Once the warm-up holds `warmup_rows` rows the choice is settled and `cached`."""
-  state = warmup_state(key, candidates, include_verifier)
+  state = _WARMUPS.setdefault(
+      key, Warmup(live=([0] if include_verifier else []) + [int(g) for g in candidates]))
   first = state.batches == 0
   live = [g for g in state.live if g > 0]
   seconds, outs = measure(run, live, include_verifier=0 in state.live,

@@ -132,16 +132,13 @@ class ProgramCache:
   def _relieve_maps(self) -> None:
     """Drops programs (LRU) while the process maps more than MAP_BUDGET of its allowed
     memory regions (see the module docstring)."""
-    dropped = 0
-    while self._entries:
-      maps = memory_maps()
-      if maps is None or maps[0] <= MAP_BUDGET * maps[1]:
-        break
+    dropped, maps = 0, memory_maps()
+    while self._entries and maps is not None and maps[0] > MAP_BUDGET * maps[1]:
       self._evict_one()
       dropped += 1
       gc.collect()  # the executables go with the last reference to them
-    if dropped:
       maps = memory_maps()
+    if dropped:
       log.info("dropped %d compiled programs to stay within the process's memory-map limit "
                "(%s regions of %s mapped now; %d programs kept)", dropped,
                *(maps or ("?", "?")), len(self._entries))

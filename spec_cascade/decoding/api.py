@@ -347,7 +347,7 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
                              candidates=tuple(config.draft_candidates), mesh=mesh, **timing)
   as_verifier = lambda c: dataclasses.replace(c, method="verifier", rule=None,
                                               num_draft_tokens=None, draft_confidence=None)
-  choice = autogamma.cached(key)
+  choice, spent = autogamma.cached(key), 0.0
   if choice is None:
     # Warm-up on the first `slots` rows when streaming (the rows a step decodes at a time).
     rows = slots if slots is not None and slots < inputs.shape[0] else inputs.shape[0]
@@ -371,8 +371,6 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
       # The leader decoded exactly this call (same rows, ids, settings but γ): reuse it.
       return dataclasses.replace(lead, num_draft_tokens=choice.gamma, gamma_choice=choice,
                                  warmup_s=max(spent - lead.wall_s, 0.0))
-  else:
-    spent = 0.0
   gamma = choice.gamma
   if gamma == 0:
     out = generate(None, verifier, inputs, as_verifier(config), example_ids=example_ids,
