@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -273,6 +273,28 @@ def get_rule(name: str) -> RuleSpec:
   except (KeyError, TypeError):
     raise ValueError(f"unknown deferral rule {name!r}; valid rules: "
                      f"{', '.join(sorted(RULES))}.") from None
+
+
+def switched(names: Sequence[str], index: Any) -> RuleFn:
+  """One target map for several rules: rule `names[index]`, chosen at run time (`index` may be
+  traced), so a program compiled with it serves every rule in `names`.
+
+  The rules' own maps run unchanged inside `lax.switch` (only the chosen branch executes); π
+  and the deferral come back float32 whatever the rule returns."""
+  fns = [get_rule(n).fn for n in names]
+  if len(fns) == 1:
+    return fns[0]
+
+  def branch(fn):
+    def run(args):
+      pi, defer = fn(*args)
+      return jnp.asarray(pi, jnp.float32), jnp.asarray(defer, jnp.float32)
+    return run
+
+  def fn(q_scaled, p_scaled, q, p, alpha, beta=None):
+    return jax.lax.switch(jnp.asarray(index, jnp.int32), [branch(f) for f in fns],
+                          (q_scaled, p_scaled, q, p, alpha, beta))
+  return fn
 
 
 def validate_alpha(name: str, alpha: Any) -> None:

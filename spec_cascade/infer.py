@@ -164,14 +164,16 @@ def stream_slots(batch_size: int, stream_batches: int) -> int | None:
 
 
 def engine_config(method: MethodSpec, settings: DecodeSettings, alpha: float | None,
-                  temperature: float, num_draft_tokens: int | str | None
-                  ) -> decoding.DecodeConfig:
+                  temperature: float, num_draft_tokens: int | str | None,
+                  rule_set: tuple[str, ...] | None = None) -> decoding.DecodeConfig:
   """The engine's validated `DecodeConfig` for one operating point (built once per point:
   its spec is the compiled program's key, its knobs what an α / T sweep changes).
 
   num_draft_tokens: γ, 'auto', or None (no γ: ignored wherever γ does not apply anyway). The
   engine gets None where its method reads no γ, so all points of such a method share one
-  compiled program; BiLD's γ bounds its window unless `settings.bild_max_window` is set."""
+  compiled program; BiLD's γ bounds its window unless `settings.bild_max_window` is set.
+  rule_set: compile these rules (the method's among them) into one program
+  (`DecodeConfig.rule_set`)."""
   if num_draft_tokens == autogamma.AUTO:
     autogamma.check(num_draft_tokens, method.engine_method)
     gamma = autogamma.AUTO
@@ -195,7 +197,7 @@ def engine_config(method: MethodSpec, settings: DecodeSettings, alpha: float | N
       fallback_threshold=settings.fallback_threshold,
       bild_max_window=settings.bild_max_window or max(window, 1),
       token_cascade_window=settings.token_cascade_window,
-      shrink_batch=settings.shrink_batch, slots=settings.slots, **lenience)
+      shrink_batch=settings.shrink_batch, slots=settings.slots, rule_set=rule_set, **lenience)
 
 
 @dataclasses.dataclass

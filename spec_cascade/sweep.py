@@ -15,7 +15,8 @@ Output folder:
 
 Timing. Each point decodes the same length-sorted fixed-shape batches (`infer.make_batches`).
 Before a compiled program's first timed run every batch shape is called once (a warm-up), so
-compilation is excluded; its cost is recorded as `compile_s`. Wall-clock = Σ batch decode times,
+compilation is excluded; its cost is recorded as `compile_s` (SpecCascade's rules share one
+program, `share_rule_programs`). Wall-clock = Σ batch decode times,
 mean (and std) over `trials` repetitions. rel_latency = wall-clock / the verifier alone's at the
 same task and T (the verifier runs first; it is added to the sweep if missing).
 modelled_rel_latency = (Σ drafter_steps · c + Σ verifier_calls) / Σ verifier calls of the verifier
@@ -45,6 +46,7 @@ from spec_cascade import decoding
 from spec_cascade import gin_cli
 from spec_cascade import infer
 from spec_cascade import metrics as metrics_lib
+from spec_cascade import methods as methods_lib
 from spec_cascade import output_dir as output_dir_lib
 from spec_cascade import pod
 from spec_cascade import results as results_lib
@@ -218,7 +220,8 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
               drafter_config=None, verifier_config=None, model_parallel: int = 1,
               use_mesh: bool | None = None,
               cost_ratio_reps: int = 20, write_report: bool = True, progress: bool = True,
-              shrink_batch: bool = True, latency_examples: int = 0) -> list[ResultRow]:
+              shrink_batch: bool = True, latency_examples: int = 0,
+              share_rule_programs: bool = True) -> list[ResultRow]:
   """Runs (or resumes) a sweep and returns the full results table.
 
   task: one task name or a list (offline tasks, or registered seqio tasks).
@@ -233,6 +236,10 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   latency_examples > 0: also decode each point's first that many examples one at a time (batch
     1, on one device: the paper's latency regime) and report the mean seconds per example
     (`latency_s`, `rel_latency_batch1`; the report's first table).
+  share_rule_programs: a method that runs several deferral rules (SpecCascade's, the oracle's)
+    compiles them all into one program that picks the point's rule at run time
+    (`DecodeConfig.rule_set`): the same outputs, one compilation instead of one per rule
+    (bench/shared_rules.py: 7–8× less compile time, decode time within ~1 %).
   output_dir: a local folder, or a remote one (e.g. gs://...): then the sweep runs in a local
     staging folder (seeded from the remote one, so a resume skips finished points) and process 0
     copies it back after the sweep, also when it stops early.
@@ -319,7 +326,7 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
                       fallback_threshold=fallback_threshold, bild_max_window=bild_max_window,
                       cost_ratio_reps=cost_ratio_reps, progress=progress, outer=outer,
                       shrink_batch=shrink_batch, latency_examples=int(latency_examples),
-                    lossy_beta=lossy_beta)
+                      lossy_beta=lossy_beta, share_rule_programs=share_rule_programs)
       finally:
         if outer is not None:
           outer.close()
@@ -332,11 +339,24 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   return rows
 
 
+def shared_rule_sets(points: Sequence[Point]) -> dict[str, tuple[str, ...]]:
+  """{engine method: its rules among `points`} for each method that runs several rules and can
+  compile them into one program (`decoding.make_spec`'s rule_set: not SpecDecode's 'verifier',
+  which decodes with a program of its own)."""
+  rules: dict[str, set[str]] = {}
+  for p in points:
+    m, r = p.method.engine_method, p.method.engine_rule
+    if methods_lib.get(m).rules is methods_lib.ANY_RULE and r not in (None, "verifier"):
+      rules.setdefault(m, set()).add(r)
+  return {m: tuple(sorted(rs)) for m, rs in rules.items() if len(rs) > 1}
+
+
 def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab: str | None,
               output_dir: str, results_path: str, metric: str, *, split: str, batch_size: int,
               trials: int, num_examples, lengths, input_bucket, seed, top_k, top_p,
               fallback_threshold, bild_max_window, cost_ratio_reps, progress, outer,
-              shrink_batch, latency_examples=0, lossy_beta=None) -> None:
+              shrink_batch, latency_examples=0, lossy_beta=None,
+              share_rule_programs=True) -> None:
   input_length, max_decode_length = lengths
   settings = infer.DecodeSettings(max_decode_length=int(max_decode_length), seed=int(seed),
                                   top_k=int(top_k), top_p=float(top_p),
@@ -376,11 +396,13 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
   lat_baselines = {t: _latency_baseline(existing, task, t) for t in baselines}
   lat_inputs = infer.one_at_a_time(data, latency_examples)
   compile_s: dict[tuple, float] = {}
+  rule_sets = shared_rule_sets(points) if share_rule_programs else {}
   for point in points:
     if outer is not None:
       outer.set_postfix_str(f"{task} {point.name}")
     config = infer.engine_config(point.method, settings, point.alpha, point.temperature,
-                                 point.num_draft_tokens)
+                                 point.num_draft_tokens,
+                                 rule_set=rule_sets.get(point.method.engine_method))
     prog = config.program_key(batches[0].inputs.shape)
     first = None
     if prog not in compile_s:

@@ -119,7 +119,11 @@ def test_random_inputs_are_padded_token_ids():
 
 
 def test_compile_time_covers_every_method():
-  assert set(compile_time.CASES) == set(decoding.METHODS)
+  # Cases named after a method time it; the others (the sweep's shared rule program) name
+  # theirs.
+  assert set(decoding.METHODS) <= set(compile_time.CASES)
+  for name, (_, extra) in compile_time.CASES.items():
+    assert name in decoding.METHODS or extra["method"] in decoding.METHODS
 
 
 def test_acceptance_rate_counts_tests_not_drafts():

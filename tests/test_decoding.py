@@ -474,6 +474,56 @@ def test_alpha_temperature_sweep_compiles_once(pair):
   assert (len(programs.PROGRAMS), programs.PROGRAMS.compiled_count()) == (1, 1)
 
 
+@pytest.mark.parametrize("method,rules", [
+    ("spec_cascade", ("chow", "lossy", "token_v3")), ("oracle", ("chow", "diff"))])
+def test_a_rule_set_compiles_once_and_decodes_each_rule_as_its_own_program(pair, method, rules):
+  drafter, verifier = pair
+  x = random_inputs(3, seed=4)
+  kw = dict(method=method, alpha=0.3, num_draft_tokens=3, max_decode_length=MAXLEN, seed=1)
+  for temperature in (0.0, 1.0):
+    own = {r: generate(drafter, verifier, x, rule=r, temperature=temperature, **kw)
+           for r in rules}
+    programs.PROGRAMS.clear()
+    for r in rules:
+      shared = generate(drafter, verifier, x, rule=r, rule_set=rules,
+                        temperature=temperature, **kw)
+      _assert_same_outputs(shared, own[r])
+    assert (len(programs.PROGRAMS), programs.PROGRAMS.compiled_count()) == (1, 1)
+  # The rules really differ here (in tokens or in what they deferred), so the run-time choice
+  # is not a no-op.
+  assert len({(own[r].tokens.tobytes(), own[r].counters["deferred"].tobytes())
+              for r in rules}) == len(rules)
+
+
+@pytest.mark.parametrize("method,rule,rule_set,match", [
+    ("spec_cascade", "chow", ("diff", "opt"), "not in rule_set"),
+    ("spec_cascade", "chow", ("chow", "verifier"), "cannot hold 'verifier'"),
+    ("spec_cascade", "chow", ("chow", "chow"), "twice"),
+    ("spec_cascade", "chow", ("chow", "nope"), "unknown deferral rule"),
+    ("spec_cascade", "chow", "chow", "sequence of rule names"),
+    ("spec_decode_lossy", "lossy", ("lossy",), "take a choice of rule"),
+    ("token_cascade", "chow", ("chow",), "take a choice of rule"),
+    ("bild", None, ("chow",), "take a choice of rule"),
+])
+def test_bad_rule_sets_are_refused(method, rule, rule_set, match):
+  with pytest.raises(ValueError, match=match):
+    decoding.DecodeConfig(method=method, rule=rule, rule_set=rule_set)
+
+
+def test_knobs_pick_only_a_rule_of_the_set():
+  spec = decoding.make_spec("spec_cascade", "chow", rule_set=("chow", "diff"))
+  assert spec.rule is None and spec.rule_set == ("chow", "diff")
+  assert int(decoding.make_knobs(spec, rule="diff").rule_index) == 1
+  with pytest.raises(ValueError, match="not in the program's rule_set"):
+    decoding.make_knobs(spec, rule="opt")
+  # α is checked against the rule that runs (diff: α ∈ [-1, 1]).
+  with pytest.raises(ValueError, match="alpha"):
+    decoding.make_knobs(spec, rule="diff", alpha=5.0)
+  own = decoding.make_spec("spec_cascade", "chow")
+  with pytest.raises(ValueError, match="differs from the spec's rule"):
+    decoding.make_knobs(own, rule="diff")
+
+
 _MULTI_DEVICE = textwrap.dedent("""
     import json, sys
     import numpy as np

@@ -104,6 +104,15 @@ def test_plan_runs_the_verifier_first_and_gamma_independent_methods_once():
   assert len(runs) == len(set(runs))
 
 
+def test_speccascade_rules_share_one_program_and_specdecode_keeps_its_own():
+  methods_ = infer.resolve_methods(["specdecode", "spec_cascade_chow", "spec_cascade_token_v3",
+                                    "specdecode_lossy", "oracle_diff", "token_cascade_chow"])
+  pts = sweep.plan_points(TASK, methods_, {"default": [0.3]}, 5, [1.0], [3])
+  assert sweep.shared_rule_sets(pts) == {"spec_cascade": ("chow", "token_v3")}
+  # One rule of a method: nothing to share.
+  assert sweep.shared_rule_sets(pts[:3]) == {}
+
+
 def test_method_names_resolve_to_the_engine():
   assert infer.resolve_method("spec_decode").name == "specdecode"
   m = infer.resolve_method("oracle_token_v3")
@@ -447,6 +456,41 @@ def test_batch1_latency_regime_is_measured_and_reported_first(tmp_path, env,
   assert report_md.index("one example at a time (batch 1") < report_md.index("## Throughput")
   assert "(batch-1 latency)" in report_md
   assert (out / f"quality_vs_batch1_latency__{TASK}_T0_g3.png").exists()
+
+
+@pytest.mark.slow
+def test_shared_rule_programs_change_no_result(tmp_path, tmp_path_factory, monkeypatch):
+  env = sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
+  sweep_helpers.use_env(monkeypatch, env)
+  gin_file = _write_gin(tmp_path / "t.gin", pair=True)
+  real = decoding.generate
+  keys = []
+
+  def recording(*args, **kwargs):
+    config = args[3]
+    if config.method == "spec_cascade":
+      keys.append(config.program_key(np.shape(args[2])))
+    return real(*args, **kwargs)
+  monkeypatch.setattr(decoding, "generate", recording)
+  rows = {}
+  for share in (True, False):
+    out = tmp_path / f"share_{share}"
+    assert sweep.main([f"--gin_file={gin_file}", f"--gin.SWEEP_OUTPUT_DIR='{out}'",
+                       "--gin.METHODS=['spec_cascade_chow', 'spec_cascade_diff']",
+                       "--gin.ALPHAS={'chow': [0.6], 'diff': [0.1]}",
+                       "--gin.TEMPERATURES=[1.0]", "--gin.TRIALS=1",
+                       f"--gin.sweep_script.run_sweep.share_rule_programs={share}"]) == 0
+    rows[share] = {r.key: r for r in results_lib.read_rows(out / "results.csv")}
+    # Shared: both rules' calls run one program per batch shape; unshared: one per rule.
+    shapes = {k[1] for k in keys}
+    assert len(set(keys)) == len(shapes) * (1 if share else 2)
+    keys.clear()
+  assert rows[True].keys() == rows[False].keys()
+  same = lambda r: (r.quality, r.acceptance_rate, r.deferral_rate,
+                    {k: v for k, v in r.extra.items() if k != "compile_s"})  # counters et al.
+  for key, row in rows[True].items():
+    # NaN == NaN here (the verifier has no acceptance rate).
+    np.testing.assert_equal(same(row), same(rows[False][key]), err_msg=str(key))
 
 
 def test_lossy_beta_reaches_the_engine_and_its_program_key():

@@ -58,9 +58,13 @@ def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int | N
               max_decode_length: int = 64, top_k: int = 0, beta: float | None = None,
               token_cascade_window: int = 8, bild_max_window: int = 10,
               shrink_batch: bool = True, dynamic_draft: bool = False,
-              eos_id: int = EOS_ID) -> DecodeSpec:
-  """Validated DecodeSpec (the static part of a decode)."""
+              eos_id: int = EOS_ID, rule_set=None) -> DecodeSpec:
+  """Validated DecodeSpec (the static part of a decode).
+
+  rule_set: rules to compile into one program with `rule` (which must be among them); the
+  spec then names no rule and `make_knobs(rule=...)` picks one at run time."""
   rule = resolve_rule(method, rule)
+  rule_set = _check_rule_set(method, rule, rule_set)
   blocks = methods.get(method).gamma == methods.GAMMA_BLOCK
   if dynamic_draft and not blocks:
     raise ValueError(f"draft_confidence (dynamic draft length) applies to the speculative "
@@ -76,7 +80,7 @@ def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int | N
   for name, v, lo in checks:
     if not isinstance(v, (int, np.integer)) or v < lo:
       raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}.")
-  return DecodeSpec(method=method, rule=rule,
+  return DecodeSpec(method=method, rule=None if rule_set else rule, rule_set=rule_set,
                     num_draft_tokens=int(num_draft_tokens) if blocks else None,
                     max_decode_length=int(max_decode_length),
                     top_k=sampling.validate_top_k(top_k), solve_beta=beta is None,
@@ -87,21 +91,56 @@ def make_spec(method: str, rule: str | None = None, *, num_draft_tokens: int | N
 
 def make_knobs(spec: DecodeSpec, *, alpha: float = 0.0, beta: float | None = None,
                temperature: float = 1.0, top_p: float = 1.0, fallback_threshold: float = 0.6,
-               rollback_threshold: float = 3.0, draft_confidence: float | None = None) -> Knobs:
-  """Validated traced knobs."""
+               rollback_threshold: float = 3.0, draft_confidence: float | None = None,
+               rule: str | None = None) -> Knobs:
+  """Validated traced knobs. rule: which of `spec.rule_set` to run (required with a rule
+  set; otherwise it must be None or the spec's rule)."""
   sampling.validate_sampling_params(temperature, spec.top_k, top_p)
   if draft_confidence is not None and not 0.0 <= float(draft_confidence) <= 1.0:
     raise ValueError(f"draft_confidence must be in [0, 1] (a probability), got "
                      f"{draft_confidence!r}.")
-  if spec.rule is not None and methods.get(spec.method).alpha is not None:
-    deferral.validate_alpha(spec.rule, alpha)
-    deferral.validate_beta(spec.rule, alpha, beta)
+  if spec.rule_set:
+    if rule not in spec.rule_set:
+      raise ValueError(f"rule {rule!r} is not in the program's rule_set {spec.rule_set}; "
+                       "pass make_knobs(rule=...) one of them.")
+    rule_index = spec.rule_set.index(rule)
+  else:
+    if rule is not None and rule != spec.rule:
+      raise ValueError(f"rule {rule!r} differs from the spec's rule {spec.rule!r}; only a "
+                       "spec made with rule_set picks its rule at run time.")
+    rule, rule_index = spec.rule, 0
+  if rule is not None and methods.get(spec.method).alpha is not None:
+    deferral.validate_alpha(rule, alpha)
+    deferral.validate_beta(rule, alpha, beta)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return Knobs(alpha=f32(alpha), beta=f32(1.0 if beta is None else beta),
                temperature=f32(temperature), top_p=f32(top_p),
                fallback_threshold=f32(fallback_threshold),
                rollback_threshold=f32(rollback_threshold),
-               draft_confidence=f32(0.0 if draft_confidence is None else draft_confidence))
+               draft_confidence=f32(0.0 if draft_confidence is None else draft_confidence),
+               rule_index=jnp.asarray(rule_index, jnp.int32))
+
+
+def _check_rule_set(method: str, rule: str | None, rule_set) -> tuple[str, ...]:
+  """rule_set as a tuple of distinct rules `method` takes, `rule` among them; () for None."""
+  if rule_set is None or len(rule_set) == 0:
+    return ()
+  if isinstance(rule_set, str):
+    raise ValueError(f"rule_set must be a sequence of rule names, got the string {rule_set!r}.")
+  m = methods.get(method)
+  if m.body not in ("draft_verify", "token_level") or m.rules == () or len(m.rules or ()) == 1:
+    raise ValueError(f"rule_set applies to methods that take a choice of rule (spec_cascade, "
+                     f"oracle); method {method!r} runs one fixed program.")
+  names = tuple(resolve_rule(method, r) for r in rule_set)
+  if len(set(names)) != len(names):
+    raise ValueError(f"rule_set names a rule twice: {rule_set!r}.")
+  if "verifier" in names:
+    raise ValueError("rule_set cannot hold 'verifier': SpecDecode's program differs (it skips "
+                     "the block's last drafter step); decode it with method='spec_decode'.")
+  if rule not in names:
+    raise ValueError(f"rule {rule!r} is not in rule_set {names}; add it or leave rule_set "
+                     "out.")
+  return names
 
 
 def _check_inputs(inputs, vocab_size: int | None = None) -> np.ndarray:
@@ -172,9 +211,12 @@ class DecodeConfig:
   auto_warmup_rows: int = autogamma.DEFAULT_WARMUP_ROWS
   draft_confidence: float | None = None
   bucket_shapes: bool = True
+  rule_set: tuple[str, ...] | None = None
 
   def __post_init__(self):
     autogamma.check(self.num_draft_tokens, self.method)
+    if self.rule_set is not None and not isinstance(self.rule_set, str):
+      object.__setattr__(self, "rule_set", tuple(self.rule_set))
     if self.slots is not None and (not isinstance(self.slots, (int, np.integer))
                                    or self.slots < 1):
       raise ValueError(f"slots must be a positive int (rows decoded at a time), got "
@@ -194,11 +236,13 @@ class DecodeConfig:
                      max_decode_length=self.max_decode_length, top_k=self.top_k,
                      beta=self.beta, token_cascade_window=self.token_cascade_window,
                      bild_max_window=self.bild_max_window, shrink_batch=self.shrink_batch,
-                     dynamic_draft=self.draft_confidence is not None)
+                     dynamic_draft=self.draft_confidence is not None,
+                     rule_set=self.rule_set)
     knobs = make_knobs(spec, alpha=self.alpha, beta=self.beta, temperature=self.temperature,
                        top_p=self.top_p, fallback_threshold=self.fallback_threshold,
                        rollback_threshold=self.rollback_threshold,
-                       draft_confidence=self.draft_confidence)
+                       draft_confidence=self.draft_confidence,
+                       rule=resolve_rule(self.method, self.rule))
     object.__setattr__(self, "_spec", None if self.auto else spec)
     object.__setattr__(self, "_knobs", knobs)
 
@@ -218,7 +262,8 @@ class DecodeConfig:
   def program_key(self, shape: tuple[int, int]) -> tuple:
     """What identifies a compiled program for inputs of this shape: points with equal keys
     share one compilation (γ 'auto' keys by its candidates)."""
-    spec = self.spec if not self.auto else (self.method, self.rule, self.draft_candidates)
+    spec = self.spec if not self.auto else (self.method, self.rule_set or self.rule,
+                                            self.draft_candidates)
     return (spec, tuple(shape), self.slots)
 
   def record(self) -> dict:
@@ -245,6 +290,9 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
   decodes rows d, d + D, ... in its own loop (`loops.jit_on_mesh`), stopping when its rows
   are done. With 'model' > 1 the parameters are split by the `spec_cascade.parallel` rules
   and XLA partitions one loop over the mesh.
+  rule_set: several rules (of spec_cascade or the oracle), `rule` among them, compiled into
+  one program that picks `rule` at run time: a sweep over these rules compiles once (each
+  rule's outputs as with its own program).
   shrink_batch: a batch of ≥ 16 rows goes on as a quarter-size batch once at most that many
   rows are still decoding (`stage_sizes`; outputs unchanged, compilation ×2); False keeps the
   whole batch in every call.
@@ -345,7 +393,7 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
             if k not in ("seed", "rule", "method", "draft_candidates", "auto_warmup_rows")}
   key = autogamma.choice_key(drafter, verifier, config.method, config.rule, inputs.shape,
                              candidates=tuple(config.draft_candidates), mesh=mesh, **timing)
-  as_verifier = lambda c: dataclasses.replace(c, method="verifier", rule=None,
+  as_verifier = lambda c: dataclasses.replace(c, method="verifier", rule=None, rule_set=None,
                                               num_draft_tokens=None, draft_confidence=None)
   choice, spent = autogamma.cached(key), 0.0
   if choice is None:

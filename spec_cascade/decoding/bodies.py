@@ -26,6 +26,14 @@ from spec_cascade.decoding.state import PAD_ID, Bundle, DecodeSpec, DecodeState,
 Array = jax.Array
 
 
+def _rule_fn(spec: DecodeSpec, knobs: Knobs):
+  """The target map a body applies: the spec's rule, or with a rule set the one
+  `knobs.rule_index` picks at run time (`deferral.switched`)."""
+  if spec.rule_set:
+    return deferral.switched(spec.rule_set, knobs.rule_index)
+  return deferral.get_rule(spec.rule).fn
+
+
 def _autoregressive_body(model: Any, params, which: str, spec: DecodeSpec, knobs: Knobs,
                          row_keys: Array, track_logq: bool = False):
   def body(state: DecodeState) -> DecodeState:
@@ -52,7 +60,7 @@ def _autoregressive_body(model: Any, params, which: str, spec: DecodeSpec, knobs
 def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs: Knobs,
                       row_keys: Array):
   gamma = spec.num_draft_tokens
-  rule = deferral.get_rule(spec.rule)
+  rule_fn = _rule_fn(spec, knobs)
   # SpecDecode's target is p̃ at every position, so q_γ (the drafter's distribution after
   # the last draft) is never read: skip that drafter step and let the next block's first
   # drafter call take two tokens instead (γ drafter calls per block, not γ + 1).
@@ -140,7 +148,7 @@ def _speculative_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, knobs
       probs = deferral.rule_inputs(d_logits, v_logits, knobs.temperature, spec.top_k,
                                    knobs.top_p)
       beta = None if spec.solve_beta else knobs.beta
-      pi, defer = rule.fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
+      pi, defer = rule_fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
       res = sampling.verify_with_target(keys()[gamma + 1], drafts, probs.q_scaled, pi, defer,
                                         num_proposed if dynamic else None)
       return (res.tokens, res.num_emitted, res.num_accepted, res.rejected, res.is_bonus,
@@ -221,7 +229,7 @@ def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, kno
   catch-up windows as the row lags behind (a prefill, made only when a row defers).
   A row is charged the calls it needed, not those a batch-mate needed."""
   window = 1 if oracle else spec.token_cascade_window
-  rule = deferral.get_rule(spec.rule)
+  rule_fn = _rule_fn(spec, knobs)
   vocab = verifier.model.config.vocab_size
 
   def body(state: DecodeState) -> DecodeState:
@@ -268,7 +276,7 @@ def _token_cascade_body(drafter: Bundle, verifier: Bundle, spec: DecodeSpec, kno
     v_logits, v_cache, row_calls = jax.lax.cond(call, verify, skip, state.v_cache)
     probs = deferral.rule_inputs(d_logits, v_logits, knobs.temperature, spec.top_k, knobs.top_p)
     beta = None if spec.solve_beta else knobs.beta
-    pi, defer = rule.fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
+    pi, defer = rule_fn(probs.q_scaled, probs.p_scaled, probs.q, probs.p, knobs.alpha, beta)
     tok = jax.vmap(sampling.categorical)(keys, pi)
     out, length, done, n_new = commit(state, tok[:, None], jnp.ones_like(n), spec)
     counters = state.counters.add(

@@ -44,6 +44,9 @@ class DecodeSpec:
   # The token that ends a row (kept in the output): 1 for T5 and Gemma; a decoder-only
   # model's config says its own (`DecoderConfig.eos_id`, from Hugging Face's config.json).
   eos_id: int = EOS_ID
+  # Rules compiled into one program (rule is then None): `Knobs.rule_index` picks one at run
+  # time, so a sweep over these rules compiles once. Empty: `rule` alone.
+  rule_set: tuple[str, ...] = ()
 
 
 @flax.struct.dataclass
@@ -56,6 +59,7 @@ class Knobs:
   fallback_threshold: Array
   rollback_threshold: Array
   draft_confidence: Array
+  rule_index: Array  # int32: which rule of `DecodeSpec.rule_set` runs (0 without a set)
 
 
 COUNTER_FIELDS = ("output_tokens", "drafter_steps", "verifier_calls", "verifier_sequential_calls",
