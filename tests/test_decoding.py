@@ -495,6 +495,27 @@ def test_a_rule_set_compiles_once_and_decodes_each_rule_as_its_own_program(pair,
               for r in rules}) == len(rules)
 
 
+def test_keyword_calls_build_their_config_once(pair):
+  drafter, verifier = pair
+  x = random_inputs(2)
+  from spec_cascade.decoding import api  # pylint: disable=g-import-not-at-top
+  api._cached_config.cache_clear()  # pylint: disable=protected-access
+  kw = dict(method="spec_cascade", rule="chow", alpha=0.3, num_draft_tokens=2,
+            max_decode_length=6, temperature=0.0)
+  first = generate(drafter, verifier, x, **kw)
+  again = generate(drafter, verifier, x, **kw)
+  info = api._cached_config.cache_info()  # pylint: disable=protected-access
+  assert (info.misses, info.hits) == (1, 1)
+  _assert_same_outputs(first, again)
+  # An unhashable setting (a list) is built each call, with the same result.
+  listed = generate(drafter, verifier, x, rule_set=["chow", "diff"], **kw)
+  _assert_same_outputs(first, listed)
+  with pytest.raises(ValueError, match="alpha"):  # errors are not cached away
+    generate(drafter, verifier, x, **{**kw, "alpha": 7.0})
+  with pytest.raises(ValueError, match="alpha"):
+    generate(drafter, verifier, x, **{**kw, "alpha": 7.0})
+
+
 @pytest.mark.parametrize("method,rule,rule_set,match", [
     ("spec_cascade", "chow", ("diff", "opt"), "not in rule_set"),
     ("spec_cascade", "chow", ("chow", "verifier"), "cannot hold 'verifier'"),
