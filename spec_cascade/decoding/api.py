@@ -128,8 +128,7 @@ def _check_rule_set(method: str, rule: str | None, rule_set) -> tuple[str, ...]:
     return ()
   if isinstance(rule_set, str):
     raise ValueError(f"rule_set must be a sequence of rule names, got the string {rule_set!r}.")
-  m = methods.get(method)
-  if m.body not in ("draft_verify", "token_level") or m.rules == () or len(m.rules or ()) == 1:
+  if methods.get(method).rules is not methods.ANY_RULE:
     raise ValueError(f"rule_set applies to methods that take a choice of rule (spec_cascade, "
                      f"oracle); method {method!r} runs one fixed program.")
   names = tuple(resolve_rule(method, r) for r in rule_set)
