@@ -1,13 +1,18 @@
 """What one SpecDecode block costs at batch 1, term by term, on a real pair.
 
-    python bench/block_cost.py [--drafter D --verifier V] [--gamma 3] [--matmuls]
+    python bench/block_cost.py [--drafter D --verifier V] [--gamma 3] [--setup] [--matmuls]
 
 1. The block's model calls alone (the drafter's two-token first call and γ − 1 one-token calls,
    then the verifier scoring γ + 1 tokens), alternating in one compiled loop, against the same
    calls with each model's looped apart (one program each): the alternation cost, i.e. what
    one model's weights leaving the caches costs the other. The set-up (both encoders) is
    timed with no blocks and subtracted.
-2. With --matmuls: why verifying γ + 1 tokens costs more than one step (v(γ+1) > 1) when the
+2. With --setup: what the second encoder costs. Each model's set-up (encoder and the decoder's
+   cross-attention keys and values, the cache) at batch 1 for inputs of 64, 128 and 256
+   tokens, against the verifier's one-token step: the share of a verifier-alone example
+   (set-up plus `--tokens` steps) that the drafter's set-up adds to every two-model method,
+   i.e. what a drafter reading the verifier's encoder output would save.
+3. With --matmuls: why verifying γ + 1 tokens costs more than one step (v(γ+1) > 1) when the
    step streams its weights from memory: a chain of float32 [M, 256] × [256, 1024] dots over
    52 MB of weights for M = 1, 2, 4, 8 rows, as independent dots and as a dependent MLP chain,
    and the same with each weight matrix split into column blocks (which helps independent dots
@@ -92,6 +97,32 @@ def block_table(drafter, verifier, inputs, gamma: int, reps: int) -> None:
   print(f"| set-up (both encoders and caches) | {t['setup'] * 1e3:.2f} |")
 
 
+def setup_table(drafter, verifier, task: str, vocab: str | None, tokens: int,
+                reps: int) -> None:
+  """Set-up (encoder, cross-attention K/V, cache) and step of each model at batch 1, per input
+  length, timed as the decode loop pays them (`costs.call_loop`)."""
+  lengths = (64, 128, 256)
+  data = infer.load_task(task, "validation", 1, 0, vocab, max(lengths))
+  row = next(iter(infer.one_at_a_time(data)))[0]
+  steps = 24
+  fns = {}
+  for n in lengths:
+    x = np.zeros((1, n), np.int32)
+    x[:, :min(n, row.shape[1])] = row[:, :n]
+    for name, bundle in (("drafter", drafter), ("verifier", verifier)):
+      for iters in (0, steps):
+        fns[(name, n, iters)] = costs.call_loop(bundle, x, 1, tokens + 8, iters)
+  _, t = costs.interleaved(fns, reps, order_seed=2)
+  print(f"\n| batch 1, inputs of | drafter set-up ms | verifier set-up ms | verifier step ms | "
+        f"drafter set-up / verifier step | drafter set-up / verifier-alone example "
+        f"({tokens} tokens) |\n|---|---:|---:|---:|---:|---:|")
+  for n in lengths:
+    d0, v0 = t[("drafter", n, 0)], t[("verifier", n, 0)]
+    step = costs.per_call_seconds(t[("verifier", n, steps)], v0, steps)
+    print(f"| {n} tokens | {d0 * 1e3:.2f} | {v0 * 1e3:.2f} | {step * 1e3:.3f} | "
+          f"{d0 / step:.2f} | {d0 / (v0 + tokens * step):.3f} |")
+
+
 def matmul_chain(rows: int, block: int, dependent: bool, weights):
   """A jitted chain of dots over `weights` (list of [256, 1024] and [1024, 256] matrices)."""
 
@@ -144,6 +175,9 @@ def main(argv=None):
   parser.add_argument("--task", default="debian_ende")
   parser.add_argument("--gamma", type=int, default=3)
   parser.add_argument("--reps", type=int, default=30)
+  parser.add_argument("--setup", action="store_true", help="the encoders' table")
+  parser.add_argument("--tokens", type=int, default=32,
+                      help="output tokens of the verifier-alone example in --setup's last column")
   parser.add_argument("--matmuls", action="store_true")
   args = parser.parse_args(argv)
   drafter = Bundle(*infer.load_bundle(args.drafter))
@@ -155,6 +189,9 @@ def main(argv=None):
         f"{args.verifier} ({verifier.model.num_params() / 1e6:.2f}M); one {args.task} "
         f"validation input; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
   block_table(drafter, verifier, x, args.gamma, args.reps)
+  if args.setup:
+    setup_table(drafter, verifier, args.task, infer.checkpoint_vocabulary(args.verifier),
+                args.tokens, max(args.reps // 3, 5))
   if args.matmuls:
     matmul_table(max(args.reps // 2, 5))
 
