@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spec_cascade import autogamma, deferral, methods, parallel, pod, programs, sampling
+from spec_cascade.decoding import contract
 from spec_cascade.decoding.loops import compiled_decode, compiled_stream
 from spec_cascade.decoding.state import COUNTER_FIELDS, EOS_ID, PAD_ID, Bundle, DecodeSpec, Knobs
 
@@ -212,6 +213,7 @@ class DecodeConfig:
   draft_confidence: float | None = None
   bucket_shapes: bool = True
   rule_set: tuple[str, ...] | None = None
+  share_encoder: bool = True
 
   def __post_init__(self):
     autogamma.check(self.num_draft_tokens, self.method)
@@ -323,6 +325,10 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
   the first draft at which the drafter's top probability is below this value, so a block
   proposes 1..γ drafts (HF's assistant_confidence_threshold, BiLD's fallback); drafter calls no
   row needs are skipped. Outputs keep the target's distribution exactly. None: always γ.
+  share_encoder: when the drafter's encoder and token embedding are the verifier's
+  (`contract.shares_encoder`: a drafter cut from the verifier with those frozen), encode each
+  input once, with the verifier's; the outputs are the same either way. False: each model
+  encodes for itself.
   bucket_shapes: pad inputs to a bucketed [batch, length] (`spec_cascade.programs`), so that
   calls over many input shapes share a few compiled programs; the compiled programs a process
   keeps are bounded either way (`programs.set_capacity`). Padding changes no output beyond
@@ -343,7 +349,9 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
     raise ValueError(f"method {config.method!r} needs a verifier Bundle(model, params).")
   use_d = drafter if m.uses_drafter else None
   use_v = verifier if m.uses_verifier else None
-  spec = dataclasses.replace(config.spec, eos_id=eos_id_of(use_d, use_v))
+  spec = dataclasses.replace(
+      config.spec, eos_id=eos_id_of(use_d, use_v),
+      shared_encoder=bool(config.share_encoder) and contract.shares_encoder(use_d, use_v))
   inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
   batch = inputs.shape[0]
   ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)

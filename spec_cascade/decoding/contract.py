@@ -72,18 +72,67 @@ def model_for(config):
   raise TypeError(f"Not a model config: {config!r} (a T5Config or a DecoderConfig).")
 
 
+# What a T5 encoder's output depends on besides its parameters.
+_ENCODER_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "num_encoder_layers",
+                   "mlp_dim", "mlp_activations", "dtype", "matmul_dtype", "relpos_num_buckets",
+                   "relpos_max_distance", "layer_norm_epsilon")
+_ENCODER_PARAMS = ("token_embedder", "encoder")
+_shared_checked: dict[tuple, tuple[list, bool]] = {}
+
+
+def shares_encoder(drafter, verifier) -> bool:
+  """Whether two T5 Bundles encode every input alike: same encoder settings and the same
+  values in their `token_embedder` and `encoder` parameters (e.g. a drafter cut from the
+  verifier, `models.grow --keep_decoder_layers`, trained with those frozen). Then the engine
+  encodes once (`DecodeSpec.shared_encoder`). Compared once per set of parameter arrays."""
+  if drafter is None or verifier is None:
+    return False
+  if is_decoder_only(drafter.model) or is_decoder_only(verifier.model):
+    return False
+  dc, vc = drafter.model.config, verifier.model.config
+  if any(getattr(dc, f) != getattr(vc, f) for f in _ENCODER_FIELDS):
+    return False
+  try:
+    d = [drafter.params[k] for k in _ENCODER_PARAMS]
+    v = [verifier.params[k] for k in _ENCODER_PARAMS]
+  except (KeyError, TypeError):
+    return False
+  d_leaves, d_tree = jax.tree_util.tree_flatten(d)
+  v_leaves, v_tree = jax.tree_util.tree_flatten(v)
+  key = tuple(map(id, d_leaves)) + (None,) + tuple(map(id, v_leaves))
+  if key in _shared_checked:
+    return _shared_checked[key][1]
+  same = d_tree == v_tree and all(
+      a is b or (a.shape == b.shape and a.dtype == b.dtype
+                 and bool((jax.device_get(a) == jax.device_get(b)).all()))
+      for a, b in zip(d_leaves, v_leaves))
+  if len(_shared_checked) >= 8:  # a few pairs per process; the leaves are kept so ids stay valid
+    _shared_checked.pop(next(iter(_shared_checked)))
+  _shared_checked[key] = (d_leaves + v_leaves, same)
+  return same
+
+
 def prompt_lengths(inputs: Array) -> Array:
   """int32 [B]: 1 + the index of each row's last non-zero token (at least 1)."""
   pos = jnp.arange(1, inputs.shape[1] + 1, dtype=jnp.int32)[None, :]
   return jnp.maximum(jnp.max(jnp.where(inputs != 0, pos, 0), axis=1), 1).astype(jnp.int32)
 
 
-def start(role: str, bundle, inputs: Array, positions: int):
-  """bundle's decoding state for inputs [B, S], room for decoder positions < positions."""
+def encode(role: str, bundle, inputs: Array) -> tuple[Array, Array]:
+  """A T5 model's (encoded [B, S, d], mask [B, S]) for inputs [B, S]."""
+  model, params = bundle
+  with jax.named_scope(f"encode_{role}"):
+    return model.encode(params, inputs)
+
+
+def start(role: str, bundle, inputs: Array, positions: int, encoded=None):
+  """bundle's decoding state for inputs [B, S], room for decoder positions < positions.
+  encoded: (encoded, mask) of these inputs from an encoder this T5 model shares
+  (`shares_encoder`); None runs its own."""
   model, params = bundle
   with jax.named_scope(f"encode_{role}"):
     if not is_decoder_only(model):
-      encoded, mask = model.encode(params, inputs)
+      encoded, mask = model.encode(params, inputs) if encoded is None else encoded
       return model.init_cache(params, encoded, mask, positions)
     lengths = prompt_lengths(inputs)
     _, kv = model.prefill(params, inputs, lengths, inputs.shape[1] + positions)
@@ -108,17 +157,18 @@ def batch_size(cache) -> int:
   return cache.kv.batch_size if isinstance(cache, PromptCache) else cache.batch_size
 
 
-def start_stream(role: str, bundle, inputs: Array, first: Array, positions: int):
+def start_stream(role: str, bundle, inputs: Array, first: Array, positions: int,
+                 encoded=None):
   """(the decoding state of examples inputs[first] [B], the pool `refill` copies a new
   example's context from) for a stream over inputs [N, S]. T5 encodes the N inputs once and
   keeps every example's cross-attention keys / values; a decoder-only model keeps the prompts
-  (prefilled when they enter a slot)."""
+  (prefilled when they enter a slot). encoded: as in `start`, for the N inputs."""
   model, params = bundle
   if is_decoder_only(model):
     return (start(role, bundle, inputs[first], positions),
             PromptPool(prompts=inputs, lengths=prompt_lengths(inputs)))
   with jax.named_scope(f"encode_{role}"):
-    encoded, mask = model.encode(params, inputs)
+    encoded, mask = model.encode(params, inputs) if encoded is None else encoded
   pool_ = model.init_cache(params, encoded, mask, 1)
   return model.init_cache(params, encoded[first], mask[first], positions), pool_
 

@@ -88,6 +88,14 @@ def _bundles(d_model, v_model, d_params, v_params):
           Bundle(v_model, v_params) if v_model is not None else None)
 
 
+def _shared_encoding(spec: DecodeSpec, method, verifier: Bundle | None, inputs: Array):
+  """The verifier's (encoded, mask) of inputs [B, S] when both models read it
+  (`spec.shared_encoder`), else None (each model encodes for itself)."""
+  if spec.shared_encoder and method.uses_drafter and method.uses_verifier:
+    return contract.encode("verifier", verifier, inputs)
+  return None
+
+
 def decode(d_model, v_model, spec: DecodeSpec, d_params,
            v_params, inputs: Array, example_ids: Array, seed: Array, knobs: Knobs
            ) -> DecodeResult:
@@ -103,10 +111,11 @@ def decode(d_model, v_model, spec: DecodeSpec, d_params,
   keys = row_keys(seed, example_ids)
   sizes = stage_sizes(batch, spec.shrink_batch)
   drafter, verifier = _bundles(d_model, v_model, d_params, v_params)
-  drafter_cache = lambda: contract.start("drafter", drafter, inputs, cache_len)
-  verifier_cache = lambda: contract.start("verifier", verifier, inputs, cache_len)
-
   method = methods.get(spec.method)
+  encoded = _shared_encoding(spec, method, verifier, inputs)
+  drafter_cache = lambda: contract.start("drafter", drafter, inputs, cache_len, encoded)
+  verifier_cache = lambda: contract.start("verifier", verifier, inputs, cache_len, encoded)
+
   padding = example_ids < 0  # rows the API added to reach a bucketed shape: never decoded
   if method.body != TWO_PASS:
     state = init_state(batch, buf_len,
@@ -240,6 +249,8 @@ def decode_stream(d_model, v_model, spec: DecodeSpec, slots: int, d_params, v_pa
   cache_len, _ = buffer_lengths(spec)
   drafter, verifier = _bundles(d_model, v_model, d_params, v_params)
   all_keys = row_keys(seed, example_ids)
+  method = methods.get(spec.method)
+  encoded = _shared_encoding(spec, method, verifier, inputs)
 
   def caches(b: Bundle | None, used: bool, first=slice(None, slots)):
     """(slot cache [B] of examples `first`, pool [N] of every example's context), or
@@ -247,13 +258,12 @@ def decode_stream(d_model, v_model, spec: DecodeSpec, slots: int, d_params, v_pa
     if b is None or not used:
       return None, None
     role = "drafter" if b is drafter else "verifier"
-    return contract.start_stream(role, b, inputs, first, cache_len)
+    return contract.start_stream(role, b, inputs, first, cache_len, encoded)
 
   # Padding examples (id −1, added to reach a bucketed shape) are never queued.
   padding = example_ids < 0
   queue = jnp.argsort(padding, stable=True).astype(jnp.int32)
   count = jnp.sum(~padding, dtype=jnp.int32)
-  method = methods.get(spec.method)
   if method.body != TWO_PASS:
     st = _stream(make_body(spec, drafter, verifier, knobs), spec, all_keys, drafter, verifier,
                  caches(drafter, method.uses_drafter, queue[:slots]),

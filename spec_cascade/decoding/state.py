@@ -47,6 +47,10 @@ class DecodeSpec:
   # Rules compiled into one program (rule is then None): `Knobs.rule_index` picks one at run
   # time, so a sweep over these rules compiles once. Empty: `rule` alone.
   rule_set: tuple[str, ...] = ()
+  # The drafter's encoder (and token embedding) is the verifier's (`contract.shares_encoder`,
+  # e.g. a drafter cut from the verifier whose encoder stayed frozen): each input is encoded
+  # once, by the verifier, and the drafter's cross-attention reads that output.
+  shared_encoder: bool = False
 
 
 @flax.struct.dataclass
