@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 
 def _memoize_by_arguments(fn):
@@ -110,3 +112,27 @@ def make_optimizer(name: str = "adafactor",
   if grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
   return tx
+
+
+@_memoize_by_arguments
+def freeze(tx: optax.GradientTransformation,
+           patterns: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """`tx` for every parameter but those whose 'a/b/c' name (T5X's: 'encoder/layers_0/mlp/
+  wo/kernel') fully matches one of the regular expressions `patterns`: those keep their
+  values (zero updates, no optimizer state). E.g. ('token_embedder/.*', 'encoder/.*') trains a
+  drafter cut from its verifier while it keeps sharing the verifier's encoder. A pattern that
+  names no parameter is an error (a typo would otherwise train everything)."""
+  if not patterns:
+    return tx
+  regexes = [re.compile(p) for p in patterns]
+
+  def labels(params):
+    flat = traverse_util.flatten_dict(params, sep="/")
+    out = {k: "frozen" if any(r.fullmatch(k) for r in regexes) else "train" for k in flat}
+    for p, r in zip(patterns, regexes):
+      if not any(r.fullmatch(k) for k in flat):
+        raise ValueError(f"frozen_params pattern {p!r} matches no parameter; names look like "
+                         f"{sorted(flat)[0]!r} (regular expressions over the whole name).")
+    return traverse_util.unflatten_dict(out, sep="/")
+
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -66,7 +66,7 @@ from spec_cascade.exports import (EXPORT_INFO_FILE, check_teacher_path, export_p
                                   load_exported, load_initial_params, load_teacher,
                                   read_export_info)
 from spec_cascade.models import T5Config, T5Model
-from spec_cascade.optim import create_learning_rate_schedule, make_optimizer
+from spec_cascade.optim import create_learning_rate_schedule, freeze, make_optimizer
 from spec_cascade.train_steps import (Params, TrainState, benchmark_train_step, greedy_decode,
                                       jitted_init, jitted_steps, loss_sums, make_eval_step,
                                       make_train_step, on_policy_batch, resolve_model,
@@ -191,6 +191,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           eval_source: train_data.BatchSource | None = None,
           tokenizer: Any = None, decode_examples: Mapping[str, list] | None = None,
           distillation: distill.Distillation | None = None,
+          frozen_params: Sequence[str] = (),
           step_callback: Callable[[int, dict], None] | None = None) -> TrainResult:
   """Trains `model` for total_steps steps (resuming from MODEL_DIR if possible).
 
@@ -211,6 +212,8 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
   (spec_cascade.stages: a long run continued on another machine), else 0.
   distillation: train `model` (the student) to match a teacher (spec_cascade.distill:
   token-level KD, sequence-level targets from the teacher, on-policy student samples).
+  frozen_params: regular expressions over parameter names ('encoder/.*'): those keep their
+  initial values (`optim.freeze`; FROZEN_PARAMS in gin).
   step_callback(step, metrics) runs after each step (hooks, tests).
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -268,6 +271,10 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           data.train, (teacher, teacher_params), distillation, model_dir, random_seed)
 
   tx = optimizer or make_optimizer("adafactor", learning_rate_schedule)
+  if isinstance(frozen_params, str):
+    raise ValueError(f"frozen_params must be a list of patterns, got the string "
+                     f"{frozen_params!r}; write [{frozen_params!r}].")
+  tx = freeze(tx, tuple(frozen_params))
   schedule = learning_rate_schedule or create_learning_rate_schedule()
   train_step, on_policy_step, eval_step = jitted_steps(
       config, tx, float(z_loss), config.dropout_rate > 0, mesh, distillation, teacher_config)

@@ -8,6 +8,7 @@ import threading
 import time
 import types
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -313,6 +314,45 @@ def test_stop_request_saves_then_resume_is_exact(tmp_path, tx):
   assert resumed == [6, 7, 8]
   for (path, a), (_, b) in zip(_flat(ref.params), _flat(res.params)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_frozen_params_keep_their_values_and_resume_exactly(tmp_path, tx):
+  """FROZEN_PARAMS: a drafter cut from its verifier trains its decoder while its embedding
+  and encoder stay the verifier's (so the engine can encode once); a stopped run resumes to
+  the same parameters."""
+  from spec_cascade import checkpoints
+  start = T5Model(CFG).init_params(jax.random.key(3))
+  checkpoints.save_checkpoint(str(tmp_path / "start"), start, CFG)
+  frozen = ["token_embedder/.*", "encoder/.*"]
+  common = dict(model=CFG, total_steps=6, batch_size=8, optimizer=tx, checkpoint_period=3,
+                eval_period=100, eval_steps=0, initial_checkpoint_path=str(tmp_path / "start"),
+                frozen_params=frozen)
+  ref = T.train(model_dir=str(tmp_path / "ref"), train_source=_sources()[0], **common)
+  before = flax.traverse_util.flatten_dict(jax.device_get(start), sep="/")
+  after = flax.traverse_util.flatten_dict(jax.device_get(ref.params), sep="/")
+  changed = {k for k in before if not np.array_equal(before[k], after[k])}
+  assert changed and all(k.startswith("decoder/") for k in changed), sorted(changed)
+  assert not any(k.startswith(("encoder/", "token_embedder/")) for k in changed)
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_5(step, metrics):
+    if step == 5:
+      raise Killed
+
+  with pytest.raises(Killed):
+    T.train(model_dir=str(tmp_path / "run"), train_source=_sources()[0],
+            step_callback=kill_at_5, **common)
+  res = T.train(model_dir=str(tmp_path / "run"), train_source=_sources()[0], **common)
+  for (path, a), (_, b) in zip(_flat(ref.params), _flat(res.params)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  with pytest.raises(ValueError, match="'encoderr/.*' matches no parameter"):
+    T.train(model_dir=str(tmp_path / "typo"), train_source=_sources()[0],
+            **{**common, "frozen_params": ["encoderr/.*"]})
+  with pytest.raises(ValueError, match="list of patterns"):
+    T.train(model_dir=str(tmp_path / "str"), train_source=_sources()[0],
+            **{**common, "frozen_params": "encoder/.*"})
 
 
 def test_export_roundtrip_and_initial_checkpoint_errors(tmp_path, tx, monkeypatch):
