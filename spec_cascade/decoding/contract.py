@@ -3,8 +3,9 @@
 Every method's body is written once against four calls, each a pure function of a `Bundle`
 (model, params) and a per-row decoding state the loop carries (its "cache"):
 
-  start(role, bundle, inputs [B, S], positions) → cache
+  start(role, bundle, inputs [B, S], positions, encoded=None) → cache
       the context of each row, ready to score decoder positions 0 .. positions − 1
+      (encoded: the other model's encoder output, when the two share it: `shares_encoder`)
   score(role, bundle, cache, tokens [B, k], offsets [B]) → (logits [B, k, V], cache)
       row b's tokens at decoder positions offsets[b] .. offsets[b] + k − 1; logits[:, i]
       is the distribution of the token at position offsets[b] + i + 1. Rolling back is
