@@ -103,14 +103,30 @@ def shares_encoder(drafter, verifier) -> bool:
   key = tuple(map(id, d_leaves)) + (None,) + tuple(map(id, v_leaves))
   if key in _shared_checked:
     return _shared_checked[key][1]
-  same = d_tree == v_tree and all(
-      a is b or (a.shape == b.shape and a.dtype == b.dtype
-                 and bool((jax.device_get(a) == jax.device_get(b)).all()))
-      for a, b in zip(d_leaves, v_leaves))
+  def equal(a, b) -> bool:
+    if a is b:
+      return True
+    if a.shape != b.shape or a.dtype != b.dtype:
+      return False
+    x, y = _local_value(a), _local_value(b)
+    return x is not None and y is not None and bool((x == y).all())
+
+  same = d_tree == v_tree and all(equal(a, b) for a, b in zip(d_leaves, v_leaves))
   if len(_shared_checked) >= 8:  # a few pairs per process; the leaves are kept so ids stay valid
     _shared_checked.pop(next(iter(_shared_checked)))
   _shared_checked[key] = (d_leaves + v_leaves, same)
   return same
+
+
+def _local_value(x):
+  """x's whole value on this host, or None where the host holds only part of it. In a pod
+  (several processes) a replicated array's local copy is its value, so every process decides
+  `shares_encoder` alike and compiles the same program; a sharded one is not compared."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return jax.device_get(x)
+  if x.sharding.is_fully_replicated:
+    return jax.device_get(x.addressable_shards[0].data)
+  return None
 
 
 def prompt_lengths(inputs: Array) -> Array:
