@@ -252,6 +252,16 @@ def _flat(tree):
   return jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
 
 
+class Killed(Exception):
+  """A run dying mid-training (`kill_at_5`)."""
+
+
+def kill_at_5(step, metrics):
+  del metrics
+  if step == 5:
+    raise Killed
+
+
 def test_kill_and_resume_is_exact(tmp_path, tx):
   common = dict(model=CFG, total_steps=8, batch_size=8, optimizer=tx, checkpoint_period=3,
                 eval_period=100, eval_steps=0, log_period=4)
@@ -259,14 +269,7 @@ def test_kill_and_resume_is_exact(tmp_path, tx):
   ref = T.train(model_dir=str(tmp_path / "ref"), train_source=_sources()[0],
                 step_callback=lambda s, m: ref_losses.setdefault(s, float(m["loss"])), **common)
 
-  class Killed(Exception):
-    pass
-
-  def kill_at_5(step, metrics):
-    if step == 5:  # steps 4 and 5 are lost: the last checkpoint is step 3
-      raise Killed
-
-  with pytest.raises(Killed):
+  with pytest.raises(Killed):  # steps 4 and 5 are lost: the last checkpoint is step 3
     T.train(model_dir=str(tmp_path / "run"), train_source=_sources()[0],
             step_callback=kill_at_5, **common)
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["3"]
@@ -333,13 +336,6 @@ def test_frozen_params_keep_their_values_and_resume_exactly(tmp_path, tx):
   changed = {k for k in before if not np.array_equal(before[k], after[k])}
   assert changed and all(k.startswith("decoder/") for k in changed), sorted(changed)
   assert not any(k.startswith(("encoder/", "token_embedder/")) for k in changed)
-
-  class Killed(Exception):
-    pass
-
-  def kill_at_5(step, metrics):
-    if step == 5:
-      raise Killed
 
   with pytest.raises(Killed):
     T.train(model_dir=str(tmp_path / "run"), train_source=_sources()[0],
