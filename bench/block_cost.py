@@ -93,7 +93,7 @@ def block_table(drafter, verifier, inputs, gamma: int, reps: int) -> None:
   print(f"| verify call ({gamma + 1} tokens), looped alone | {per['verifier']:.3f} |")
   print(f"| sum | {apart:.3f} |")
   print(f"| the same calls alternating | {per['both']:.3f} |")
-  print(f"| alternation cost | {per['both'] / apart:.3f}× |")
+  print(f"| alternation cost | {costs.ratio(per['both'], apart):.3f}× |")
   print(f"| set-up (both encoders and caches) | {t['setup'] * 1e3:.2f} |")
 
 
@@ -120,7 +120,7 @@ def setup_table(drafter, verifier, task: str, vocab: str | None, tokens: int,
     d0, v0 = t[("drafter", n, 0)], t[("verifier", n, 0)]
     step = costs.per_call_seconds(t[("verifier", n, steps)], v0, steps)
     print(f"| {n} tokens | {d0 * 1e3:.2f} | {v0 * 1e3:.2f} | {step * 1e3:.3f} | "
-          f"{d0 / step:.2f} | {d0 / (v0 + tokens * step):.3f} |")
+          f"{costs.ratio(d0, step):.2f} | {costs.ratio(d0, v0 + tokens * step):.3f} |")
 
 
 def matmul_chain(rows: int, block: int, dependent: bool, weights):

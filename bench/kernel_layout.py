@@ -110,7 +110,7 @@ def model_v(variant: str, verifier: str, reps: int) -> dict:
   fns = {(k, n): costs.call_loop((model, params), x, k, 72, n) for k in ks for n in (0, iters)}
   _, t = costs.interleaved(fns, reps, order_seed=0)
   per = {k: costs.per_call_seconds(t[(k, iters)], t[(k, 0)], iters) for k in ks}
-  return {"step_ms": 1e3 * per[1], **{k: per[k] / per[1] for k in ks[1:]}}
+  return {"step_ms": 1e3 * per[1], **{k: costs.ratio(per[k], per[1]) for k in ks[1:]}}
 
 
 def in_subprocess(args: list[str]) -> str:

@@ -85,6 +85,12 @@ def per_call_seconds(loop_s: float, setup_s: float, iters: int) -> float:
   return max(loop_s - setup_s, 0.0) / iters
 
 
+def ratio(a: float, b: float) -> float:
+  """a / b, or NaN where b is 0: a tiny model's call can vanish in timer noise (a loop timed no
+  longer than its set-up), and a table should then say `nan`, not stop."""
+  return a / b if b > 0 else float("nan")
+
+
 def measure_cost_ratio(drafter, verifier, inputs: np.ndarray, cache_length: int,
                        reps: int = 20, iters: int = 16) -> dict[str, float]:
   """c = (drafter decode-step time) / (verifier decode-step time), one new token per row.

@@ -42,6 +42,12 @@ def test_per_call_seconds_subtracts_the_set_up():
   assert costs.per_call_seconds(0.1, 0.2, 4) == 0.0  # noise never gives a negative cost
 
 
+def test_ratio_is_nan_where_the_denominator_vanished_in_noise():
+  assert costs.ratio(3.0, 2.0) == 1.5
+  assert np.isnan(costs.ratio(1.0, 0.0))
+  assert f"{costs.ratio(1.0, costs.per_call_seconds(1.0, 2.0, 4)):.3f}" == "nan"
+
+
 def test_interleaved_runs_every_fn_each_round():
   calls = []
   out, t = costs.interleaved({"a": lambda: calls.append("a") or 1,
