@@ -369,6 +369,7 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
     train_metrics: dict = {}
     eval_metrics: dict = {}
     pending: list = []
+    previous_metrics = None
     t_last, step_last = time.time(), step
     batches: Iterator = data.train.iterate(position)
     while step < total_steps:
@@ -378,6 +379,12 @@ def train(*, model_dir: str, model: T5Config | T5Model | str,
           random_seed, step, distillation.on_policy_fraction):
         step_fn = on_policy_step
       state, metrics = step_fn(state, to_device(batch), dropout_key, *teacher_args)
+      # At most two steps in flight: the device stays busy while the next batch is built, and
+      # a stop (or a save) waits for one step, not for the dozens async dispatch would queue
+      # between two logs (minutes of on-policy steps on a CPU).
+      if previous_metrics is not None:
+        jax.block_until_ready(previous_metrics)
+      previous_metrics = metrics
       pending.append(metrics)
       step += 1
       if step_callback is not None:

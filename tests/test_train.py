@@ -299,7 +299,12 @@ def test_stop_request_saves_then_resume_is_exact(tmp_path, tx):
                 eval_period=100, eval_steps=0, log_period=4)
   ref = T.train(model_dir=str(tmp_path / "ref"), train_source=_sources()[0], **common)
 
+  seen = []
+
   def stop_at_5(step, metrics):
+    # A stop waits for one step only: the step before this one has already finished.
+    assert not seen or all(x.is_ready() for x in jax.tree_util.tree_leaves(seen[-1]))
+    seen.append(metrics)
     if step == 5:
       T.STOP_REQUESTED.set()
 
