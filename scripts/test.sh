@@ -11,4 +11,14 @@ cd "$ROOT"
 # SPEC_CASCADE_TEST_WORKERS=0 runs everything in this process.
 WORKERS="${SPEC_CASCADE_TEST_WORKERS:-$(nproc)}"
 if [ "$WORKERS" -gt 4 ]; then WORKERS=4; fi
-exec python -m pytest -q --durations=30 -n "$WORKERS" --dist loadfile "$@"
+# One persistent compilation cache per run, shared by the workers and the processes tests
+# start: many tests compile the same small programs (the test pairs are few), so each is
+# compiled once per run. Fresh each run (removed at exit) so timings do not depend on history;
+# set JAX_COMPILATION_CACHE_DIR to keep one across runs.
+if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
+  JAX_COMPILATION_CACHE_DIR="$(mktemp -d -t spec_cascade_jax_cache.XXXXXX)"
+  trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
+fi
+export JAX_COMPILATION_CACHE_DIR
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.2}"
+python -m pytest -q --durations=30 -n "$WORKERS" --dist loadfile "$@"
