@@ -59,6 +59,7 @@ from spec_cascade.sweep_plan import (DEFAULT_NUM_ALPHAS, Point, alpha_grid,  # n
 log = logging.getLogger(__name__)
 
 COST_RATIO_FILE = "cost_ratio.json"
+DEFAULT_MAX_DECODE_LENGTH = 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
               num_draft_tokens: int | Sequence[int] = (5,),
               num_examples: int | None | Mapping[str, int | None] = None,
               split: str = "validation", batch_size: int = 8, trials: int = 1,
-              max_decode_length: int | Mapping[str, int] = 64,
+              max_decode_length: int | Mapping[str, int] = DEFAULT_MAX_DECODE_LENGTH,
               input_length: int | None | Mapping[str, int | None] = None,
               task_feature_lengths: Mapping[str, Any] | None = None,
               input_bucket: int | None = None, seed: int = 0, top_k: int = 0,
@@ -230,7 +231,7 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   temperatures, num_draft_tokens (γ): lists; γ-independent methods run once per T.
   num_examples, max_decode_length, input_length: a value or a {task: value} dict.
   task_feature_lengths: T5X form {'inputs': N | None, 'targets': M}; overrides input_length and
-    max_decode_length when given.
+    max_decode_length (which must then be left at their defaults).
   trials: repetitions per point, each with its own seed (seed + trial); quality and
     wall-clock are their means (with standard deviations in results.csv). Others as in `infer.infer`.
   latency_examples > 0: also decode each point's first that many examples one at a time (batch
@@ -266,6 +267,15 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
     raise ValueError(f"trials must be a positive int, got {trials!r}.")
   if not isinstance(latency_examples, (int, np.integer)) or latency_examples < 0:
     raise ValueError(f"latency_examples must be an int >= 0, got {latency_examples!r}.")
+  if task_feature_lengths is not None and (input_length is not None
+                                           or max_decode_length != DEFAULT_MAX_DECODE_LENGTH):
+    # Either would be overridden without a word.
+    raise ValueError(
+        f"task_feature_lengths ({task_feature_lengths!r}) and input_length / max_decode_length "
+        f"({input_length!r} / {max_decode_length!r}) are both set; set one: "
+        "TASK_FEATURE_LENGTHS = {'inputs': N, 'targets': M} for one pair of lengths, or "
+        "TASK_FEATURE_LENGTHS = None with run_sweep.input_length / max_decode_length "
+        "(a value or a {task: value} dict).")
   plans = {t: plan_points(t, method_specs, alphas, num_alphas, temps, gammas) for t in tasks}
   metrics_of = {t: infer.metric_name(t, metric) for t in tasks}
 

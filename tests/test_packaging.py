@@ -125,7 +125,7 @@ def test_installed_wheel_runs_a_sweep_on_its_packaged_configs(tmp_path):
        "--gin.METHODS=['drafter']", "--gin.MIXTURE_OR_TASK_NAME='debian_ende'",
        "--gin.NUM_EXAMPLES=2", "--gin.BATCH_SIZE=2", "--gin.LATENCY_EXAMPLES=0",
        "--gin.TEMPERATURES=[0.0]", "--gin.SWEEP_OUTPUT_DIR='out'",
-       "--gin.sweep_script.run_sweep.max_decode_length=8",
+       "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 8}",
        "--gin.sweep_script.run_sweep.cost_ratio_reps=1",
        "--gin.sweep_script.run_sweep.progress=False",
        "--gin.sweep_script.run_sweep.write_report=False"],
@@ -134,7 +134,7 @@ def test_installed_wheel_runs_a_sweep_on_its_packaged_configs(tmp_path):
   out = work / "out"
   config = (out / "config.gin").read_text()
   assert "ALPHAS = {'token_v3': [0.3, 0.7, 0.95]}" in config  # offline/quick.gin
-  assert "{'debian_ende': 128, 'debian_summarize': 256}" in config  # its include, main.gin
+  assert "@pretrained.offline_vocab_path()" in config  # its include, main.gin
   assert "NUM_ALPHAS = 5" in config  # main.gin's include, runs/sweep.gin
   settings = json.loads((out / "settings.json").read_text())
   assert settings["vocabulary_path"] == str(

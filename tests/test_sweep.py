@@ -85,6 +85,16 @@ def test_alpha_grid_rejects_bad_values(alphas, match):
     sweep.alpha_grid(infer.resolve_method(method), alphas)
 
 
+@pytest.mark.parametrize("lengths", [dict(input_length=128), dict(max_decode_length=32),
+                                     dict(max_decode_length={TASK: 32})])
+def test_feature_lengths_and_per_task_lengths_together_are_refused(tmp_path, lengths):
+  # task_feature_lengths overrides them: accepting both would drop a setting without a word.
+  with pytest.raises(ValueError, match="are both set; set one"):
+    sweep.run_sweep(TASK, str(tmp_path / "out"), methods=["verifier"],
+                    task_feature_lengths={"inputs": None, "targets": 8}, **lengths)
+  assert not (tmp_path / "out").exists()
+
+
 def test_plan_runs_the_verifier_first_and_gamma_independent_methods_once():
   methods = infer.resolve_methods(["drafter", "spec_cascade_chow", "seq_cascade", "bild"])
   pts = sweep.plan_points(TASK, methods, {"chow": [0.2, 0.8], "bild": [1.0]}, 5, [0.0, 1.0],
