@@ -21,4 +21,8 @@ if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
 fi
 export JAX_COMPILATION_CACHE_DIR
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.2}"
+# The tests' programs are small and compiled once or twice each: compiling them is most of the
+# suite's time, and XLA's backend optimisation level 0 compiles about a third faster (the dots
+# still run in XLA's library kernels). Outputs are compared between programs built alike.
+export XLA_FLAGS="--xla_backend_optimization_level=0 ${XLA_FLAGS:-}"
 python -m pytest -q --durations=30 -n "$WORKERS" --dist loadfile "$@"

@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from device_env import cpu_devices_env
 from spec_cascade import checkpoints as C
 from spec_cascade import convert
 from spec_cascade.models import T5Config, T5Model
@@ -341,8 +342,7 @@ _MESH_SCRIPT = textwrap.dedent("""
 def test_orbax_and_t5x_restore_onto_4_device_mesh(tmp_path):
   script = _MESH_SCRIPT.format(tests=os.path.dirname(__file__), dst=str(tmp_path / "ck"),
                                t5x=str(tmp_path / "t5x"))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
+  env = cpu_devices_env(4)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True,
                        text=True, timeout=300)

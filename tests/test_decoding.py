@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from device_env import cpu_devices_env
 from pairs import make_pair, random_inputs
 from spec_cascade import decoding, deferral, programs
 from spec_cascade.decoding import generate
@@ -597,8 +598,7 @@ _MULTI_DEVICE = textwrap.dedent("""
 def run_on_devices(n, script=_MULTI_DEVICE):
   """Runs `script` (formatted with tests=the tests folder, n) in a fresh process with n CPU
   devices; returns the JSON it prints last."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-             JAX_PLATFORMS="cpu")
+  env = cpu_devices_env(n)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   code = script.format(tests=os.path.join(root, "tests"), n=n)
   res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from device_env import cpu_devices_env
 import sweep_helpers
 from spec_cascade import decoding, gin_cli, infer, metrics, pod, pretrained
 from spec_cascade.data import eval_data
@@ -279,8 +280,7 @@ def test_infer_streams_on_a_two_device_mesh(pair_env, tmp_path):
       out, "--gin.METHOD='spec_cascade_token_v3'", "--gin.ALPHA=0.3", "--gin.TEMPERATURE=1.0",
       "--gin.NUM_DRAFT_TOKENS=3", "--gin.BATCH_SIZE=2", f"--gin.infer_script.infer.stream_batches={k}")
   assert infer.main(flags(tmp_path / "one", 1)) == 0
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = cpu_devices_env(2)
   res = subprocess.run([sys.executable, "-m", "spec_cascade.infer", *flags(tmp_path / "two", 3)],
                        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]

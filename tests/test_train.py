@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from device_env import cpu_devices_env
 from spec_cascade import gin_cli
 from spec_cascade import train as T
 from spec_cascade import train_data as D
@@ -560,8 +561,7 @@ print(json.dumps({{"devices": jax.device_count(), "losses": losses}}))
 def test_data_parallel_over_two_devices_matches_one(tmp_path):
   out = {}
   for n in (1, 2):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(n)
     script = _DP_SCRIPT.format(root=ROOT, model_dir=str(tmp_path / f"d{n}"))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
