@@ -349,6 +349,19 @@ def run_sweep(task: str | Sequence[str], output_dir: str,
   return rows
 
 
+def same_shape_ratio(ratios: Mapping[str, Mapping[str, Any]], shape: tuple[int, int],
+                     cache_length: int) -> str | None:
+  """The task whose measured cost ratio is for these shapes, if any: c depends on the pair and
+  the shapes alone, so tasks decoded at the same shapes share one measurement (and agree on it;
+  two measurements differ by timing noise)."""
+  for task, r in ratios.items():
+    if ("same_shapes_as" not in r and (r.get("batch_size"), r.get("input_length"),
+                                       r.get("cache_length")) == (*map(int, shape),
+                                                                  int(cache_length))):
+      return task
+  return None
+
+
 def shared_rule_sets(points: Sequence[Point]) -> dict[str, tuple[str, ...]]:
   """{engine method: its rules among `points`} for each method that runs several rules and can
   compile them into one program (`decoding.make_spec`'s rule_set: not SpecDecode's 'verifier',
@@ -389,8 +402,14 @@ def _run_task(task: str, points: Sequence[Point], drafter, verifier, mesh, vocab
   if os.path.exists(ratio_path):
     with open(ratio_path, encoding="utf-8") as f:
       ratios = json.load(f)
+  widest = max(batches, key=lambda b: b.inputs.shape[1])
   if task not in ratios:
-    widest = max(batches, key=lambda b: b.inputs.shape[1])
+    same = same_shape_ratio(ratios, widest.inputs.shape, settings.max_decode_length + 2)
+    if same is not None:
+      ratios[task] = dict(ratios[same], same_shapes_as=same)
+      log.info("%s: cost ratio c = %.3f, measured for %s (the same shapes)", task,
+               ratios[task]["c"], same)
+  if task not in ratios:
     from spec_cascade import costs  # pylint: disable=g-import-not-at-top  (imports jax)
     ratios[task] = costs.measure_cost_ratio(drafter, verifier, widest.inputs,
                                             settings.max_decode_length + 2, cost_ratio_reps)

@@ -95,6 +95,17 @@ def test_feature_lengths_and_per_task_lengths_together_are_refused(tmp_path, len
   assert not (tmp_path / "out").exists()
 
 
+def test_tasks_at_the_same_shapes_share_one_cost_ratio():
+  ende = {"c": 0.2, "batch_size": 16, "input_length": 256, "cache_length": 66}
+  ratios = {"debian_ende": ende}
+  assert sweep.same_shape_ratio(ratios, (16, 256), 66) == "debian_ende"
+  for shape, cache in (((8, 256), 66), ((16, 128), 66), ((16, 256), 34)):
+    assert sweep.same_shape_ratio(ratios, shape, cache) is None
+  # A copied entry is never the source of another copy.
+  ratios = {"a": dict(ende, same_shapes_as="b")}
+  assert sweep.same_shape_ratio(ratios, (16, 256), 66) is None
+
+
 def test_plan_runs_the_verifier_first_and_gamma_independent_methods_once():
   methods = infer.resolve_methods(["drafter", "spec_cascade_chow", "seq_cascade", "bild"])
   pts = sweep.plan_points(TASK, methods, {"chow": [0.2, 0.8], "bild": [1.0]}, 5, [0.0, 1.0],

@@ -545,7 +545,7 @@ def test_unknown_task_name_is_a_clear_error(tmp_path):
 
 _DP_SCRIPT = """
 import json, sys, numpy as np, jax
-sys.path.insert(0, {root!r})
+sys.path[:0] = [{root!r}, {root!r} + "/tests"]
 from tests.test_train import CFG, _sources
 from spec_cascade import train as T
 tx = T.make_optimizer("adafactor", T.create_learning_rate_schedule("constant", 0.01))
