@@ -37,14 +37,18 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def cpu_devices_env(base: dict[str, str], devices: int) -> dict[str, str]:
+  """base with JAX on `devices` CPU devices; its other XLA flags are kept."""
+  flags = [f for f in base.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  return dict(base, JAX_PLATFORMS="cpu",
+              XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]))
+
+
 def process_env(base: dict[str, str], port: int, num: int, index: int, devices: int,
                 timeout_s: int | None = None) -> dict[str, str]:
   """The environment of process `index` of a simulated pod."""
-  env = dict(base)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
-  env["JAX_PLATFORMS"] = "cpu"
+  env = cpu_devices_env(base, devices)
   env[pod.ENV_COORDINATOR] = f"127.0.0.1:{port}"
   env[pod.ENV_NUM_PROCESSES] = str(num)
   env[pod.ENV_PROCESS_ID] = str(index)

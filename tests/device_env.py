@@ -1,10 +1,9 @@
 """The environment of a test's child process that needs n CPU devices."""
 import os
 
+from spec_cascade import simulate_pod
+
 
 def cpu_devices_env(n: int) -> dict[str, str]:
   """os.environ with JAX on n CPU devices; the other XLA flags (scripts/test.sh's) are kept."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={n}"]))
+  return simulate_pod.cpu_devices_env(dict(os.environ), n)
