@@ -33,7 +33,7 @@ setup(
     # Data go in through package_data only (no include_package_data): setuptools would otherwise
     # warn for every data folder that is not listed as a package. configs/: _BuildWithConfigs.
     packages=find_packages(include=["spec_cascade", "spec_cascade.*"]),
-    package_data={"spec_cascade": ["assets/**/*"]},
+    package_data={"spec_cascade": ["assets/**/*", "models/kernels/*.cc"]},
     cmdclass={"build_py": _BuildWithConfigs},
     install_requires=[
         # Ranges admit the set known to install together on Python 3.11

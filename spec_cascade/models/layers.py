@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spec_cascade.models import cpu_kernels
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -41,15 +43,23 @@ class RMSNorm(nn.Module):
     return (x32 * jax.lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
 
 
-def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None) -> Array:
+def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None,
+           few_rows_kernel: bool = True) -> Array:
   """x @ w with both cast to matmul_dtype (default: dtype), accumulated in float32, → dtype.
+
+  On a CPU, float32 products of 2-8 rows (a verify call's) go through
+  `cpu_kernels.matmul`, which reads the weights once for all rows; few_rows_kernel=False keeps
+  XLA's dot (for a `w` that is a transposed view, which the kernel would make XLA copy).
 
   Asking for a float32 result keeps bfloat16 inputs on XLA CPU's fast kernels (a bf16 × bf16
   → bf16 dot is no faster there than float32; → float32 is 1.3–3× faster on a CPU with AMX /
   AVX512-BF16, bench/RESULTS.md) and accumulates in float32 on every backend, as TPUs do.
   """
   mm = dtype if matmul_dtype is None else matmul_dtype
-  return jnp.dot(x.astype(mm), w.astype(mm), preferred_element_type=jnp.float32).astype(dtype)
+  x, w = x.astype(mm), w.astype(mm)
+  if few_rows_kernel and cpu_kernels.applies(x, w):
+    return cpu_kernels.matmul(x, w).astype(dtype)
+  return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(dtype)
 
 
 class Dense(nn.Module):
@@ -81,7 +91,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
-    return matmul(x, self.embedding.T, self.dtype, self.matmul_dtype)
+    return matmul(x, self.embedding.T, self.dtype, self.matmul_dtype, few_rows_kernel=False)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool,

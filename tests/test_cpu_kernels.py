@@ -1,0 +1,126 @@
+"""The few-row CPU kernel: same products as XLA's dot, used only where it applies, and a clean
+fallback to XLA where it cannot be built."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spec_cascade.models import T5Model, cpu_kernels, get_config, layers
+
+needs_kernel = pytest.mark.skipif(not cpu_kernels.available(),
+                                  reason="the few-row kernel cannot be built on this machine")
+
+
+def _rand(rng, *shape):
+  return jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", range(1, 9))
+@pytest.mark.parametrize("k,n", [(256, 640), (64, 4224), (7, 13), (19, 8), (1, 40), (300, 3)])
+def test_kernel_matches_xla_dot(rows, k, n):
+  """Every row count, column tails (N mod 8 ≠ 0), K shorter or not a multiple of a panel."""
+  rng = np.random.default_rng(rows * 1000 + k + n)
+  x, w = _rand(rng, rows, k), _rand(rng, k, n)
+  want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+  got = np.asarray(jax.jit(cpu_kernels.matmul)(x, w))
+  assert got.shape == (rows, n) and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.sqrt(k))
+
+
+@needs_kernel
+def test_kernel_keeps_leading_dims_and_differentiates_like_a_dot():
+  rng = np.random.default_rng(0)
+  x, w = _rand(rng, 2, 3, 32), _rand(rng, 32, 24)
+  np.testing.assert_allclose(cpu_kernels.matmul(x, w), x @ w, rtol=1e-5, atol=1e-5)
+  f_kernel = lambda x, w: jnp.sum(jnp.sin(cpu_kernels.matmul(x, w)))
+  f_dot = lambda x, w: jnp.sum(jnp.sin(x @ w))
+  for a, b in zip(jax.grad(f_kernel, (0, 1))(x, w), jax.grad(f_dot, (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_layers_matmul_takes_the_kernel_only_for_two_to_eight_float32_rows():
+  rng = np.random.default_rng(0)
+  w = _rand(rng, 16, 24)
+
+  def lowered(rows, dtype=jnp.float32, matmul_dtype=None, **kw):
+    x = jnp.ones((rows, 16), dtype)
+    f = lambda x, w: layers.matmul(x, w, dtype, matmul_dtype, **kw)
+    return jax.jit(f).lower(x, w).as_text()
+
+  assert all("spec_cascade_few_rows" in lowered(m) for m in (2, 5, 8))
+  assert "spec_cascade_few_rows" not in lowered(1)   # one row: XLA's matrix-vector product
+  assert "spec_cascade_few_rows" not in lowered(9)   # a block of rows: XLA's matrix product
+  assert "spec_cascade_few_rows" not in lowered(4, matmul_dtype=jnp.bfloat16)
+  assert "spec_cascade_few_rows" not in lowered(4, jnp.bfloat16)
+  assert "spec_cascade_few_rows" not in lowered(4, few_rows_kernel=False)
+
+
+@needs_kernel
+def test_verifier_scores_a_block_with_the_kernel_and_the_same_logits():
+  """A verify call (γ + 1 = 4 tokens at batch 1) runs the kernel and scores as XLA would."""
+  cfg = get_config("tiny").replace(vocab_size=101, emb_dim=32, num_heads=2, head_dim=16,
+                                   num_encoder_layers=1, num_decoder_layers=2, mlp_dim=48)
+  model = T5Model(cfg)
+  params = model.init_params(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  inputs = jnp.asarray(rng.integers(2, 101, (1, 6)), jnp.int32)
+  dec = jnp.asarray(rng.integers(2, 101, (1, 4)), jnp.int32)
+  fwd = lambda p: model.forward(p, inputs, dec)
+  assert "spec_cascade_few_rows" in jax.jit(fwd).lower(params).as_text()
+  with_kernel = np.asarray(jax.jit(fwd)(params))
+  orig = cpu_kernels.applies
+  try:
+    cpu_kernels.applies = lambda x, w: False
+    without = np.asarray(jax.jit(lambda p: model.forward(p, inputs, dec))(params))
+  finally:
+    cpu_kernels.applies = orig
+  np.testing.assert_allclose(with_kernel, without, rtol=1e-5, atol=1e-5)
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+  monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+  assert not cpu_kernels.enabled()
+  monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "1")
+  assert cpu_kernels.enabled()
+
+
+def test_no_compiler_falls_back_to_xla_with_one_warning(monkeypatch, tmp_path, caplog):
+  """Where the kernel cannot be built, products stay XLA's and the user is told why once."""
+  monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "1")
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path / "cache"))
+  cpu_kernels.available.cache_clear()
+  try:
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+      assert not cpu_kernels.available()
+      x = jnp.ones((4, 16))
+      w = jnp.ones((16, 8))
+      assert not cpu_kernels.applies(x, w)
+      text = jax.jit(lambda x, w: layers.matmul(x, w, jnp.float32, None)).lower(x, w).as_text()
+      assert "spec_cascade_few_rows" not in text
+    warnings = [r for r in caplog.records if "kernel off" in r.getMessage()]
+    assert len(warnings) == 1 and "no-such-compiler" in warnings[0].getMessage()
+    assert not list((tmp_path / "cache").glob("*.so"))
+  finally:
+    cpu_kernels.available.cache_clear()  # the next caller builds (or finds) the real one
+
+
+@needs_kernel
+def test_build_is_cached_per_machine(monkeypatch, tmp_path):
+  """A fresh cache folder gets one library; a second process-level load reuses it."""
+  monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path))
+  cpu_kernels.available.cache_clear()
+  try:
+    assert cpu_kernels.available()
+    built = list(tmp_path.glob("few_rows-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob("*.tmp"))
+    stamp = built[0].stat().st_mtime_ns
+    cpu_kernels.available.cache_clear()
+    assert cpu_kernels.available()
+    assert built[0].stat().st_mtime_ns == stamp
+  finally:
+    cpu_kernels.available.cache_clear()
