@@ -2,13 +2,14 @@
 
     python bench/few_rows_kernel.py [--verifier V] [--drafter D] [--examples 12]
 
-1. Products: a chain shaped like a decoder step of `--verifier` (per layer six d × d products,
-   two d × mlp, one mlp × d; then the d × vocab logits), M rows at a time, XLA's dot against
-   the kernel, in one process, interleaved: GB/s of weights streamed, and the kernel's speed-up.
+1. Products: a chain shaped like a decoder step of `--verifier` (per layer six attention
+   projections, d × mlp per activation, mlp × d; then the d × vocab logits), M rows at a time,
+   XLA's dot against the kernel, in one process, interleaved: GB/s of weights streamed, and
+   the kernel's speed-up.
 2. The verifier: v(k) = (a call scoring k tokens) / (a one-token step) at batch 1
    (`costs.call_loop`), with the kernel and with XLA's dot (`cpu_kernels.applies` switched off
    while tracing), in one process, interleaved.
-3. End to end: `bench/default_pair_speed.py` (greedy, batch 1, debian_ende) run twice in child
+3. End to end: `bench/default_pair_speed.py` (greedy, batch 1, `--task`) run twice in child
    processes, SPEC_CASCADE_CPU_KERNELS=1 and =0; each prints SpecDecode's speed-up over the
    verifier alone measured side by side in its process.
 
@@ -111,10 +112,11 @@ def verifier_table(verifier: str, reps: int) -> None:
 
 def end_to_end(args) -> None:
   print(f"\n3. Greedy SpecDecode against the verifier alone, batch 1, end to end "
-        f"(bench/default_pair_speed.py, {args.examples} debian_ende examples, "
-        "one child process per setting)\n")
+        f"(bench/default_pair_speed.py, {args.examples} {args.task} examples, inputs padded "
+        f"to {args.input_length}, one child process per setting)\n")
   cmd = [sys.executable, os.path.join(ROOT, "bench", "default_pair_speed.py"),
-         "--tasks", "debian_ende", "--examples", str(args.examples), "--gammas", args.gammas,
+         "--tasks", args.task, "--input_length", str(args.input_length),
+         "--examples", str(args.examples), "--gammas", args.gammas,
          "--confidences", "", "--temperatures", "", "--batches", "", "--rounds", "2"]
   if args.drafter:
     cmd += ["--drafter", args.drafter, "--verifier", args.verifier]
@@ -135,6 +137,8 @@ def main(argv=None):
   parser.add_argument("--drafter", default="stages/offline_deep/drafter_seq",
                       help="'' for the committed pair in part 3")
   parser.add_argument("--examples", type=int, default=12)
+  parser.add_argument("--task", default="debian_ende", help="part 3's task")
+  parser.add_argument("--input_length", type=int, default=64, help="part 3's input padding")
   parser.add_argument("--gammas", default="1,3,5")
   parser.add_argument("--reps", type=int, default=15)
   parser.add_argument("--parts", default="1,2,3")

@@ -241,3 +241,19 @@ def test_block_cost_times_every_term(capsys):
   assert "| the same calls alternating |" in out and "| alternation cost |" in out
   assert "| dependent MLP chain, 4 MB |" in out
   assert out.count("(1.00×)") >= 2  # each matmul table's reference cell
+
+
+def test_few_rows_bench_chains_the_products_of_a_decoder_step():
+  """bench/few_rows_kernel.py times the dense products one decoder step runs: every decoder
+  kernel but the cross-attention keys and values (computed once per input), and the logits."""
+  import few_rows_kernel  # pylint: disable=g-import-not-at-top
+  params = T5Model(V_CFG).init_params(jax.random.key(0))
+
+  def runs_each_step(path):
+    names = [getattr(k, "key", "") for k in path]
+    return names[-1] == "kernel" and not (
+        "encoder_decoder_attention" in names and names[-2] in ("key", "value"))
+  flat = jax.tree_util.tree_flatten_with_path(params["decoder"])[0]
+  per_step = sorted(x.shape for path, x in flat if x.ndim == 2 and runs_each_step(path))
+  assert sorted(few_rows_kernel.step_shapes(V_CFG)) == per_step
+  assert len(per_step) == 9 * V_CFG.num_decoder_layers + 1
