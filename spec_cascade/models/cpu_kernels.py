@@ -19,6 +19,7 @@ import functools
 import hashlib
 import importlib.metadata
 import logging
+import math
 import os
 import pathlib
 import platform
@@ -82,15 +83,16 @@ def _build(compiler: str, out: pathlib.Path) -> None:
       os.remove(tmp)
 
 
-_registered: list[pathlib.Path] = []  # XLA takes one handler per target name and process
+_registered = False  # XLA takes one handler per target name and process
 
 
 def _register(lib_path: pathlib.Path) -> None:
+  global _registered  # pylint: disable=global-statement
   if not _registered:
     lib = ctypes.cdll.LoadLibrary(str(lib_path))
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)),
                                 platform="cpu")
-    _registered.append(lib_path)
+    _registered = True
 
 
 @functools.cache
@@ -129,9 +131,7 @@ def available() -> bool:
 
 def applies(x: jax.Array, w: jax.Array) -> bool:
   """Whether `matmul(x, w)` would run the kernel (decided from shapes, dtypes and backend)."""
-  rows = 1
-  for n in x.shape[:-1]:
-    rows *= n
+  rows = math.prod(x.shape[:-1])
   return (MIN_ROWS <= rows <= MAX_ROWS and w.ndim == 2 and x.shape[-1] == w.shape[0]
           and x.dtype == jnp.float32 and w.dtype == jnp.float32
           and jax.default_backend() == "cpu" and jax.device_count() == 1 and available())

@@ -65,19 +65,17 @@ inline void Block(const float* __restrict x, const float* __restrict w, float* _
   }
 }
 
-// Columns [lo, hi) of y; lo is a multiple of 8, and hi too unless hi = N.
 template <int M>
-void Rows(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t lo,
-          int64_t hi) {
+void Rows(const float* x, const float* w, float* y, int64_t K, int64_t N) {
   constexpr int NV = BlockVectors(M);
-  const int64_t n8 = lo + (hi - lo) / 8 * 8;
+  const int64_t n8 = N / 8 * 8;
   for (int64_t k0 = 0; k0 < K; k0 += kPanel) {
     const int64_t k1 = k0 + kPanel < K ? k0 + kPanel : K;
-    int64_t n = lo;
+    int64_t n = 0;
     for (; n + 8 * NV <= n8; n += 8 * NV) Block<M, NV>(x, w, y, K, N, n, k0, k1);
     for (; n < n8; n += 8) Block<M, 1>(x, w, y, K, N, n, k0, k1);
   }
-  for (int64_t n = n8; n < hi; ++n) {  // the last N mod 8 columns
+  for (int64_t n = n8; n < N; ++n) {  // the last N mod 8 columns
     for (int m = 0; m < M; ++m) {
       float s = 0.f;
       for (int64_t k = 0; k < K; ++k) s += x[m * K + k] * w[k * N + n];
@@ -86,33 +84,30 @@ void Rows(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_
   }
 }
 
-void RowsRange(int64_t M, const float* x, const float* w, float* y, int64_t K, int64_t N,
-               int64_t lo, int64_t hi) {
-  switch (M) {
-    case 1: Rows<1>(x, w, y, K, N, lo, hi); break;
-    case 2: Rows<2>(x, w, y, K, N, lo, hi); break;
-    case 3: Rows<3>(x, w, y, K, N, lo, hi); break;
-    case 4: Rows<4>(x, w, y, K, N, lo, hi); break;
-    case 5: Rows<5>(x, w, y, K, N, lo, hi); break;
-    case 6: Rows<6>(x, w, y, K, N, lo, hi); break;
-    case 7: Rows<7>(x, w, y, K, N, lo, hi); break;
-    default: Rows<8>(x, w, y, K, N, lo, hi); break;
-  }
-}
-
 ffi::Error FewRowsImpl(Matrix x, Matrix w, ffi::Result<Matrix> y) {
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   const int64_t M = xd[0], K = xd[1], N = wd[1];
   if (wd[0] != K) return ffi::Error::InvalidArgument("few_rows: x and w disagree on K");
-  if (M < 1 || M > 8) return ffi::Error::InvalidArgument("few_rows: x must have 1 to 8 rows");
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
   float* yp = y->typed_data();
   if (K == 0) {
     for (int64_t i = 0; i < M * N; ++i) yp[i] = 0.f;
-  } else {
-    // One thread: splitting the columns over XLA's pool measured no faster (a task's start-up
-    // is as long as a 256 × 256 product), and XLA already runs independent products at once.
-    RowsRange(M, x.typed_data(), w.typed_data(), yp, K, N, 0, N);
+    return ffi::Error::Success();
+  }
+  // One thread: splitting the columns over XLA's pool measured no faster (a task's start-up
+  // is as long as a 256 × 256 product), and XLA already runs independent products at once.
+  switch (M) {
+    case 1: Rows<1>(xp, wp, yp, K, N); break;
+    case 2: Rows<2>(xp, wp, yp, K, N); break;
+    case 3: Rows<3>(xp, wp, yp, K, N); break;
+    case 4: Rows<4>(xp, wp, yp, K, N); break;
+    case 5: Rows<5>(xp, wp, yp, K, N); break;
+    case 6: Rows<6>(xp, wp, yp, K, N); break;
+    case 7: Rows<7>(xp, wp, yp, K, N); break;
+    case 8: Rows<8>(xp, wp, yp, K, N); break;
+    default: return ffi::Error::InvalidArgument("few_rows: x must have 1 to 8 rows");
   }
   return ffi::Error::Success();
 }
