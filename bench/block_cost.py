@@ -170,8 +170,8 @@ def matmul_table(reps: int, pairs: int = 26) -> None:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--drafter", default="stages/offline_deep/drafter_seq")
-  parser.add_argument("--verifier", default="stages/offline_deep/verifier")
+  parser.add_argument("--drafter", default="spec_cascade/assets/offline_pair/drafter")
+  parser.add_argument("--verifier", default="spec_cascade/assets/offline_pair/verifier")
   parser.add_argument("--task", default="debian_ende")
   parser.add_argument("--gamma", type=int, default=3)
   parser.add_argument("--reps", type=int, default=30)

@@ -133,8 +133,8 @@ def end_to_end(args) -> None:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--verifier", default="stages/offline_deep/verifier")
-  parser.add_argument("--drafter", default="stages/offline_deep/drafter_seq",
+  parser.add_argument("--verifier", default="spec_cascade/assets/offline_pair/verifier")
+  parser.add_argument("--drafter", default="spec_cascade/assets/offline_pair/drafter",
                       help="'' for the committed pair in part 3")
   parser.add_argument("--examples", type=int, default=12)
   parser.add_argument("--task", default="debian_ende", help="part 3's task")

@@ -121,7 +121,7 @@ def in_subprocess(args: list[str]) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--verifier", default="stages/offline_deep/verifier")
+  parser.add_argument("--verifier", default="spec_cascade/assets/offline_pair/verifier")
   parser.add_argument("--reps", type=int, default=9)
   parser.add_argument("--rounds", type=int, default=2, help="processes per variant")
   parser.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)  # (table, variant): a child

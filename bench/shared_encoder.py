@@ -30,7 +30,7 @@ LENGTHS = {"debian_ende": (128, 64), "debian_summarize": (256, 32)}  # configs/o
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--verifier", default="stages/offline_deep/verifier")
+  parser.add_argument("--verifier", default="spec_cascade/assets/offline_pair/verifier")
   parser.add_argument("--examples", type=int, default=16)
   parser.add_argument("--gamma", type=int, default=3)
   parser.add_argument("--rounds", type=int, default=3)

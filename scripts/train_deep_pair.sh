@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Makes the deep offline pair, stage by stage (each stage resumable: re-run the same command):
-#   1. base   the 'tiny' drafter and 'mini' verifier (BASE, default: the committed pair while it
-#             still is that one; --from_scratch trains them with scripts/train_offline_pair.sh)
+#   1. base   the 'tiny' drafter and 'mini' verifier, trained from scratch into OUT/base with
+#             scripts/train_offline_pair.sh (≈ 2.5 h), or --base=DIR: a pair folder holding them
+#             (drafter/, verifier/), such as the earlier default pair, kept in git history:
+#               mkdir -p /tmp/base && git archive 551086d spec_cascade/assets/offline_pair \
+#                 | tar -x -C /tmp/base   # → --base=/tmp/base/spec_cascade/assets/offline_pair
 #   2. grow   mini → mini_deep (8 decoder layers), same outputs (python -m spec_cascade.models.grow)
-#   3. verifier   mini_deep trained on (configs/offline/train_verifier_deep.gin); --stage_in=DIR
+#   3. verifier   mini_deep trained on for 450 steps (configs/offline/train_verifier_deep.gin); --stage_in=DIR
 #             continues from a committed stage artifact instead (spec_cascade.stages)
 #   4. drafter    the pair's drafter, distilled from the deep verifier; --drafter= picks it:
 #             token    tiny, token-level KD (configs/offline/distill_drafter.gin → OUT/drafter)
@@ -14,29 +17,30 @@
 #                      (configs/offline/distill_drafter_shallow.gin → OUT/drafter_shallow)
 #   5. pair   both installed into OUT/pair and evaluated (python -m spec_cascade.evaluate_pair)
 #
-#   bash scripts/train_deep_pair.sh [OUT_DIR] [--from_scratch] [--stage_in=DIR] [--until=STAGE]
+#   bash scripts/train_deep_pair.sh [OUT_DIR] [--base=DIR] [--stage_in=DIR] [--until=STAGE]
 #        [--drafter=token|seq|shallow] [--gin.X=V ...  (passed to every training stage)]
 #
 # OUT_DIR defaults to runs/offline_deep. A stop (Ctrl-C / SIGTERM) saves a checkpoint first.
 # To carry an unfinished verifier to another machine, save a stage artifact and commit it:
 #   python -m spec_cascade.stages --model_dir=OUT_DIR/verifier --dest=stages/offline_deep/verifier \
 #     --recipe=configs/offline/train_verifier_deep.gin --model=mini_deep
-# Then install the finished pair as the default:
+# This is how the committed default pair (spec_cascade/assets/offline_pair) was made, with
+# --drafter=seq. To install a finished pair as the default:
 #   python -m spec_cascade.pretrained --force --drafter=OUT_DIR/drafter --verifier=OUT_DIR/verifier
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 
-OUT=runs/offline_deep; FROM_SCRATCH=0; STAGE_IN=""; UNTIL=pair; GIN=(); DRAFTER=seq
+OUT=runs/offline_deep; BASE=""; STAGE_IN=""; UNTIL=pair; GIN=(); DRAFTER=seq
 for arg in "$@"; do
   case "$arg" in
-    --from_scratch) FROM_SCRATCH=1 ;;
+    --base=*) BASE="${arg#--base=}" ;;
     --stage_in=*) STAGE_IN="${arg#--stage_in=}" ;;
     --until=*) UNTIL="${arg#--until=}" ;;
     --drafter=*) DRAFTER="${arg#--drafter=}" ;;
     --gin.*) GIN+=("$arg") ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     --*) echo "unknown flag $arg" >&2; exit 2 ;;
     *) OUT="$arg" ;;
   esac
@@ -45,26 +49,28 @@ case "$UNTIL" in base|grow|verifier|drafter|pair) ;; *)
   echo "--until must be one of base, grow, verifier, drafter, pair" >&2; exit 2 ;; esac
 case "$DRAFTER" in token|seq|shallow) ;; *)
   echo "--drafter must be one of token, seq, shallow" >&2; exit 2 ;; esac
+if [ -n "$BASE" ]; then  # checked before any work
+  info="$BASE/verifier/spec_cascade_checkpoint.json"
+  layers="$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['t5_config']['num_decoder_layers'])" "$info" 2>/dev/null || echo none)"
+  if [ "$layers" != 4 ]; then
+    echo "error: --base=$BASE must hold the 'mini' base verifier (4 decoder layers) in verifier/;" \
+         "$info gives $layers. Leave out --base to train the base pair from scratch." >&2
+    exit 2
+  fi
+fi
 mkdir -p "$OUT"
 say() { echo "[deep pair] $*" >&2; }
 
 python -c 'from spec_cascade.data import offline; offline.build_corpora()'
 
-if [ "$FROM_SCRATCH" = 1 ]; then
+if [ -z "$BASE" ]; then
   BASE="$OUT/base"
   say "1/5 base pair from scratch in $BASE (hours; resumable)"
   bash scripts/train_offline_pair.sh "$BASE" --wait
   BASE_DRAFTER="$BASE/drafter"; BASE_VERIFIER="$BASE/verifier"
 else
-  BASE="spec_cascade/assets/offline_pair"
   BASE_DRAFTER="$BASE/drafter"; BASE_VERIFIER="$BASE/verifier"
-  layers="$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['t5_config']['num_decoder_layers'])" "$BASE_VERIFIER/spec_cascade_checkpoint.json")"
-  if [ "$layers" != 4 ]; then
-    echo "error: $BASE_VERIFIER is not the 'mini' base verifier (it has $layers decoder layers); " \
-         "pass --from_scratch to train the base pair first." >&2
-    exit 2
-  fi
-  say "1/5 base pair: the committed tiny/mini pair ($BASE)"
+  say "1/5 base pair: $BASE"
 fi
 [ "$UNTIL" = base ] && exit 0
 

@@ -161,12 +161,14 @@ def save_offline_pair(dest: str | os.PathLike, drafter, verifier, vocab_model: s
 
 
 def _trained_step(path) -> int | None:
-  """The training step recorded by the trainer's export in `path` (a MODEL_DIR or its
-  export/), or None for checkpoints that do not record one."""
+  """The training step recorded in `path` (a trainer MODEL_DIR, its export/, or a stage
+  artifact), or None for checkpoints that do not record one."""
   for info in (pathlib.Path(path) / "export" / "spec_cascade_checkpoint.json",
                pathlib.Path(path) / "spec_cascade_checkpoint.json"):
     if info.is_file():
-      step = json.loads(info.read_text()).get("step")
+      record = json.loads(info.read_text())
+      # A stage artifact (spec_cascade.stages) records its step under "stage".
+      step = record.get("step", (record.get("stage") or {}).get("step"))
       return None if step is None else int(step)
   return None
 

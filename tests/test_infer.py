@@ -454,7 +454,7 @@ def test_seqio_route_reads_the_same_examples_as_the_offline_route(env):
   assert text == direct.tokenizer.decode(direct.examples[0].input_ids)
 
 
-def test_installed_pair_records_the_training_step_of_trainer_exports(tmp_path):
+def test_installed_pair_records_the_training_step_of_trainer_exports_and_stages(tmp_path):
   (tmp_path / "run" / "export").mkdir(parents=True)
   (tmp_path / "run" / "export" / "spec_cascade_checkpoint.json").write_text('{"step": 2800}')
   (tmp_path / "ckpt").mkdir()
@@ -463,3 +463,8 @@ def test_installed_pair_records_the_training_step_of_trainer_exports(tmp_path):
   assert pretrained._trained_step(tmp_path / "run" / "export") == 2800  # pylint: disable=protected-access
   assert pretrained._trained_step(tmp_path / "ckpt") is None  # pylint: disable=protected-access
   assert pretrained._trained_step(tmp_path / "elsewhere") is None  # pylint: disable=protected-access
+  # A stage artifact (spec_cascade.stages) keeps its step under "stage".
+  (tmp_path / "stage").mkdir()
+  (tmp_path / "stage" / "spec_cascade_checkpoint.json").write_text(
+      '{"format": "x", "stage": {"recipe": "r.gin", "step": 450}}')
+  assert pretrained._trained_step(tmp_path / "stage") == 450  # pylint: disable=protected-access

@@ -270,3 +270,15 @@ def test_train_deep_pair_refuses_an_unknown_drafter_before_any_work(tmp_path):
     r = _run(ROOT / "scripts" / "train_deep_pair.sh", str(tmp_path / "out"), "--drafter=big")
     assert r.returncode == 2 and "--drafter must be one of token, seq, shallow" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_train_deep_pair_refuses_a_base_that_is_not_the_mini_pair(tmp_path):
+    # The committed default pair is the deep pair itself (8 decoder layers): growing it again
+    # would not reproduce anything, so --base must name the 4-layer 'mini' base pair.
+    pair = ROOT / "spec_cascade" / "assets" / "offline_pair"
+    r = _run(ROOT / "scripts" / "train_deep_pair.sh", str(tmp_path / "out"), f"--base={pair}")
+    assert r.returncode == 2 and "gives 8" in r.stderr and "Leave out --base" in r.stderr
+    r = _run(ROOT / "scripts" / "train_deep_pair.sh", str(tmp_path / "out"),
+             f"--base={tmp_path / 'nothing'}")
+    assert r.returncode == 2 and "gives none" in r.stderr
+    assert not (tmp_path / "out").exists()
