@@ -11,6 +11,10 @@ cd "$ROOT"
 # SPEC_CASCADE_TEST_WORKERS=0 runs everything in this process.
 WORKERS="${SPEC_CASCADE_TEST_WORKERS:-$(nproc)}"
 if [ "$WORKERS" -gt 4 ]; then WORKERS=4; fi
+# Workers share the cores: the few-row kernel's helper thread (a second core per product) would
+# only contend with the other workers, so each worker keeps its products on one thread (the
+# kernel tests set two threads themselves).
+if [ "$WORKERS" -gt 1 ]; then export SPEC_CASCADE_KERNEL_THREADS="${SPEC_CASCADE_KERNEL_THREADS:-1}"; fi
 # One persistent compilation cache per run, shared by the workers and the processes tests
 # start: many tests compile the same small programs (the test pairs are few), so each is
 # compiled once per run. Fresh each run (removed at exit) so timings do not depend on history;

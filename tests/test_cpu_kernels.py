@@ -18,16 +18,61 @@ def _rand(rng, *shape):
 
 
 @needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("rows", range(1, 9))
-@pytest.mark.parametrize("k,n", [(256, 640), (64, 4224), (7, 13), (19, 8), (1, 40), (300, 3)])
-def test_kernel_matches_xla_dot(rows, k, n):
-  """Every row count, column tails (N mod 8 ≠ 0), K shorter or not a multiple of a panel."""
+@pytest.mark.parametrize("k,n", [(256, 640), (64, 4224), (7, 13), (19, 8), (1, 40), (300, 3),
+                                 (640, 256), (200, 130), (24, 1000)])
+def test_kernel_matches_xla_dot(rows, k, n, threads, monkeypatch):
+  """Every row count, column tails (N mod 8 ≠ 0), K shorter or not a multiple of a panel; on
+  one thread and split over two (K halves cut at a panel, each half with its column tail)."""
+  monkeypatch.setenv(cpu_kernels.ENV_THREADS, str(threads))
   rng = np.random.default_rng(rows * 1000 + k + n)
   x, w = _rand(rng, rows, k), _rand(rng, k, n)
   want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
-  got = np.asarray(jax.jit(cpu_kernels.matmul)(x, w))
+  # A new function per call: the thread count is read when the product is traced.
+  got = np.asarray(jax.jit(lambda x, w: cpu_kernels.matmul(x, w))(x, w))
   assert got.shape == (rows, n) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.sqrt(k))
+
+
+@needs_kernel
+def test_products_from_several_threads_at_once_stay_right(monkeypatch):
+  """XLA may run independent products at once: a product that finds the helper thread busy
+  computes alone, and none of them mixes up another's partial sums."""
+  import threading  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(cpu_kernels.ENV_THREADS, "2")
+  rng = np.random.default_rng(1)
+  w = _rand(rng, 256, 640)
+  xs = [_rand(rng, 4, 256) for _ in range(4)]
+  f = jax.jit(lambda x, w: cpu_kernels.matmul(x, w))
+  want = [np.asarray(x, np.float64) @ np.asarray(w, np.float64) for x in xs]
+  errors = []
+
+  def work(i):
+    for _ in range(40):
+      got = np.asarray(f(xs[i], w))
+      if not np.allclose(got, want[i], rtol=2e-5, atol=1e-3):
+        errors.append(i)
+
+  pool = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+  for t in pool:
+    t.start()
+  for t in pool:
+    t.join(timeout=120)
+  assert not errors and not any(t.is_alive() for t in pool)
+
+
+def test_thread_count_follows_the_environment_and_the_cores(monkeypatch):
+  monkeypatch.setenv(cpu_kernels.ENV_THREADS, "1")
+  assert cpu_kernels.threads() == 1
+  monkeypatch.setenv(cpu_kernels.ENV_THREADS, "3")
+  with pytest.raises(ValueError, match="SPEC_CASCADE_KERNEL_THREADS='3': use 1 or 2"):
+    cpu_kernels.threads()
+  monkeypatch.delenv(cpu_kernels.ENV_THREADS)
+  monkeypatch.setattr(cpu_kernels.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+  assert cpu_kernels.threads() == 1
+  monkeypatch.setattr(cpu_kernels.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+  assert cpu_kernels.threads() == 2
 
 
 @needs_kernel
@@ -60,10 +105,13 @@ def test_layers_matmul_takes_the_kernel_only_for_two_to_eight_float32_rows():
 
 
 @needs_kernel
-def test_verifier_scores_a_block_with_the_kernel_and_the_same_logits():
-  """A verify call (γ + 1 = 4 tokens at batch 1) runs the kernel and scores as XLA would."""
-  cfg = get_config("tiny").replace(vocab_size=101, emb_dim=32, num_heads=2, head_dim=16,
-                                   num_encoder_layers=1, num_decoder_layers=2, mlp_dim=48)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_verifier_scores_a_block_with_the_kernel_and_the_same_logits(threads, monkeypatch):
+  """A verify call (γ + 1 = 4 tokens at batch 1) runs the kernel and scores as XLA would (the
+  256-wide layers are large enough to be split over two threads)."""
+  monkeypatch.setenv(cpu_kernels.ENV_THREADS, str(threads))
+  cfg = get_config("tiny").replace(vocab_size=101, emb_dim=256, num_heads=2, head_dim=128,
+                                   num_encoder_layers=1, num_decoder_layers=2, mlp_dim=320)
   model = T5Model(cfg)
   params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(0)

@@ -11,6 +11,8 @@ compiler, jaxlib and the CPU, and registered as an XLA FFI target.
 partitioned across devices), float32 operands, 2 to `MAX_ROWS` rows. Everywhere else, and
 wherever the kernel cannot be built (no compiler, no AVX2/FMA, not x86-64), the product is
 XLA's dot, with one warning saying why. SPEC_CASCADE_CPU_KERNELS=0 turns the kernel off.
+Where the process may use two or more cores, a product's second half of K runs on a helper
+thread (`threads`; SPEC_CASCADE_KERNEL_THREADS=1 keeps it on the calling thread).
 """
 from __future__ import annotations
 
@@ -29,10 +31,12 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MIN_ROWS, MAX_ROWS = 2, 8
 ENV_SWITCH = "SPEC_CASCADE_CPU_KERNELS"
 ENV_CACHE = "SPEC_CASCADE_KERNEL_CACHE"
+ENV_THREADS = "SPEC_CASCADE_KERNEL_THREADS"
 _SOURCE = pathlib.Path(__file__).with_name("kernels") / "few_rows.cc"
 _TARGET = "spec_cascade_few_rows"
 _SYMBOL = "SpecCascadeFewRows"
@@ -42,6 +46,22 @@ log = logging.getLogger(__name__)
 
 def enabled() -> bool:
   return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def threads() -> int:
+  """Threads per product: 2 (the caller and one helper) where this process may use two or more
+  cores, else 1; SPEC_CASCADE_KERNEL_THREADS=1 keeps products on the calling thread (several
+  processes sharing the cores, such as parallel test workers)."""
+  value = os.environ.get(ENV_THREADS, "").strip()
+  if value:
+    if value not in ("1", "2"):
+      raise ValueError(f"{ENV_THREADS}={value!r}: use 1 or 2 (threads per product).")
+    return int(value)
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  return 2 if cores >= 2 else 1
 
 
 def _cpu_signature() -> tuple[str, set[str]]:
@@ -71,7 +91,7 @@ def _build(compiler: str, out: pathlib.Path) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
   os.close(fd)
-  cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+  cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w",
          f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
@@ -137,22 +157,24 @@ def applies(x: jax.Array, w: jax.Array) -> bool:
           and jax.default_backend() == "cpu" and jax.device_count() == 1 and available())
 
 
-@jax.custom_jvp
-def _few_rows(x2: jax.Array, w: jax.Array) -> jax.Array:
-  """[M, K] @ [K, N] → [M, N], float32, by the FFI kernel."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _few_rows(x2: jax.Array, w: jax.Array, num_threads: int) -> jax.Array:
+  """[M, K] @ [K, N] → [M, N], float32, by the FFI kernel on `num_threads` threads."""
   out = jax.ShapeDtypeStruct((x2.shape[0], w.shape[1]), jnp.float32)
-  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(x2, w)
+  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(
+      x2, w, threads=np.int32(num_threads))
 
 
 @_few_rows.defjvp
-def _few_rows_jvp(primals, tangents):
+def _few_rows_jvp(num_threads, primals, tangents):
   # Derivatives (a trainer's step at ≤ 8 rows) go through XLA's dot: linear, transposable.
   x2, w = primals
   dx, dw = tangents
-  return _few_rows(x2, w), jnp.dot(dx, w) + jnp.dot(x2, dw)
+  return _few_rows(x2, w, num_threads), jnp.dot(dx, w) + jnp.dot(x2, dw)
 
 
-def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [..., K] @ w [K, N] → [..., N] in float32 by the kernel; call only where `applies`."""
-  y = _few_rows(x.reshape(-1, x.shape[-1]), w)
+def matmul(x: jax.Array, w: jax.Array, num_threads: int | None = None) -> jax.Array:
+  """x [..., K] @ w [K, N] → [..., N] in float32 by the kernel; call only where `applies`.
+  num_threads: 1 or 2 per product (default `threads()`, read when the caller is traced)."""
+  y = _few_rows(x.reshape(-1, x.shape[-1]), w, num_threads or threads())
   return y.reshape(x.shape[:-1] + (w.shape[1],))

@@ -12,11 +12,27 @@
 // rows: within a panel, each column block reads kPanel short sequential streams, and the
 // partial sums of a block go through y (L1/L2-resident) between panels.
 //
+// Two threads: one core streams weights at ~17-22 GB/s on the CPUs measured, and a few-row
+// product there is as much compute as traffic, so a helper thread takes the second half of K
+// (a contiguous block of w) and the caller adds the two partial products. Products last
+// 5-50 µs, less than a sleeping thread takes to wake, so the helper polls for work; but only
+// for kSpin after its last product, so that between verify calls (the drafter's turn) it does
+// not hold the second core that XLA's own threads need. A product that finds it asleep runs
+// alone and wakes it for the next ones. (bench/RESULTS.md, issue 17 session 17: polling with
+// sched_yield, or for milliseconds, lost end to end.)
+//
 // Built at run time by spec_cascade/models/cpu_kernels.py with the host compiler
 // (-O3 -march=native); needs AVX2 and FMA.
 #include <immintrin.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
+#include <sched.h>
+#include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -36,7 +52,7 @@ constexpr int BlockVectors(int m) {
 // Adds x[:, k0:k1] @ w[k0:k1, n0 : n0 + 8 NV] into y (or stores it, for the first panel).
 template <int M, int NV>
 inline void Block(const float* __restrict x, const float* __restrict w, float* __restrict y,
-                  int64_t K, int64_t N, int64_t n0, int64_t k0, int64_t k1) {
+                  int64_t K, int64_t N, int64_t n0, int64_t k0, int64_t k1, bool first) {
   __m256 acc[M * NV];
 #pragma GCC unroll 64
   for (int i = 0; i < M * NV; ++i) acc[i] = _mm256_setzero_ps();
@@ -59,32 +75,149 @@ inline void Block(const float* __restrict x, const float* __restrict w, float* _
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
       float* out = yp + m * N + 8 * v;
-      _mm256_storeu_ps(out, k0 == 0 ? acc[m * NV + v]
+      _mm256_storeu_ps(out, first ? acc[m * NV + v]
                                     : _mm256_add_ps(_mm256_loadu_ps(out), acc[m * NV + v]));
     }
   }
 }
 
+// y[:, :] = x[:, kb:ke] @ w[kb:ke, :] (x and w indexed with the full K).
 template <int M>
-void Rows(const float* x, const float* w, float* y, int64_t K, int64_t N) {
+void Rows(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t kb,
+          int64_t ke) {
   constexpr int NV = BlockVectors(M);
   const int64_t n8 = N / 8 * 8;
-  for (int64_t k0 = 0; k0 < K; k0 += kPanel) {
-    const int64_t k1 = k0 + kPanel < K ? k0 + kPanel : K;
+  for (int64_t k0 = kb; k0 < ke; k0 += kPanel) {
+    const int64_t k1 = k0 + kPanel < ke ? k0 + kPanel : ke;
     int64_t n = 0;
-    for (; n + 8 * NV <= n8; n += 8 * NV) Block<M, NV>(x, w, y, K, N, n, k0, k1);
-    for (; n < n8; n += 8) Block<M, 1>(x, w, y, K, N, n, k0, k1);
+    for (; n + 8 * NV <= n8; n += 8 * NV) Block<M, NV>(x, w, y, K, N, n, k0, k1, k0 == kb);
+    for (; n < n8; n += 8) Block<M, 1>(x, w, y, K, N, n, k0, k1, k0 == kb);
   }
   for (int64_t n = n8; n < N; ++n) {  // the last N mod 8 columns
     for (int m = 0; m < M; ++m) {
       float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += x[m * K + k] * w[k * N + n];
+      for (int64_t k = kb; k < ke; ++k) s += x[m * K + k] * w[k * N + n];
       y[m * N + n] = s;
     }
   }
 }
 
-ffi::Error FewRowsImpl(Matrix x, Matrix w, ffi::Result<Matrix> y) {
+void RowsAny(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+             int64_t kb, int64_t ke) {
+  switch (M) {
+    case 1: Rows<1>(x, w, y, K, N, kb, ke); break;
+    case 2: Rows<2>(x, w, y, K, N, kb, ke); break;
+    case 3: Rows<3>(x, w, y, K, N, kb, ke); break;
+    case 4: Rows<4>(x, w, y, K, N, kb, ke); break;
+    case 5: Rows<5>(x, w, y, K, N, kb, ke); break;
+    case 6: Rows<6>(x, w, y, K, N, kb, ke); break;
+    case 7: Rows<7>(x, w, y, K, N, kb, ke); break;
+    default: Rows<8>(x, w, y, K, N, kb, ke); break;
+  }
+}
+
+// The helper thread. One caller at a time: a product that finds it busy (XLA running two
+// independent products at once) does all of its work alone.
+class Helper {
+ public:
+  static Helper& Get() {
+    static Helper* helper = new Helper();  // never destroyed: the thread runs for the process
+    return *helper;
+  }
+  std::mutex& busy() { return busy_; }
+  // Runs y_part = x[:, kb:ke] @ w[kb:ke, :] on the helper thread; Wait() returns it.
+  void Post(const float* x, const float* w, int64_t M, int64_t K, int64_t N, int64_t kb,
+            int64_t ke) {
+    if (part_.size() < static_cast<size_t>(M * N)) part_.resize(M * N);
+    job_ = {x, w, M, K, N, kb, ke};
+    posted_.fetch_add(1);
+    if (sleeping_.load()) {
+      std::lock_guard<std::mutex> lock(sleep_mu_);
+      wake_.notify_one();
+    }
+  }
+  const float* Wait() {
+    const uint64_t want = posted_.load();
+    for (int polls = 1; done_.load(std::memory_order_acquire) != want; ++polls) {
+      _mm_pause();
+      if (polls % 1024 == 0) sched_yield();  // the helper may be waiting for a core
+    }
+    return part_.data();
+  }
+  // Whether the helper is polling for work (not asleep): only then is a split worth it.
+  bool Awake() const { return !sleeping_.load(); }
+  void Nudge() {
+    std::lock_guard<std::mutex> lock(sleep_mu_);
+    nudged_ = true;
+    wake_.notify_one();
+  }
+
+ private:
+  struct Job { const float* x; const float* w; int64_t M, K, N, kb, ke; };
+  static constexpr auto kSpin = std::chrono::microseconds(50);
+  Helper() { std::thread([this] { Loop(); }).detach(); }
+  void Loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      auto idle_since = std::chrono::steady_clock::now();
+      while (posted_.load(std::memory_order_acquire) == seen) {
+        _mm_pause();  // not sched_yield: a system call per poll made each hand-over ~7 µs
+        if (std::chrono::steady_clock::now() - idle_since > kSpin) {
+          std::unique_lock<std::mutex> lock(sleep_mu_);
+          sleeping_.store(true);
+          wake_.wait(lock, [&] { return posted_.load() != seen || nudged_; });
+          nudged_ = false;
+          sleeping_.store(false);
+          idle_since = std::chrono::steady_clock::now();
+        }
+      }
+      seen = posted_.load(std::memory_order_acquire);
+      const Job j = job_;
+      RowsAny(j.x, j.w, part_.data(), j.M, j.K, j.N, j.kb, j.ke);
+      done_.store(seen, std::memory_order_release);
+    }
+  }
+  std::mutex busy_, sleep_mu_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> posted_{0}, done_{0};
+  std::atomic<bool> sleeping_{false};
+  bool nudged_ = false;  // guarded by sleep_mu_
+  Job job_{};
+  std::vector<float> part_;
+};
+
+// Weights below this many floats are one thread's work: a hand-over costs ~1-2 µs, and the
+// drafter's 128-wide products (≤ 32k weights) ran faster unsplit.
+constexpr int64_t kSplitMin = 65536;
+
+void Product(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+             int32_t threads) {
+  const int64_t half = K / 2 / kPanel * kPanel;
+  if (threads < 2 || K * N < kSplitMin || half == 0) {
+    RowsAny(x, w, y, M, K, N, 0, K);
+    return;
+  }
+  Helper& helper = Helper::Get();
+  std::unique_lock<std::mutex> lock(helper.busy(), std::try_to_lock);
+  if (!lock.owns_lock()) {
+    RowsAny(x, w, y, M, K, N, 0, K);
+    return;
+  }
+  if (!helper.Awake()) {  // waking it takes longer than this product: go alone, wake it
+    helper.Nudge();
+    RowsAny(x, w, y, M, K, N, 0, K);
+    return;
+  }
+  helper.Post(x, w, M, K, N, half, K);
+  RowsAny(x, w, y, M, K, N, 0, half);
+  const float* part = helper.Wait();
+  const int64_t n = M * N, n8 = n / 8 * 8;
+  for (int64_t i = 0; i < n8; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(part + i)));
+  for (int64_t i = n8; i < n; ++i) y[i] += part[i];
+}
+
+ffi::Error FewRowsImpl(Matrix x, Matrix w, ffi::Result<Matrix> y, int32_t threads) {
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   const int64_t M = xd[0], K = xd[1], N = wd[1];
@@ -96,19 +229,8 @@ ffi::Error FewRowsImpl(Matrix x, Matrix w, ffi::Result<Matrix> y) {
     for (int64_t i = 0; i < M * N; ++i) yp[i] = 0.f;
     return ffi::Error::Success();
   }
-  // One thread: splitting the columns over XLA's pool measured no faster (a task's start-up
-  // is as long as a 256 × 256 product), and XLA already runs independent products at once.
-  switch (M) {
-    case 1: Rows<1>(xp, wp, yp, K, N); break;
-    case 2: Rows<2>(xp, wp, yp, K, N); break;
-    case 3: Rows<3>(xp, wp, yp, K, N); break;
-    case 4: Rows<4>(xp, wp, yp, K, N); break;
-    case 5: Rows<5>(xp, wp, yp, K, N); break;
-    case 6: Rows<6>(xp, wp, yp, K, N); break;
-    case 7: Rows<7>(xp, wp, yp, K, N); break;
-    case 8: Rows<8>(xp, wp, yp, K, N); break;
-    default: return ffi::Error::InvalidArgument("few_rows: x must have 1 to 8 rows");
-  }
+  if (M < 1 || M > 8) return ffi::Error::InvalidArgument("few_rows: x must have 1 to 8 rows");
+  Product(xp, wp, yp, M, K, N, threads);
   return ffi::Error::Success();
 }
 
@@ -118,4 +240,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeFewRows, FewRowsImpl,
                               ffi::Ffi::Bind()
                                   .Arg<Matrix>()
                                   .Arg<Matrix>()
-                                  .Ret<Matrix>());
+                                  .Ret<Matrix>()
+                                  .Attr<int32_t>("threads"));
