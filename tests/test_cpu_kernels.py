@@ -65,6 +65,12 @@ def test_products_from_several_threads_at_once_stay_right(monkeypatch):
 def test_thread_count_follows_the_environment_and_the_cores(monkeypatch):
   monkeypatch.setenv(cpu_kernels.ENV_THREADS, "1")
   assert cpu_kernels.threads() == 1
+  if cpu_kernels.available():  # the setting reaches the kernel as its `threads` attribute
+    x, w = jnp.ones((2, 16)), jnp.ones((16, 8))
+    for value in ("1", "2"):
+      monkeypatch.setenv(cpu_kernels.ENV_THREADS, value)
+      text = jax.jit(lambda x, w: cpu_kernels.matmul(x, w)).lower(x, w).as_text()
+      assert f"threads = {value} : i32" in text
   monkeypatch.setenv(cpu_kernels.ENV_THREADS, "3")
   with pytest.raises(ValueError, match="SPEC_CASCADE_KERNEL_THREADS='3': use 1 or 2"):
     cpu_kernels.threads()
