@@ -9,9 +9,10 @@
 2. The verifier: v(k) = (a call scoring k tokens) / (a one-token step) at batch 1
    (`costs.call_loop`), with the kernel and with XLA's dot (`cpu_kernels.applies` switched off
    while tracing), in one process, interleaved.
-3. End to end: `bench/default_pair_speed.py` (greedy, batch 1, `--task`) run twice in child
-   processes, SPEC_CASCADE_CPU_KERNELS=1 and =0; each prints SpecDecode's speed-up over the
-   verifier alone measured side by side in its process.
+3. End to end: `bench/default_pair_speed.py` (greedy, batch 1, `--task`) run in three child
+   processes: XLA's dot (SPEC_CASCADE_CPU_KERNELS=0), the kernel on one thread and on two
+   (SPEC_CASCADE_KERNEL_THREADS); each prints SpecDecode's speed-up over the verifier alone
+   measured side by side in its process.
 
 Run it alone on the machine: timings are not numbers beside a training run or tests.
 """
@@ -120,15 +121,19 @@ def end_to_end(args) -> None:
          "--confidences", "", "--temperatures", "", "--batches", "", "--rounds", "2"]
   if args.drafter:
     cmd += ["--drafter", args.drafter, "--verifier", args.verifier]
+  settings = {"xla": {"SPEC_CASCADE_CPU_KERNELS": "0"},
+              "one": {"SPEC_CASCADE_CPU_KERNELS": "1", cpu_kernels.ENV_THREADS: "1"},
+              "two": {"SPEC_CASCADE_CPU_KERNELS": "1", cpu_kernels.ENV_THREADS: "2"}}
   rows = {}
-  for setting in ("1", "0"):
-    env = dict(os.environ, SPEC_CASCADE_CPU_KERNELS=setting)
+  for setting, extra in settings.items():
+    env = dict(os.environ, **extra)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     rows[setting] = dict(re.findall(r"greedy SpecDecode (γ=\S+)\s+([\d.]+)×", out.stdout))
-  print("| greedy SpecDecode | speed-up, XLA's dot | speed-up, few-row kernel |")
-  print("|---|---:|---:|")
-  for name in rows["1"]:
-    print(f"| {name} | {rows['0'].get(name, '?')}× | {rows['1'][name]}× |")
+  print("| greedy SpecDecode | speed-up, XLA's dot | kernel, one thread | kernel, two threads |")
+  print("|---|---:|---:|---:|")
+  for name in rows["two"]:
+    print(f"| {name} | {rows['xla'].get(name, '?')}× | {rows['one'].get(name, '?')}× | "
+          f"{rows['two'][name]}× |")
 
 
 def main(argv=None):
