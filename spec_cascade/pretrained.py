@@ -163,12 +163,13 @@ def save_offline_pair(dest: str | os.PathLike, drafter, verifier, vocab_model: s
 def _trained_step(path) -> int | None:
   """The training step recorded in `path` (a trainer MODEL_DIR, its export/, or a stage
   artifact), or None for checkpoints that do not record one."""
+  from spec_cascade import stages  # pylint: disable=g-import-not-at-top
   for info in (pathlib.Path(path) / "export" / "spec_cascade_checkpoint.json",
                pathlib.Path(path) / "spec_cascade_checkpoint.json"):
     if info.is_file():
-      record = json.loads(info.read_text())
-      # A stage artifact (spec_cascade.stages) records its step under "stage".
-      step = record.get("step", (record.get("stage") or {}).get("step"))
+      step = json.loads(info.read_text()).get("step")
+      if step is None:
+        step = (stages.stage_record(str(info.parent)) or {}).get("step")
       return None if step is None else int(step)
   return None
 

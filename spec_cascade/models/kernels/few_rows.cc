@@ -222,15 +222,13 @@ ffi::Error FewRowsImpl(Matrix x, Matrix w, ffi::Result<Matrix> y, int32_t thread
   const auto wd = w.dimensions();
   const int64_t M = xd[0], K = xd[1], N = wd[1];
   if (wd[0] != K) return ffi::Error::InvalidArgument("few_rows: x and w disagree on K");
-  const float* xp = x.typed_data();
-  const float* wp = w.typed_data();
+  if (M < 1 || M > 8) return ffi::Error::InvalidArgument("few_rows: x must have 1 to 8 rows");
   float* yp = y->typed_data();
   if (K == 0) {
     for (int64_t i = 0; i < M * N; ++i) yp[i] = 0.f;
-    return ffi::Error::Success();
+  } else {
+    Product(x.typed_data(), w.typed_data(), yp, M, K, N, threads);
   }
-  if (M < 1 || M > 8) return ffi::Error::InvalidArgument("few_rows: x must have 1 to 8 rows");
-  Product(xp, wp, yp, M, K, N, threads);
   return ffi::Error::Success();
 }
 
