@@ -8,10 +8,11 @@ from typing import Any, Sequence
 from spec_cascade import decoding
 from spec_cascade.orbax_checkpoints import resolve_checkpoint_dir
 from spec_cascade.decoding import Bundle
+from spec_cascade.models import cpu_kernels
 
 def load_bundle(path: str, config=None, dtype: str = "float32",
-                activation_dtype: str | None = None, matmul_dtype: str | None = None
-                ) -> Bundle:
+                activation_dtype: str | None = None, matmul_dtype: str | None = None,
+                stream_weights: bool = True) -> Bundle:
   """Loads a model: a trainer MODEL_DIR / export, one of our checkpoints, T5X or Hugging Face;
   T5 or decoder-only (our checkpoint with a DecoderConfig, or a Llama / Gemma / Gemma 2 /
   Qwen2 Hugging Face folder: `hf_decoder.load_decoder`).
@@ -22,6 +23,9 @@ def load_bundle(path: str, config=None, dtype: str = "float32",
   activation_dtype: overrides the config's activation dtype.
   matmul_dtype: overrides the config's matmul input dtype (T5Config.matmul_dtype; 'bfloat16'
   runs a bfloat16 checkpoint's matmuls faster on CPUs with AMX / AVX512-BF16).
+  stream_weights: on a CPU with the few-row kernel, give the dense kernels that bfloat16 holds
+  exactly a bfloat16 twin for products of few rows (`cpu_kernels.stream_params`: half the
+  weight traffic at batch 1, same values; SPEC_CASCADE_STREAMED_WEIGHTS=0 turns it off).
   """
   if not path:
     raise ValueError("a checkpoint path is empty; set DRAFTER_CHECKPOINT_PATH / "
@@ -37,6 +41,8 @@ def load_bundle(path: str, config=None, dtype: str = "float32",
     cfg = cfg.replace(dtype=activation_dtype)
   if matmul_dtype:
     cfg = cfg.replace(matmul_dtype=matmul_dtype)
+  if stream_weights:
+    params = cpu_kernels.stream_params(params)
   return Bundle(decoding.contract.model_for(cfg), params)
 
 

@@ -8,11 +8,20 @@ compiled here with the host's C++ compiler into a per-user cache, keyed on the s
 compiler, jaxlib and the CPU, and registered as an XLA FFI target.
 
 `matmul` uses it only where it applies: a CPU backend with one device (a custom call is not
-partitioned across devices), float32 operands, 2 to `MAX_ROWS` rows. Everywhere else, and
-wherever the kernel cannot be built (no compiler, no AVX2/FMA, not x86-64), the product is
-XLA's dot, with one warning saying why. SPEC_CASCADE_CPU_KERNELS=0 turns the kernel off.
-Where the process may use two or more cores, a product's second half of K runs on a helper
-thread (`threads`; SPEC_CASCADE_KERNEL_THREADS=1 keeps it on the calling thread).
+partitioned across devices), float32 rows, and float32 weights for 2 to `MAX_ROWS` rows or
+bfloat16 weights for 1 to `MAX_BF16_ROWS` rows. Everywhere else, and wherever the kernel cannot
+be built (no compiler, no AVX2/FMA, not x86-64), the product is XLA's dot, with one warning
+saying why. SPEC_CASCADE_CPU_KERNELS=0 turns the kernel off. Where the process may use two or
+more cores, a product's second half of K runs on a helper thread (`threads`;
+SPEC_CASCADE_KERNEL_THREADS=1 keeps it on the calling thread).
+
+Streamed weights: a decode step at batch 1 is weight traffic (a 13M-parameter step reads 53 MB
+of float32), and a checkpoint stored in bfloat16 — ours are — holds weights that bfloat16
+represents exactly. `stream_params` gives each such dense kernel a bfloat16 twin
+(`StreamedKernel`); `layers.matmul` sends products of few rows to the kernel with the twin
+(half the bytes, widened exactly in registers, so the same float32 product) and keeps the
+float32 copy for XLA's dot over many rows (encoders, large batches), where XLA with bfloat16
+operands would convert the weights on every call.
 """
 from __future__ import annotations
 
@@ -28,18 +37,29 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-MIN_ROWS, MAX_ROWS = 2, 8
+MIN_ROWS, MAX_ROWS = 2, 8  # float32 weights: where the kernel beat XLA's dot
+# bfloat16 weights: half the traffic beats XLA's float32 dot from one row (a one-token step)
+# to 8; past 8 rows (batches) XLA's packed product over the float32 copy was as fast or faster
+# (bench/streamed_weights.py).
+MAX_BF16_ROWS = 8
+ENV_STREAM = "SPEC_CASCADE_STREAMED_WEIGHTS"
+# A model whose dense kernels are smaller stays float32 only: its weights sit in the caches,
+# where XLA's one-row dot beat the kernel (the 1.87M `tiny` drafter's step, 7 MB: 0.17 ms
+# streamed against 0.14 ms; the 13.31M `mini_deep` verifier's, 53 MB: 2.4 against 3.1 ms).
+STREAM_MIN_BYTES = 16 << 20
 ENV_SWITCH = "SPEC_CASCADE_CPU_KERNELS"
 ENV_CACHE = "SPEC_CASCADE_KERNEL_CACHE"
 ENV_THREADS = "SPEC_CASCADE_KERNEL_THREADS"
 _SOURCE = pathlib.Path(__file__).with_name("kernels") / "few_rows.cc"
-_TARGET = "spec_cascade_few_rows"
-_SYMBOL = "SpecCascadeFewRows"
+# FFI target → exported symbol: float32 weights, bfloat16 weights (widened exactly in the kernel).
+_TARGETS = {"spec_cascade_few_rows": "SpecCascadeFewRows",
+            "spec_cascade_few_rows_bf16": "SpecCascadeFewRowsBf16"}
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +130,9 @@ def _register(lib_path: pathlib.Path) -> None:
   global _registered  # pylint: disable=global-statement
   if not _registered:
     lib = ctypes.cdll.LoadLibrary(str(lib_path))
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)),
-                                platform="cpu")
+    for target, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                  platform="cpu")
     _registered = True
 
 
@@ -149,19 +170,87 @@ def available() -> bool:
   return False
 
 
+def _usable() -> bool:
+  return jax.default_backend() == "cpu" and jax.device_count() == 1 and available()
+
+
 def applies(x: jax.Array, w: jax.Array) -> bool:
   """Whether `matmul(x, w)` would run the kernel (decided from shapes, dtypes and backend)."""
   rows = math.prod(x.shape[:-1])
-  return (MIN_ROWS <= rows <= MAX_ROWS and w.ndim == 2 and x.shape[-1] == w.shape[0]
-          and x.dtype == jnp.float32 and w.dtype == jnp.float32
-          and jax.default_backend() == "cpu" and jax.device_count() == 1 and available())
+  if w.dtype == jnp.bfloat16:
+    low, high = 1, MAX_BF16_ROWS
+  elif w.dtype == jnp.float32:
+    low, high = MIN_ROWS, MAX_ROWS
+  else:
+    return False
+  return (low <= rows <= high and w.ndim == 2 and x.shape[-1] == w.shape[0]
+          and x.dtype == jnp.float32 and _usable())
+
+
+class StreamedKernel(NamedTuple):
+  """A dense kernel [K, N] held twice: float32 for XLA's dot, and the same values in bfloat16
+  for the few-row kernel (`stream_params`). A pytree: jit sees two arrays."""
+  f32: jax.Array
+  bf16: jax.Array
+
+  @property
+  def shape(self):
+    return self.f32.shape
+
+  @property
+  def dtype(self):
+    return self.f32.dtype
+
+
+def streaming_enabled() -> bool:
+  """Whether `stream_params` may add bfloat16 twins: the kernel runs here and
+  SPEC_CASCADE_STREAMED_WEIGHTS is not 0."""
+  if os.environ.get(ENV_STREAM, "1").strip().lower() in ("0", "false", "no", "off"):
+    return False
+  return _usable()
+
+
+def stream_params(params: Any, min_bytes: int = STREAM_MIN_BYTES) -> Any:
+  """Gives every 2-D float32 `kernel` leaf whose values bfloat16 holds exactly a bfloat16 twin
+  (`StreamedKernel`); other leaves, and kernels bfloat16 would round, stay as they are, so
+  outputs do not change beyond the kernel's summation order. Params unchanged where streaming
+  is off (`streaming_enabled`) or where the kernels that would stream total < min_bytes of
+  float32."""
+  if not streaming_enabled():
+    return params
+
+  def one(path, leaf):
+    name = getattr(path[-1], "key", None) if path else None
+    if (name != "kernel" or isinstance(leaf, StreamedKernel) or getattr(leaf, "ndim", 0) != 2
+        or leaf.dtype != jnp.float32):
+      return leaf
+    low = jnp.asarray(leaf, jnp.bfloat16)
+    if not bool(jnp.array_equal(low.astype(jnp.float32), leaf)):
+      return leaf
+    return StreamedKernel(jnp.asarray(leaf), low)
+
+  streamed = jax.tree_util.tree_map_with_path(
+      one, params, is_leaf=lambda x: isinstance(x, StreamedKernel))
+  twins = [x for x in jax.tree_util.tree_leaves(
+      streamed, is_leaf=lambda x: isinstance(x, StreamedKernel))
+           if isinstance(x, StreamedKernel)]
+  if sum(x.f32.size * 4 for x in twins) < min_bytes:
+    return params
+  return streamed
+
+
+def unstreamed(params: Any) -> Any:
+  """`params` with every `StreamedKernel` back to its float32 array (to save or train)."""
+  return jax.tree_util.tree_map(lambda x: x.f32 if isinstance(x, StreamedKernel) else x,
+                                params, is_leaf=lambda x: isinstance(x, StreamedKernel))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _few_rows(x2: jax.Array, w: jax.Array, num_threads: int) -> jax.Array:
   """[M, K] @ [K, N] → [M, N], float32, by the FFI kernel on `num_threads` threads."""
   out = jax.ShapeDtypeStruct((x2.shape[0], w.shape[1]), jnp.float32)
-  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(
+  target = "spec_cascade_few_rows_bf16" if w.dtype == jnp.bfloat16 else "spec_cascade_few_rows"
+  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
       x2, w, threads=np.int32(num_threads))
 
 
@@ -170,7 +259,8 @@ def _few_rows_jvp(num_threads, primals, tangents):
   # Derivatives (a trainer's step at ≤ 8 rows) go through XLA's dot: linear, transposable.
   x2, w = primals
   dx, dw = tangents
-  return _few_rows(x2, w, num_threads), jnp.dot(dx, w) + jnp.dot(x2, dw)
+  return (_few_rows(x2, w, num_threads),
+          jnp.dot(dx, w.astype(jnp.float32)) + jnp.dot(x2, dw.astype(jnp.float32)))
 
 
 def matmul(x: jax.Array, w: jax.Array, num_threads: int | None = None) -> jax.Array:

@@ -49,13 +49,21 @@ def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None,
 
   On a CPU, float32 products of 2-8 rows (a verify call's) go through
   `cpu_kernels.matmul`, which reads the weights once for all rows; few_rows_kernel=False keeps
-  XLA's dot (for a `w` that is a transposed view, which the kernel would make XLA copy).
+  XLA's dot (for a `w` that is a transposed view, which the kernel would make XLA copy). A
+  `cpu_kernels.StreamedKernel` w sends float32 products of 1-8 rows to the kernel with its
+  bfloat16 twin (half the weight traffic, same values) and the rest to XLA with its float32.
 
   Asking for a float32 result keeps bfloat16 inputs on XLA CPU's fast kernels (a bf16 × bf16
   → bf16 dot is no faster there than float32; → float32 is 1.3–3× faster on a CPU with AMX /
   AVX512-BF16, bench/RESULTS.md) and accumulates in float32 on every backend, as TPUs do.
   """
   mm = dtype if matmul_dtype is None else matmul_dtype
+  if isinstance(w, cpu_kernels.StreamedKernel):
+    # The same values twice: the bfloat16 twin where the kernel takes it (few rows), else
+    # float32 for XLA.
+    if few_rows_kernel and jnp.dtype(mm) == jnp.float32 and cpu_kernels.applies(x.astype(mm), w.bf16):
+      return cpu_kernels.matmul(x.astype(mm), w.bf16).astype(dtype)
+    w = w.f32
   x, w = x.astype(mm), w.astype(mm)
   if few_rows_kernel and cpu_kernels.applies(x, w):
     return cpu_kernels.matmul(x, w).astype(dtype)

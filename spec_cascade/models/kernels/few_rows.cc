@@ -41,6 +41,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using Matrix = ffi::Buffer<ffi::F32, 2>;  // (a macro argument cannot hold the comma)
+using Bf16Matrix = ffi::Buffer<ffi::BF16, 2>;
 constexpr int64_t kPanel = 8;
 
 // Vectors of 8 columns per block for M rows: M × NV accumulators + NV weight vectors + one
@@ -49,19 +50,34 @@ constexpr int BlockVectors(int m) {
   return m <= 1 ? 8 : m == 2 ? 4 : m == 3 ? 3 : m <= 6 ? 2 : 1;
 }
 
+// Eight weights as float32: float32 as is; bfloat16 (stored as uint16_t) widened exactly, by
+// putting its 16 bits in the top half of a float32.
+inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 Load8(const uint16_t* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+inline float Load1(const float* p) { return *p; }
+inline float Load1(const uint16_t* p) {
+  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 // Adds x[:, k0:k1] @ w[k0:k1, n0 : n0 + 8 NV] into y (or stores it, for the first panel).
-template <int M, int NV>
-inline void Block(const float* __restrict x, const float* __restrict w, float* __restrict y,
+template <int M, int NV, typename W>
+inline void Block(const float* __restrict x, const W* __restrict w, float* __restrict y,
                   int64_t K, int64_t N, int64_t n0, int64_t k0, int64_t k1, bool first) {
   __m256 acc[M * NV];
 #pragma GCC unroll 64
   for (int i = 0; i < M * NV; ++i) acc[i] = _mm256_setzero_ps();
-  const float* wp = w + k0 * N + n0;
+  const W* wp = w + k0 * N + n0;
   const float* xp = x + k0;
   for (int64_t k = k0; k < k1; ++k, wp += N, ++xp) {
     __m256 wv[NV];
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) wv[v] = _mm256_loadu_ps(wp + 8 * v);
+    for (int v = 0; v < NV; ++v) wv[v] = Load8(wp + 8 * v);
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       const __m256 a = _mm256_broadcast_ss(xp + m * K);
@@ -82,27 +98,28 @@ inline void Block(const float* __restrict x, const float* __restrict w, float* _
 }
 
 // y[:, :] = x[:, kb:ke] @ w[kb:ke, :] (x and w indexed with the full K).
-template <int M>
-void Rows(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t kb,
+template <int M, typename W>
+void Rows(const float* x, const W* w, float* y, int64_t K, int64_t N, int64_t kb,
           int64_t ke) {
   constexpr int NV = BlockVectors(M);
   const int64_t n8 = N / 8 * 8;
   for (int64_t k0 = kb; k0 < ke; k0 += kPanel) {
     const int64_t k1 = k0 + kPanel < ke ? k0 + kPanel : ke;
     int64_t n = 0;
-    for (; n + 8 * NV <= n8; n += 8 * NV) Block<M, NV>(x, w, y, K, N, n, k0, k1, k0 == kb);
-    for (; n < n8; n += 8) Block<M, 1>(x, w, y, K, N, n, k0, k1, k0 == kb);
+    for (; n + 8 * NV <= n8; n += 8 * NV) Block<M, NV, W>(x, w, y, K, N, n, k0, k1, k0 == kb);
+    for (; n < n8; n += 8) Block<M, 1, W>(x, w, y, K, N, n, k0, k1, k0 == kb);
   }
   for (int64_t n = n8; n < N; ++n) {  // the last N mod 8 columns
     for (int m = 0; m < M; ++m) {
       float s = 0.f;
-      for (int64_t k = kb; k < ke; ++k) s += x[m * K + k] * w[k * N + n];
+      for (int64_t k = kb; k < ke; ++k) s += x[m * K + k] * Load1(w + k * N + n);
       y[m * N + n] = s;
     }
   }
 }
 
-void RowsAny(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+template <typename W>
+void RowsAny(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t N,
              int64_t kb, int64_t ke) {
   switch (M) {
     case 1: Rows<1>(x, w, y, K, N, kb, ke); break;
@@ -126,10 +143,11 @@ class Helper {
   }
   std::mutex& busy() { return busy_; }
   // Runs y_part = x[:, kb:ke] @ w[kb:ke, :] on the helper thread; Wait() returns it.
-  void Post(const float* x, const float* w, int64_t M, int64_t K, int64_t N, int64_t kb,
+  template <typename W>
+  void Post(const float* x, const W* w, int64_t M, int64_t K, int64_t N, int64_t kb,
             int64_t ke) {
     if (part_.size() < static_cast<size_t>(M * N)) part_.resize(M * N);
-    job_ = {x, w, M, K, N, kb, ke};
+    job_ = {x, w, sizeof(W) == 2, M, K, N, kb, ke};
     posted_.fetch_add(1);
     if (sleeping_.load()) {
       std::lock_guard<std::mutex> lock(sleep_mu_);
@@ -153,7 +171,7 @@ class Helper {
   }
 
  private:
-  struct Job { const float* x; const float* w; int64_t M, K, N, kb, ke; };
+  struct Job { const float* x; const void* w; bool bf16; int64_t M, K, N, kb, ke; };
   static constexpr auto kSpin = std::chrono::microseconds(50);
   Helper() { std::thread([this] { Loop(); }).detach(); }
   void Loop() {
@@ -173,7 +191,11 @@ class Helper {
       }
       seen = posted_.load(std::memory_order_acquire);
       const Job j = job_;
-      RowsAny(j.x, j.w, part_.data(), j.M, j.K, j.N, j.kb, j.ke);
+      if (j.bf16) {
+        RowsAny(j.x, static_cast<const uint16_t*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
+      } else {
+        RowsAny(j.x, static_cast<const float*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
+      }
       done_.store(seen, std::memory_order_release);
     }
   }
@@ -190,7 +212,8 @@ class Helper {
 // drafter's 128-wide products (≤ 32k weights) ran faster unsplit.
 constexpr int64_t kSplitMin = 65536;
 
-void Product(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+template <typename W>
+void Product(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t N,
              int32_t threads) {
   const int64_t half = K / 2 / kPanel * kPanel;
   if (threads < 2 || K * N < kSplitMin || half == 0) {
@@ -217,7 +240,8 @@ void Product(const float* x, const float* w, float* y, int64_t M, int64_t K, int
   for (int64_t i = n8; i < n; ++i) y[i] += part[i];
 }
 
-ffi::Error FewRowsImpl(Matrix x, Matrix w, ffi::Result<Matrix> y, int32_t threads) {
+template <typename Weights>
+ffi::Error FewRowsImpl(Matrix x, Weights w, ffi::Result<Matrix> y, int32_t threads) {
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   const int64_t M = xd[0], K = xd[1], N = wd[1];
@@ -234,9 +258,17 @@ ffi::Error FewRowsImpl(Matrix x, Matrix w, ffi::Result<Matrix> y, int32_t thread
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeFewRows, FewRowsImpl,
+// x float32 [M, K], w float32 or bfloat16 [K, N] → y float32 [M, N]; bfloat16 weights are
+// widened exactly, so the result is the float32 product of the same values at half the traffic.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeFewRows, FewRowsImpl<Matrix>,
                               ffi::Ffi::Bind()
                                   .Arg<Matrix>()
                                   .Arg<Matrix>()
+                                  .Ret<Matrix>()
+                                  .Attr<int32_t>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeFewRowsBf16, FewRowsImpl<Bf16Matrix>,
+                              ffi::Ffi::Bind()
+                                  .Arg<Matrix>()
+                                  .Arg<Bf16Matrix>()
                                   .Ret<Matrix>()
                                   .Attr<int32_t>("threads"));

@@ -1,0 +1,152 @@
+"""Streamed weights: bfloat16 twins of dense kernels that bfloat16 holds exactly, read by the
+few-row kernel for products of 1-8 rows; the same outputs at half the weight traffic."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spec_cascade import loading
+from spec_cascade.decoding import generate
+from spec_cascade.models import T5Model, cpu_kernels, get_config, layers
+
+needs_kernel = pytest.mark.skipif(not cpu_kernels.available(),
+                                  reason="the few-row kernel cannot be built on this machine")
+PAIR = "spec_cascade/assets/offline_pair"
+
+
+def _bf16_exact(rng, *shape):
+  """float32 values that bfloat16 holds exactly (as a bfloat16 checkpoint loads)."""
+  w = rng.standard_normal(shape, dtype=np.float32)
+  return jnp.asarray(jnp.asarray(w, jnp.bfloat16), jnp.float32)
+
+
+def _twins(params):
+  leaves = jax.tree_util.tree_leaves(
+      params, is_leaf=lambda x: isinstance(x, cpu_kernels.StreamedKernel))
+  return [x for x in leaves if isinstance(x, cpu_kernels.StreamedKernel)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", range(1, 9))
+@pytest.mark.parametrize("k,n", [(256, 640), (7, 13), (300, 3), (24, 1000)])
+def test_bfloat16_weights_give_the_float32_product_of_their_values(rows, k, n, threads,
+                                                                   monkeypatch):
+  """Column tails and short K, on one thread and two, as for float32 weights."""
+  monkeypatch.setenv(cpu_kernels.ENV_THREADS, str(threads))
+  rng = np.random.default_rng(rows * 1000 + k + n)
+  x = jnp.asarray(rng.standard_normal((rows, k), dtype=np.float32))
+  w32 = _bf16_exact(rng, k, n)
+  want = np.asarray(x, np.float64) @ np.asarray(w32, np.float64)
+  got = np.asarray(jax.jit(lambda x, w: cpu_kernels.matmul(x, w))(x, w32.astype(jnp.bfloat16)))
+  assert got.shape == (rows, n) and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.sqrt(k))
+
+
+@needs_kernel
+def test_a_row_scores_the_same_whatever_rows_share_its_product():
+  """Each row's sums run in the same order at every row count, so a verify call's logits for a
+  position equal a one-token step's bit for bit: greedy SpecDecode reproduces the verifier."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((8, 256), dtype=np.float32))
+  w = _bf16_exact(rng, 256, 640).astype(jnp.bfloat16)
+  f = jax.jit(lambda x, w: cpu_kernels.matmul(x, w))
+  full = np.asarray(f(x, w))
+  for m in (1, 3, 5, 7):
+    np.testing.assert_array_equal(np.asarray(f(x[:m], w)), full[:m])
+
+
+def test_stream_params_twins_exact_kernels_only(monkeypatch):
+  monkeypatch.setattr(cpu_kernels, "streaming_enabled", lambda: True)
+  rng = np.random.default_rng(0)
+  exact, rounded = _bf16_exact(rng, 64, 32), jnp.asarray(rng.standard_normal((64, 32)),
+                                                          jnp.float32)
+  params = {"a": {"kernel": exact}, "b": {"kernel": rounded}, "c": {"scale": exact[0]},
+            "d": {"embedding": exact}}
+  out = cpu_kernels.stream_params(params, min_bytes=0)
+  assert isinstance(out["a"]["kernel"], cpu_kernels.StreamedKernel)
+  assert out["a"]["kernel"].bf16.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out["a"]["kernel"].bf16.astype(jnp.float32), exact)
+  # bfloat16 would round it: no twin, so nothing a user computes changes.
+  assert out["b"]["kernel"] is rounded
+  assert out["c"]["scale"] is params["c"]["scale"] and out["d"]["embedding"] is exact
+  assert len(_twins(cpu_kernels.stream_params(out, min_bytes=0))) == 1  # idempotent
+  # A model that sits in the caches stays float32 (XLA's one-row dot wins there).
+  assert cpu_kernels.stream_params(params, min_bytes=1 << 20) is params
+  back = cpu_kernels.unstreamed(out)
+  assert back["a"]["kernel"].dtype == jnp.float32 and back["b"]["kernel"] is rounded
+
+
+def test_streaming_is_off_by_environment_or_without_the_kernel(monkeypatch):
+  monkeypatch.setenv(cpu_kernels.ENV_STREAM, "0")
+  assert not cpu_kernels.streaming_enabled()
+  params = {"kernel": _bf16_exact(np.random.default_rng(0), 64, 32)}
+  assert cpu_kernels.stream_params(params, min_bytes=0) is params
+  monkeypatch.setenv(cpu_kernels.ENV_STREAM, "1")
+  monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+  cpu_kernels.available.cache_clear()
+  try:
+    assert not cpu_kernels.streaming_enabled()
+  finally:
+    monkeypatch.delenv(cpu_kernels.ENV_SWITCH)
+    cpu_kernels.available.cache_clear()
+
+
+@needs_kernel
+def test_layers_matmul_reads_the_twin_for_few_rows_and_float32_for_many():
+  rng = np.random.default_rng(0)
+  w32 = _bf16_exact(rng, 64, 48)
+  w = cpu_kernels.StreamedKernel(w32, w32.astype(jnp.bfloat16))
+
+  def lowered(rows, **kw):
+    x = jnp.ones((rows, 64), jnp.float32)
+    return jax.jit(lambda x, w: layers.matmul(x, w, jnp.float32, None, **kw)).lower(x, w)
+
+  for rows in (1, 5, 8):
+    assert "spec_cascade_few_rows_bf16" in lowered(rows).as_text()
+  for rows, kw in ((9, {}), (4, {"few_rows_kernel": False})):
+    text = lowered(rows, **kw).as_text()
+    assert "few_rows" not in text and "bf16" not in text  # XLA's dot on the float32 copy
+  x = jnp.asarray(rng.standard_normal((40, 64), dtype=np.float32))
+  for rows in (1, 7, 8, 40):
+    got = jax.jit(lambda x, w: layers.matmul(x, w, jnp.float32, None))(x[:rows], w)
+    np.testing.assert_allclose(got, x[:rows] @ w32, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_a_model_scores_the_same_with_streamed_weights():
+  """A T5 stack with bfloat16-exact weights: logits of a 1- and a 4-token block equal those of
+  its float32 params (encoder rows go to XLA with the float32 copy)."""
+  cfg = get_config("tiny").replace(vocab_size=101, emb_dim=256, num_heads=2, head_dim=128,
+                                   num_encoder_layers=1, num_decoder_layers=2, mlp_dim=320)
+  model = T5Model(cfg)
+  params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32),
+                                  model.init_params(jax.random.key(0)))
+  streamed = cpu_kernels.stream_params(params, min_bytes=0)
+  assert len(_twins(streamed)) == len([p for p in jax.tree_util.tree_leaves_with_path(params)
+                                       if p[0][-1].key == "kernel"])
+  rng = np.random.default_rng(0)
+  inputs = jnp.asarray(rng.integers(2, 101, (1, 40)), jnp.int32)
+  for length in (1, 4):
+    dec = jnp.asarray(rng.integers(2, 101, (1, length)), jnp.int32)
+    fwd = jax.jit(lambda p: model.forward(p, inputs, dec))
+    np.testing.assert_allclose(fwd(streamed), fwd(params), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_the_committed_verifier_streams_and_decodes_the_same_tokens():
+  """`load_bundle` gives the committed (bfloat16-stored) verifier its twins and keeps the small
+  drafter float32; greedy outputs of the verifier alone and of SpecDecode are unchanged."""
+  verifier = loading.load_bundle(f"{PAIR}/verifier")
+  drafter = loading.load_bundle(f"{PAIR}/drafter")
+  assert len(_twins(verifier.params)) > 0 and not _twins(drafter.params)
+  plain = loading.load_bundle(f"{PAIR}/verifier", stream_weights=False)
+  assert not _twins(plain.params)
+  rng = np.random.default_rng(0)
+  x = rng.integers(2, 4000, (3, 24)).astype(np.int32)
+  for method in ("verifier", "spec_decode"):
+    kw = dict(method=method, num_draft_tokens=3, max_decode_length=24)
+    a = generate(drafter, verifier, x, **kw)
+    b = generate(drafter, plain, x, **kw)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
