@@ -96,7 +96,8 @@ launch() {  # launch NAME CORE|all
       done' _ --gin_file="configs/offline/train_$name.gin" \
       --gin.MODEL_DIR="'$dir'" "${ARGS[@]}" >>"$dir/train.log" 2>&1 < /dev/null &
   echo $! > "$dir/train.pid"
-  echo "$name: pid $! on ${pin[*]:+core $core}${pin[*]:-all cores}, log $dir/train.log"
+  local where="all cores"; [ "${#pin[@]}" -gt 0 ] && where="core $core"
+  echo "$name: pid $! on $where, log $dir/train.log"
 }
 
 if [ "$ACTION" = handoff ]; then
