@@ -147,10 +147,12 @@ def save_offline_pair(dest: str | os.PathLike, drafter, verifier, vocab_model: s
   rel_vocab = os.path.join("..", VOCAB, VOCAB_FILE)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from spec_cascade.models import cpu_kernels  # pylint: disable=g-import-not-at-top
   for name, bundle in ((DRAFTER, drafter), (VERIFIER, verifier)):
     # Stored as bfloat16 (half the size in the repository; loaded back as float32): the shipped
     # pair is evaluated from these rounded weights, so its reported numbers are what users get.
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), bundle.params)
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16),
+                          cpu_kernels.unstreamed(bundle.params))  # one copy of each kernel
     checkpoints.save_checkpoint(str(dest / name), params, bundle.model.config,
                                 vocabulary_path=rel_vocab)
   meta = dict(info or {})
@@ -183,8 +185,8 @@ def install_offline_pair(drafter_checkpoint: str, verifier_checkpoint: str,
   package assets). vocab_model defaults to the offline corpora's SentencePiece model."""
   from spec_cascade import infer  # pylint: disable=g-import-not-at-top
   from spec_cascade.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  drafter = infer.load_bundle(drafter_checkpoint)
-  verifier = infer.load_bundle(verifier_checkpoint)
+  drafter = infer.load_bundle(drafter_checkpoint, stream_weights=False)
+  verifier = infer.load_bundle(verifier_checkpoint, stream_weights=False)
   vocab_model = vocab_model or vocab_lib.get_vocab_path()
   infer.check_pair(drafter, verifier, vocab_lib.SentencePieceTokenizer(vocab_model))
   info = {"drafter_source": str(drafter_checkpoint), "verifier_source": str(verifier_checkpoint),

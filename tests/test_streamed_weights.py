@@ -149,3 +149,20 @@ def test_the_committed_verifier_streams_and_decodes_the_same_tokens():
     a = generate(drafter, verifier, x, **kw)
     b = generate(plain_d, plain, x, **kw)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+
+
+@pytest.mark.slow
+def test_a_streamed_pair_saves_one_float32_copy_per_kernel(tmp_path):
+  """Saving bundles that carry twins (`pretrained.save_offline_pair`) writes each kernel once,
+  with its values, and loads back the same."""
+  from spec_cascade import pretrained  # pylint: disable=g-import-not-at-top
+  drafter = loading.load_bundle(f"{PAIR}/drafter")
+  verifier = loading.load_bundle(f"{PAIR}/verifier")
+  out = pretrained.save_offline_pair(tmp_path / "pair", drafter, verifier,
+                                     f"{PAIR}/vocab/sentencepiece.model")
+  again = loading.load_bundle(str(out / "verifier"), stream_weights=False)
+  want = jax.tree_util.tree_leaves(cpu_kernels.unstreamed(verifier.params))
+  got = jax.tree_util.tree_leaves(again.params)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
