@@ -189,14 +189,6 @@ class StreamedKernel(NamedTuple):
   f32: jax.Array
   bf16: jax.Array
 
-  @property
-  def shape(self):
-    return self.f32.shape
-
-  @property
-  def dtype(self):
-    return self.f32.dtype
-
 
 def streaming_enabled() -> bool:
   """Whether `stream_params` may add bfloat16 twins: the kernel runs here and
