@@ -30,41 +30,24 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from spec_cascade import infer, loading, pretrained  # noqa: E402
 from spec_cascade.decoding import generate  # noqa: E402
 from spec_cascade.models import cpu_kernels  # noqa: E402
+import side_by_side  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def timed(pairs, configs, batches, rounds: int, seed: int = 0):
   """{(weights, name): (tokens, seconds summed over batches, median over rounds)}."""
-  keys = [(w, n) for w in pairs for n in configs]
-  for w, n in keys:  # compile
-    generate(*pairs[w], batches[0], **configs[n])
-  secs = {k: np.zeros((rounds, len(batches))) for k in keys}
-  toks = {k: [] for k in keys}
-  rng = np.random.default_rng(seed)
-  for r in range(rounds):
-    for i, x in enumerate(batches):
-      for j in rng.permutation(len(keys)):
-        w, n = keys[j]
-        out = generate(*pairs[w], x, **configs[n])
-        secs[(w, n)][r, i] = out.wall_s
-        if r == 0:
-          toks[(w, n)].append(np.asarray(out.tokens))
-  return {k: (np.concatenate(toks[k]), float(np.median(secs[k], axis=0).sum())) for k in keys}
+  return side_by_side.timed_runs(list(pairs), configs, batches, rounds,
+                                 lambda w, config, x, i: generate(*pairs[w], x, **config), seed)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--pair", default=None, help="pair folder (default: the committed one)")
-  parser.add_argument("--task", default="debian_ende")
-  parser.add_argument("--examples", type=int, default=16)
-  parser.add_argument("--input_length", type=int, default=64)
-  parser.add_argument("--max_decode_length", type=int, default=48)
-  parser.add_argument("--gammas", default="1,3")
+  side_by_side.add_arguments(parser, gammas="1,3")
   parser.add_argument("--batches", default="8,32")
-  parser.add_argument("--rounds", type=int, default=2)
   args = parser.parse_args(argv)
   if not cpu_kernels.streaming_enabled():
     raise SystemExit("Streaming is off here (no few-row kernel, or "

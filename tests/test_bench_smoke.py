@@ -257,3 +257,21 @@ def test_few_rows_bench_chains_the_products_of_a_decoder_step():
   per_step = sorted(x.shape for path, x in flat if x.ndim == 2 and runs_each_step(path))
   assert sorted(few_rows_kernel.step_shapes(V_CFG)) == per_step
   assert len(per_step) == 9 * V_CFG.num_decoder_layers + 1
+
+
+def test_cache_write_bench_compiles_each_mode_apart():
+  """bench/cache_write.py: each write mode traces its own programs (a shared program cache
+  would time one mode twice), and the flag is restored after each run."""
+  import cache_write  # pylint: disable=import-outside-toplevel
+  from pairs import make_pair, random_inputs  # pylint: disable=import-outside-toplevel
+  from spec_cascade.models import layers  # pylint: disable=import-outside-toplevel
+  drafter, verifier = make_pair()
+  x = random_inputs(1)
+  per_call = cache_write.call_costs(drafter, verifier, x, 12, iters=2, reps=1)
+  assert set(per_call) == {(n, m) for n in ("drafter", "verifier") for m in cache_write.MODES}
+  run = cache_write.run_in_mode(drafter, verifier)
+  config = dict(method="verifier", temperature=0.0, max_decode_length=4)
+  outs = {m: run(m, config, x, 0) for m in cache_write.MODES}
+  np.testing.assert_array_equal(outs["select"].tokens, outs["update_slice"].tokens)
+  assert all(len(c) == 1 for c in cache_write.Mode.caches.values())
+  assert layers.MASKED_ONE_TOKEN_WRITE is True

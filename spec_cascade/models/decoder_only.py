@@ -161,10 +161,8 @@ class Attention(nn.Module):
     v = jnp.transpose(split(self.value(x), cfg.num_kv_heads), (0, 2, 1, 3))  # [B, Hkv, Q, D]
     if cache_kv is not None:
       # Per row: keys [Hkv, D, L] take the block at column o, values [Hkv, L, D] at row o.
-      write = lambda axis: jax.vmap(lambda c, u, o: jax.lax.dynamic_update_slice(
-          c, u.astype(c.dtype), tuple(o if a == axis else 0 for a in range(3))))
-      k = write(2)(cache_kv[0], k, offsets)
-      v = write(1)(cache_kv[1], v, offsets)
+      k = layers.write_block(cache_kv[0], k, offsets, 3)
+      v = layers.write_block(cache_kv[1], v, offsets, 2)
     groups = cfg.num_heads // cfg.num_kv_heads
     qg = jnp.transpose(q, (0, 2, 1, 3)).reshape(b, cfg.num_kv_heads, groups, q_len,
                                                 cfg.head_dim)

@@ -70,6 +70,32 @@ def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None,
   return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(dtype)
 
 
+# Whether `write_block` writes a one-token block of a one-row cache with a select instead of
+# dynamic_update_slice. Read at trace time; benchmarks turn it off to measure what it buys
+# (bench/cache_write.py), nothing else should.
+MASKED_ONE_TOKEN_WRITE = True
+
+
+def write_block(cache: Array, block: Array, offsets: Array, axis: int) -> Array:
+  """cache [B, ...] with block [B, ...] written along `axis` (the position axis, ≥ 1) at
+  positions offsets[b] .. offsets[b] + k − 1 of row b (k = block.shape[axis]; the caller keeps
+  offsets + k ≤ the cache's length). Returns the new cache, in the cache's dtype.
+
+  A one-token block of a one-row cache (every decode step at batch 1) is written as a select
+  over the whole cache: XLA's CPU backend turned the per-row dynamic_update_slice of such a
+  step into a scatter and copied every layer's cache around it each step, which cost the
+  verifier's batch-1 step 1.3-2x (bench/RESULTS.md, "A copy-free one-token step"). Blocks of
+  several tokens and batches keep dynamic_update_slice, which did not lose there.
+  """
+  block = block.astype(cache.dtype)
+  if MASKED_ONE_TOKEN_WRITE and cache.shape[0] == 1 and block.shape[axis] == 1:
+    position = jax.lax.broadcasted_iota(jnp.int32, cache.shape, axis)
+    return jnp.where(position == offsets.reshape((1,) * cache.ndim), block, cache)
+  start = lambda o: tuple(o if a == axis - 1 else 0 for a in range(cache.ndim - 1))
+  return jax.vmap(lambda c, u, o: jax.lax.dynamic_update_slice(c, u, start(o)))(
+      cache, block, offsets)
+
+
 class Dense(nn.Module):
   """x @ kernel with a 2-D float32 kernel [in, out] (T5X DenseGeneral layout)."""
   features: int

@@ -11,7 +11,7 @@ config and the pure functions the rest of the library calls:
 
 `decode_block` scores k >= 1 new tokens per row, row b's block starting at
 decoder position offsets[b]. Keys/values are written with
-dynamic_update_slice at the row's offset (never added), and a query at
+`layers.write_block` at the row's offset (never added), and a query at
 position t attends only to slots <= t, so a rejected draft is rolled back by
 simply decoding again from an earlier offset: the stale slots are overwritten
 before any query can see them.
@@ -148,10 +148,8 @@ class DecoderLayer(nn.Module):
     k, v = self.self_attention.project_kv(h)
     if cache_kv is not None:
       # Per row: keys [H, D, L] take the block at column o, values [H, L, D] at row o.
-      write = lambda axis: jax.vmap(lambda c, u, o: jax.lax.dynamic_update_slice(
-          c, u.astype(c.dtype), tuple(o if a == axis else 0 for a in range(3))))
-      k = write(2)(cache_kv[0], k, offsets)
-      v = write(1)(cache_kv[1], v, offsets)
+      k = layers.write_block(cache_kv[0], k, offsets, 3)
+      v = layers.write_block(cache_kv[1], v, offsets, 2)
     h = self.self_attention.attend(q, k, v, self_bias)
     x = x + self.dropout(h, deterministic=deterministic)
     h = self.pre_cross_attention_layer_norm(x)
