@@ -38,7 +38,8 @@ def test_bfloat16_weights_give_the_float32_product_of_their_values(rows, k, n, t
   x = jnp.asarray(rng.standard_normal((rows, k), dtype=np.float32))
   w32 = _bf16_exact(rng, k, n)
   want = np.asarray(x, np.float64) @ np.asarray(w32, np.float64)
-  got = np.asarray(jax.jit(lambda x, w: cpu_kernels.matmul(x, w))(x, w32.astype(jnp.bfloat16)))
+  w = cpu_kernels.pack_bf16(w32.astype(jnp.bfloat16))
+  got = np.asarray(jax.jit(lambda x, w: cpu_kernels.matmul(x, w))(x, w))
   assert got.shape == (rows, n) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.sqrt(k))
 
@@ -49,11 +50,27 @@ def test_a_row_scores_the_same_whatever_rows_share_its_product():
   position equal a one-token step's bit for bit: greedy SpecDecode reproduces the verifier."""
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.standard_normal((8, 256), dtype=np.float32))
-  w = _bf16_exact(rng, 256, 640).astype(jnp.bfloat16)
+  w = cpu_kernels.pack_bf16(_bf16_exact(rng, 256, 640).astype(jnp.bfloat16))
   f = jax.jit(lambda x, w: cpu_kernels.matmul(x, w))
   full = np.asarray(f(x, w))
   for m in (1, 3, 5, 7):
     np.testing.assert_array_equal(np.asarray(f(x[:m], w)), full[:m])
+
+
+@pytest.mark.parametrize("n", [16, 48, 13, 1000, 4224])
+def test_packed_bfloat16_holds_pairs_of_columns_eight_apart(n):
+  """The kernel's column order: each full 16 columns as (0, 8), (1, 9), ..., (7, 15), the
+  rest as they are; unpack_bf16 undoes it."""
+  w = jnp.asarray(np.arange(3 * n).reshape(3, n) % 256, jnp.bfloat16)  # bfloat16-exact
+  packed = cpu_kernels.pack_bf16(w)
+  assert packed.shape == w.shape and packed.dtype == jnp.bfloat16
+  full = n // 16 * 16
+  if n >= 16:
+    order = [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+    np.testing.assert_array_equal(packed[1, :16], w[1, np.array(order)])
+    np.testing.assert_array_equal(packed[2, full - 16:full], w[2, full - 16 + np.array(order)])
+  np.testing.assert_array_equal(packed[:, full:], w[:, full:])
+  np.testing.assert_array_equal(cpu_kernels.unpack_bf16(packed), w)
 
 
 def test_stream_params_twins_exact_kernels_only(monkeypatch):
@@ -66,7 +83,8 @@ def test_stream_params_twins_exact_kernels_only(monkeypatch):
   out = cpu_kernels.stream_params(params)
   assert isinstance(out["a"]["kernel"], cpu_kernels.StreamedKernel)
   assert out["a"]["kernel"].bf16.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(out["a"]["kernel"].bf16.astype(jnp.float32), exact)
+  np.testing.assert_array_equal(
+      cpu_kernels.unpack_bf16(out["a"]["kernel"].bf16).astype(jnp.float32), exact)
   # bfloat16 would round it: no twin, so nothing a user computes changes.
   assert out["b"]["kernel"] is rounded
   assert out["c"]["scale"] is params["c"]["scale"] and out["d"]["embedding"] is exact
@@ -94,7 +112,7 @@ def test_streaming_is_off_by_environment_or_without_the_kernel(monkeypatch):
 def test_layers_matmul_reads_the_twin_for_few_rows_and_float32_for_many():
   rng = np.random.default_rng(0)
   w32 = _bf16_exact(rng, 64, 48)
-  w = cpu_kernels.StreamedKernel(w32, w32.astype(jnp.bfloat16))
+  w = cpu_kernels.StreamedKernel(w32, cpu_kernels.pack_bf16(w32.astype(jnp.bfloat16)))
 
   def lowered(rows, **kw):
     x = jnp.ones((rows, 64), jnp.float32)

@@ -18,8 +18,9 @@ SPEC_CASCADE_KERNEL_THREADS=1 keeps it on the calling thread).
 Streamed weights: a decode step at batch 1 is weight traffic (a 13M-parameter step reads 53 MB
 of float32), and a checkpoint stored in bfloat16 — ours are — holds weights that bfloat16
 represents exactly. `stream_params` gives each such dense kernel a bfloat16 twin
-(`StreamedKernel`); `layers.matmul` sends products of few rows to the kernel with the twin
-(half the bytes, widened exactly in registers, so the same float32 product) and keeps the
+(`StreamedKernel`, stored in the kernel's column order: `pack_bf16`); `layers.matmul` sends
+products of few rows to the kernel with the twin (half the bytes, widened exactly in
+registers, so the same float32 product) and keeps the
 float32 copy for XLA's dot over many rows (encoders, large batches), where XLA with bfloat16
 operands would convert the weights on every call.
 """
@@ -185,9 +186,33 @@ def applies(x: jax.Array, w: jax.Array) -> bool:
 
 class StreamedKernel(NamedTuple):
   """A dense kernel [K, N] held twice: float32 for XLA's dot, and the same values in bfloat16
-  for the few-row kernel (`stream_params`). A pytree: jit sees two arrays."""
+  for the few-row kernel, in its column order (`pack_bf16`; `stream_params`). A pytree: jit
+  sees two arrays."""
   f32: jax.Array
   bf16: jax.Array
+
+
+# The kernel reads bfloat16 weights 16 columns per load, each 16 stored as 8 pairs (column i,
+# column i + 8): one shift and one mask widen them (kernels/few_rows.cc, `LoadRow`).
+_PACK = 16
+
+
+def pack_bf16(w: jax.Array) -> jax.Array:
+  """bfloat16 [K, N] → the same values [K, N] in the kernel's column order: within each full
+  group of 16 columns, columns (0, 8, 1, 9, ..., 7, 15); the last N mod 16 columns as they are.
+  The kernel's bfloat16 target takes only packed weights."""
+  k, n = w.shape
+  full = n // _PACK * _PACK
+  head = w[:, :full].reshape(k, full // _PACK, 2, _PACK // 2).swapaxes(2, 3).reshape(k, full)
+  return jnp.concatenate([head, w[:, full:]], axis=1)
+
+
+def unpack_bf16(packed: jax.Array) -> jax.Array:
+  """The inverse of `pack_bf16`."""
+  k, n = packed.shape
+  full = n // _PACK * _PACK
+  head = packed[:, :full].reshape(k, full // _PACK, _PACK // 2, 2).swapaxes(2, 3)
+  return jnp.concatenate([head.reshape(k, full), packed[:, full:]], axis=1)
 
 
 def streaming_enabled() -> bool:
@@ -219,7 +244,7 @@ def stream_params(params: Any) -> Any:
     low = jnp.asarray(leaf, jnp.bfloat16)
     if not bool(jnp.array_equal(low.astype(jnp.float32), leaf)):
       return leaf
-    return StreamedKernel(jnp.asarray(leaf), low)
+    return StreamedKernel(jnp.asarray(leaf), pack_bf16(low))
 
   return jax.tree_util.tree_map_with_path(
       one, params, is_leaf=lambda x: isinstance(x, StreamedKernel))
@@ -251,6 +276,7 @@ def _few_rows_jvp(num_threads, primals, tangents):
 
 def matmul(x: jax.Array, w: jax.Array, num_threads: int | None = None) -> jax.Array:
   """x [..., K] @ w [K, N] → [..., N] in float32 by the kernel; call only where `applies`.
+  A bfloat16 w must be packed (`pack_bf16`, as `StreamedKernel.bf16` is).
   num_threads: 1 or 2 per product (default `threads()`, read when the caller is traced)."""
   y = _few_rows(x.reshape(-1, x.shape[-1]), w, num_threads or threads())
   return y.reshape(x.shape[:-1] + (w.shape[1],))

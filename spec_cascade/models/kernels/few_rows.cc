@@ -45,17 +45,39 @@ using Bf16Matrix = ffi::Buffer<ffi::BF16, 2>;
 constexpr int64_t kPanel = 8;
 
 // Vectors of 8 columns per block for M rows: M × NV accumulators + NV weight vectors + one
-// broadcast must fit AVX2's 16 registers with the weights kept in registers.
+// broadcast must fit the 16 AVX2 registers with the weights kept in registers. Packed
+// bfloat16 weights come two vectors per load, so their blocks hold an even number of vectors
+// (at 7-8 rows that is 19 registers: AVX-512 CPUs have 32, AVX2 ones spill a few).
+template <typename W>
 constexpr int BlockVectors(int m) {
+  if (sizeof(W) == 2) return m <= 1 ? 8 : m == 2 ? 4 : 2;
   return m <= 1 ? 8 : m == 2 ? 4 : m == 3 ? 3 : m <= 6 ? 2 : 1;
 }
+// Columns one weight load covers: 8 float32, or 16 packed bfloat16.
+template <typename W>
+constexpr int64_t Unit() { return sizeof(W) == 2 ? 16 : 8; }
 
-// Eight weights as float32: float32 as is; bfloat16 (stored as uint16_t) widened exactly, by
-// putting its 16 bits in the top half of a float32.
-inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 Load8(const uint16_t* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+// The NV weight vectors of one block row (8 columns each) as float32.
+// float32: as stored. Packed bfloat16 (`cpu_kernels.pack_bf16`): each 16 columns are stored
+// as 8 pairs (column i, column i + 8), so one 32-byte load holds both vectors and widening
+// them exactly is one shift (the low halves, columns 0-7) and one mask (the high halves,
+// columns 8-15) — half the instructions of widening 8 bfloat16 at a time, which bounded the
+// product at 2-8 rows once the weights sit in the L3.
+template <int NV>
+inline void LoadRow(const float* p, __m256* wv) {
+#pragma GCC unroll 16
+  for (int v = 0; v < NV; ++v) wv[v] = _mm256_loadu_ps(p + 8 * v);
+}
+template <int NV>
+inline void LoadRow(const uint16_t* p, __m256* wv) {
+  static_assert(NV % 2 == 0, "packed bfloat16 blocks hold pairs of vectors");
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+#pragma GCC unroll 16
+  for (int g = 0; g < NV / 2; ++g) {
+    const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 * g));
+    wv[2 * g] = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+    wv[2 * g + 1] = _mm256_castsi256_ps(_mm256_and_si256(pairs, high));
+  }
 }
 inline float Load1(const float* p) { return *p; }
 inline float Load1(const uint16_t* p) {
@@ -76,8 +98,7 @@ inline void Block(const float* __restrict x, const W* __restrict w, float* __res
   const float* xp = x + k0;
   for (int64_t k = k0; k < k1; ++k, wp += N, ++xp) {
     __m256 wv[NV];
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) wv[v] = Load8(wp + 8 * v);
+    LoadRow<NV>(wp, wv);
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       const __m256 a = _mm256_broadcast_ss(xp + m * K);
@@ -101,15 +122,16 @@ inline void Block(const float* __restrict x, const W* __restrict w, float* __res
 template <int M, typename W>
 void Rows(const float* x, const W* w, float* y, int64_t K, int64_t N, int64_t kb,
           int64_t ke) {
-  constexpr int NV = BlockVectors(M);
-  const int64_t n8 = N / 8 * 8;
+  constexpr int NV = BlockVectors<W>(M);
+  constexpr int64_t unit = Unit<W>();
+  const int64_t nu = N / unit * unit;
   for (int64_t k0 = kb; k0 < ke; k0 += kPanel) {
     const int64_t k1 = k0 + kPanel < ke ? k0 + kPanel : ke;
     int64_t n = 0;
-    for (; n + 8 * NV <= n8; n += 8 * NV) Block<M, NV, W>(x, w, y, K, N, n, k0, k1, k0 == kb);
-    for (; n < n8; n += 8) Block<M, 1, W>(x, w, y, K, N, n, k0, k1, k0 == kb);
+    for (; n + 8 * NV <= nu; n += 8 * NV) Block<M, NV, W>(x, w, y, K, N, n, k0, k1, k0 == kb);
+    for (; n < nu; n += unit) Block<M, unit / 8, W>(x, w, y, K, N, n, k0, k1, k0 == kb);
   }
-  for (int64_t n = n8; n < N; ++n) {  // the last N mod 8 columns
+  for (int64_t n = nu; n < N; ++n) {  // the last N mod 8 (16) columns, stored as they are
     for (int m = 0; m < M; ++m) {
       float s = 0.f;
       for (int64_t k = kb; k < ke; ++k) s += x[m * K + k] * Load1(w + k * N + n);
@@ -258,8 +280,9 @@ ffi::Error FewRowsImpl(Matrix x, Weights w, ffi::Result<Matrix> y, int32_t threa
 
 }  // namespace
 
-// x float32 [M, K], w float32 or bfloat16 [K, N] → y float32 [M, N]; bfloat16 weights are
-// widened exactly, so the result is the float32 product of the same values at half the traffic.
+// x float32 [M, K], w float32 or packed bfloat16 [K, N] → y float32 [M, N]; bfloat16 weights
+// are widened exactly, so the result is the float32 product of the same values at half the
+// traffic.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeFewRows, FewRowsImpl<Matrix>,
                               ffi::Ffi::Bind()
                                   .Arg<Matrix>()
