@@ -7,13 +7,16 @@ from typing import Callable
 import numpy as np
 
 
-def timed_runs(variants, configs: dict, xs, rounds: int, run: Callable, seed: int = 0):
+def timed_runs(variants, configs: dict, xs, rounds: int, run: Callable, seed: int = 0,
+               warm_all: bool = False):
   """run(variant, config, x, i) → GenerateOutput of input i. Returns {(variant, name):
   (tokens of every input concatenated (first round), seconds summed over the inputs (median
-  over rounds))}. Each (variant, name) runs once on xs[0] first, to compile."""
+  over rounds))}. Each (variant, name) runs once on xs[0] first, to compile (on every input
+  with warm_all: where inputs may need programs of several shapes)."""
   keys = [(v, n) for v in variants for n in configs]
   for v, n in keys:
-    run(v, configs[n], xs[0], 0)
+    for i, x in enumerate(xs if warm_all else xs[:1]):
+      run(v, configs[n], x, i)
   secs = {k: np.zeros((rounds, len(xs))) for k in keys}
   toks = {k: [] for k in keys}
   rng = np.random.default_rng(seed)

@@ -71,6 +71,37 @@ def test_many_input_shapes_share_a_few_programs(pair):
   assert programs.PROGRAMS.compiled_count() == len(programs.PROGRAMS) == len(shapes)
 
 
+def test_trim_padding_drops_only_columns_that_are_padding_in_every_row():
+  x = np.zeros((3, 300), np.int32)
+  x[0, :5] = 7
+  x[1, 3] = 0  # a padding id inside a row stays where it is
+  x[1, :2] = 4
+  x[1, 7] = 5
+  out = programs.trim_padding(x)
+  assert out.shape == (3, 8)
+  np.testing.assert_array_equal(out, x[:, :8])
+  assert programs.trim_padding(np.zeros((2, 9), np.int32)).shape == (2, 1)
+  full = np.ones((2, 9), np.int32)
+  assert programs.trim_padding(full) is full
+
+
+@pytest.mark.parametrize("method", ["verifier", "spec_decode"])
+def test_wide_padded_inputs_run_at_their_longest_rows_bucket(pair, method):
+  """An input passed with 300 columns of which 9 are used decodes in the 64-column program,
+  to the tokens of the unpadded input; bucket_shapes=False keeps the width given."""
+  drafter, verifier = pair
+  x = random_inputs(2, length=9, seed=5)
+  wide = np.zeros((2, 300), np.int32)
+  wide[:, :9] = x
+  kw = dict(method=method, temperature=0.0, num_draft_tokens=2, max_decode_length=MAXLEN)
+  programs.PROGRAMS.clear()
+  got = generate(drafter, verifier, wide, **kw)
+  assert {key[-1] for key in programs.PROGRAMS.keys()} == {(2, 64)}
+  np.testing.assert_array_equal(got.tokens, generate(drafter, verifier, x, **kw).tokens)
+  generate(drafter, verifier, wide, bucket_shapes=False, **kw)
+  assert (2, 300) in {key[-1] for key in programs.PROGRAMS.keys()}
+
+
 def test_program_cache_evicts_least_recently_used(pair):
   drafter, verifier = pair
   cache = programs.PROGRAMS

@@ -329,10 +329,11 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
   (`contract.shares_encoder`: a drafter cut from the verifier with those frozen), encode each
   input once, with the verifier's; the outputs are the same either way. False: each model
   encodes for itself.
-  bucket_shapes: pad inputs to a bucketed [batch, length] (`spec_cascade.programs`), so that
-  calls over many input shapes share a few compiled programs; the compiled programs a process
-  keeps are bounded either way (`programs.set_capacity`). Padding changes no output beyond
-  float rounding. False compiles for the exact shape given.
+  bucket_shapes: drop the columns that are padding in every row, then pad inputs to a
+  bucketed [batch, length] (`spec_cascade.programs`), so that calls over many input shapes
+  share a few compiled programs and no encoder runs over more padding than its bucket's; the
+  compiled programs a process keeps are bounded either way (`programs.set_capacity`). Padding
+  changes no output beyond float rounding. False compiles for the exact shape given.
   Token ids must lie in [0, vocab size); 0 is padding.
   """
   if config is None:
@@ -353,6 +354,8 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
       config.spec, eos_id=eos_id_of(use_d, use_v),
       shared_encoder=bool(config.share_encoder) and contract.shares_encoder(use_d, use_v))
   inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
+  if config.bucket_shapes:
+    inputs = programs.trim_padding(inputs, pad_id=PAD_ID)
   batch = inputs.shape[0]
   ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)
   if ids.shape != (batch,):
@@ -413,6 +416,8 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
     raise ValueError(f"method {config.method!r} needs a drafter and a verifier "
                      "Bundle(model, params).")
   inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
+  if config.bucket_shapes:
+    inputs = programs.trim_padding(inputs, pad_id=PAD_ID)
   slots = config.slots
   timing = {k: v for k, v in config.record().items()
             if k not in ("seed", "rule", "method", "draft_candidates", "auto_warmup_rows")}
