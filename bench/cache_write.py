@@ -98,25 +98,13 @@ def main(argv=None):
     a, b = per_call[(n, "update_slice")], per_call[(n, "select")]
     print(f"| {n} | {a:.3f} | {b:.3f} | {costs.ratio(a, b):.2f}× |")
 
-  base = dict(temperature=0.0, max_decode_length=args.max_decode_length)
-  configs = {"verifier alone": dict(base, method="verifier")}
-  for g in (int(g) for g in args.gammas.split(",") if g):
-    configs[f"SpecDecode γ {g}"] = dict(base, method="spec_decode", num_draft_tokens=g)
+  configs = side_by_side.methods(args.gammas, args.max_decode_length)
   res = side_by_side.timed_runs(MODES, configs, xs, args.rounds,
                                 run_in_mode(drafter, verifier))
-  for n in configs:
-    if not np.array_equal(res[("update_slice", n)][0], res[("select", n)][0]):
-      raise SystemExit(f"FAIL: {n} gives other tokens with the select write")
-  v_old, v_new = res[("update_slice", "verifier alone")][1], res[("select", "verifier alone")][1]
   print(f"\n2. batch 1, {len(xs)} examples one at a time, end to end, medians of "
         f"{args.rounds} rounds\n")
-  print("| | dynamic_update_slice s | select s | select's speed-up | speed-up over the "
-        "verifier (update_slice / select) |")
-  print("|---|---:|---:|---:|---:|")
-  for n in configs:
-    a, b = res[("update_slice", n)][1], res[("select", n)][1]
-    print(f"| {n} | {a:.3f} | {b:.3f} | {a / b:.2f}× | {v_old / a:.2f}× / {v_new / b:.2f}× |")
-
+  side_by_side.before_after(res, "update_slice", "select", configs,
+                            ("dynamic_update_slice", "select"))
 
 if __name__ == "__main__":
   main()

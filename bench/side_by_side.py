@@ -40,3 +40,31 @@ def add_arguments(parser, gammas: str) -> None:
   parser.add_argument("--max_decode_length", type=int, default=48)
   parser.add_argument("--gammas", default=gammas)
   parser.add_argument("--rounds", type=int, default=2, help="timed rounds per example")
+
+
+def methods(gammas: str, max_decode_length: int, drafter: bool = False) -> dict:
+  """Greedy settings by name: the verifier alone (and the drafter alone), SpecDecode at each γ
+  of the comma-separated `gammas`."""
+  base = dict(temperature=0.0, max_decode_length=max_decode_length)
+  out = {"verifier alone": dict(base, method="verifier")}
+  if drafter:
+    out["drafter alone"] = dict(base, method="drafter")
+  for g in (int(g) for g in gammas.split(",") if g):
+    out[f"SpecDecode γ {g}"] = dict(base, method="spec_decode", num_draft_tokens=g)
+  return out
+
+
+def before_after(res: dict, before: str, after: str, names, labels: tuple[str, str]) -> None:
+  """Checks that both variants gave the same tokens (SystemExit naming the setting if not) and
+  prints a table: seconds before and after, the speed-up, and each setting's speed-up over the
+  verifier alone of the same variant."""
+  for n in names:
+    if not np.array_equal(res[(before, n)][0], res[(after, n)][0]):
+      raise SystemExit(f"FAIL: {n} gives other tokens with {labels[1]} than with {labels[0]}")
+  v_before, v_after = res[(before, "verifier alone")][1], res[(after, "verifier alone")][1]
+  print(f"| | {labels[0]} s | {labels[1]} s | speed-up | speed-up over the verifier alone "
+        f"({labels[0]} / {labels[1]}) |")
+  print("|---|---:|---:|---:|---:|")
+  for n in names:
+    a, b = res[(before, n)][1], res[(after, n)][1]
+    print(f"| {n} | {a:.3f} | {b:.3f} | {a / b:.2f}× | {v_before / a:.2f}× / {v_after / b:.2f}× |")

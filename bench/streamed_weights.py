@@ -60,7 +60,6 @@ def main(argv=None):
       b.params, is_leaf=lambda x: isinstance(x, cpu_kernels.StreamedKernel)))
            for name, b in zip(("drafter", "verifier"), pairs["streamed"])}
   vocab = pretrained.offline_vocab_path(args.pair)
-  gammas = [int(g) for g in args.gammas.split(",") if g]
   sizes = [int(b) for b in args.batches.split(",") if b]
   data = infer.load_task(args.task, "validation", max([args.examples] + sizes), 0, vocab,
                          args.input_length)
@@ -70,10 +69,7 @@ def main(argv=None):
         f"{args.task}, {len(xs)} validation examples, inputs {args.input_length}, ≤ "
         f"{args.max_decode_length} new tokens, greedy; kernel threads {cpu_kernels.threads()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-  base = dict(temperature=0.0, max_decode_length=args.max_decode_length)
-  configs = {"verifier alone": dict(base, method="verifier")}
-  for g in gammas:
-    configs[f"SpecDecode γ {g}"] = dict(base, method="spec_decode", num_draft_tokens=g)
+  configs = side_by_side.methods(args.gammas, args.max_decode_length)
   res = timed(pairs, configs, xs, args.rounds)
   for n in configs:
     if not np.array_equal(res[("float32", n)][0], res[("streamed", n)][0]):
@@ -93,8 +89,7 @@ def main(argv=None):
     print("|---:|---|---:|---:|---:|")
   for size in sizes:
     bs = [np.concatenate(every[i:i + size]) for i in range(0, len(every) // size * size, size)]
-    cfg = {"verifier alone": dict(base, method="verifier"),
-           "SpecDecode γ 1": dict(base, method="spec_decode", num_draft_tokens=1)}
+    cfg = side_by_side.methods("1", args.max_decode_length)
     r = timed(pairs, cfg, bs, args.rounds)
     for n in cfg:
       if not np.array_equal(r[("float32", n)][0], r[("streamed", n)][0]):

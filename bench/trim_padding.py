@@ -7,9 +7,9 @@ Each validation example is passed alone as a [1, --input_length] array (the main
 are padded to 256 columns), greedy, ≤ `--max_decode_length` new tokens, and decoded twice in
 one process, interleaved: as `generate` does now (trailing padding columns dropped, then the
 length bucketed: 64 for an input of ≤ 64 tokens) and at the width passed
-(`bucket_shapes=False`, what every call cost before). Methods: the verifier alone, the drafter
+(`trim_padding=False`, what every call cost before). Methods: the verifier alone, the drafter
 alone and SpecDecode at each γ of `--gammas`. Prints seconds over the examples, the speed-up,
-and each method's ratio to the verifier alone at both widths. Outputs must be the same tokens
+and each method's speed-up over the verifier alone at both widths. Outputs must be the same tokens
 (else FAIL). Nothing else may run on the machine meanwhile.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def run_at_width(drafter, verifier):
   """side_by_side's run: one example, trimmed or at the width passed."""
   def run(width, config, x, i):
     return generate(drafter, verifier, x, example_ids=np.array([i]),
-                    bucket_shapes=width == "trimmed", **config)
+                    trim_padding=width == "trimmed", **config)
   return run
 
 
@@ -52,25 +52,12 @@ def main(argv=None):
   print(f"{args.task}: {len(xs)} validation examples of {min(used)}-{max(used)} tokens (median "
         f"{int(np.median(used))}) passed as [1, {args.input_length}]; ≤ {args.max_decode_length} "
         f"new tokens, greedy; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-  base = dict(temperature=0.0, max_decode_length=args.max_decode_length)
-  configs = {"verifier alone": dict(base, method="verifier"),
-             "drafter alone": dict(base, method="drafter")}
-  for g in (int(g) for g in args.gammas.split(",") if g):
-    configs[f"SpecDecode γ {g}"] = dict(base, method="spec_decode", num_draft_tokens=g)
+  configs = side_by_side.methods(args.gammas, args.max_decode_length, drafter=True)
   res = side_by_side.timed_runs(WIDTHS, configs, xs, args.rounds, run_at_width(drafter, verifier),
                                 warm_all=True)  # trimmed inputs fall in several length buckets
-  for n in configs:
-    if not np.array_equal(res[("as passed", n)][0], res[("trimmed", n)][0]):
-      raise SystemExit(f"FAIL: {n} gives other tokens on trimmed inputs")
-  v_old, v_new = res[("as passed", "verifier alone")][1], res[("trimmed", "verifier alone")][1]
   print(f"\nbatch 1, medians of {args.rounds} rounds\n")
-  print(f"| | [1, {args.input_length}] s | trimmed s | speed-up | latency relative to the "
-        "verifier alone (as passed → trimmed) |")
-  print("|---|---:|---:|---:|---:|")
-  for n in configs:
-    a, b = res[("as passed", n)][1], res[("trimmed", n)][1]
-    print(f"| {n} | {a:.3f} | {b:.3f} | {a / b:.2f}× | {a / v_old:.2f} → {b / v_new:.2f} |")
-
+  side_by_side.before_after(res, "as passed", "trimmed", configs,
+                            (f"[1, {args.input_length}]", "trimmed"))
 
 if __name__ == "__main__":
   main()

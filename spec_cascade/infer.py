@@ -197,7 +197,11 @@ def engine_config(method: MethodSpec, settings: DecodeSettings, alpha: float | N
       fallback_threshold=settings.fallback_threshold,
       bild_max_window=settings.bild_max_window or max(window, 1),
       token_cascade_window=settings.token_cascade_window,
-      shrink_batch=settings.shrink_batch, slots=settings.slots, rule_set=rule_set, **lenience)
+      shrink_batch=settings.shrink_batch, slots=settings.slots, rule_set=rule_set,
+      # Every batch is padded to the task's input_length: kept at that width, all batches,
+      # tasks and methods of a run share their compiled programs (trimming each batch compiled
+      # 3x as many in the main job's sweep, and timed examples met new shapes mid-run).
+      trim_padding=False, **lenience)
 
 
 @dataclasses.dataclass

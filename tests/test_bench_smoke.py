@@ -275,3 +275,26 @@ def test_cache_write_bench_compiles_each_mode_apart():
   np.testing.assert_array_equal(outs["select"].tokens, outs["update_slice"].tokens)
   assert all(len(c) == 1 for c in cache_write.Mode.caches.values())
   assert layers.MASKED_ONE_TOKEN_WRITE is True
+
+
+def test_trim_padding_bench_compares_both_widths_on_the_same_tokens(capsys):
+  import side_by_side  # pylint: disable=import-outside-toplevel
+  import trim_padding  # pylint: disable=import-outside-toplevel
+  from pairs import make_pair, random_inputs  # pylint: disable=import-outside-toplevel
+  drafter, verifier = make_pair()
+  xs = []
+  for seed, length in ((0, 9), (1, 70)):  # two length buckets once trimmed: 64 and 128
+    x = np.zeros((1, 200), np.int32)
+    x[:, :length] = random_inputs(1, length=length, seed=seed)
+    xs.append(x)
+  configs = side_by_side.methods("2", 4, drafter=True)
+  assert list(configs) == ["verifier alone", "drafter alone", "SpecDecode γ 2"]
+  res = side_by_side.timed_runs(trim_padding.WIDTHS, configs, xs, 1,
+                                trim_padding.run_at_width(drafter, verifier), warm_all=True)
+  side_by_side.before_after(res, "as passed", "trimmed", configs, ("[1, 200]", "trimmed"))
+  out = capsys.readouterr().out
+  rows = [line for line in out.splitlines() if line.startswith("| ")]
+  assert len(rows) == 1 + 3 and rows[-1].startswith("| SpecDecode γ 2 |")
+  res[("trimmed", "SpecDecode γ 2")] = (res[("trimmed", "SpecDecode γ 2")][0] + 1, 1.0)
+  with pytest.raises(SystemExit, match="SpecDecode γ 2 gives other tokens"):
+    side_by_side.before_after(res, "as passed", "trimmed", configs, ("a", "b"))

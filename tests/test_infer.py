@@ -122,6 +122,7 @@ def test_engine_config_shares_programs_across_alpha_and_temperature():
   chow = infer.resolve_method("spec_cascade_chow")
   k = infer.engine_config(chow, s, 0.3, 0.5, 4)
   assert (k.method, k.rule, k.alpha, k.num_draft_tokens) == ("spec_cascade", "chow", 0.3, 4)
+  assert k.trim_padding is False  # batches padded to input_length share one program per shape
   key = lambda m, a, t, g: infer.engine_config(m, s, a, t, g).program_key((2, 8))
   assert key(chow, 0.3, 0.5, 4) == key(chow, 0.7, 1.0, 4) != key(chow, 0.3, 0.5, 5)
   drafter = infer.resolve_method("drafter")

@@ -88,7 +88,8 @@ def test_trim_padding_drops_only_columns_that_are_padding_in_every_row():
 @pytest.mark.parametrize("method", ["verifier", "spec_decode"])
 def test_wide_padded_inputs_run_at_their_longest_rows_bucket(pair, method):
   """An input passed with 300 columns of which 9 are used decodes in the 64-column program,
-  to the tokens of the unpadded input; bucket_shapes=False keeps the width given."""
+  to the tokens of the unpadded input; bucket_shapes=False or trim_padding=False keep the
+  width given."""
   drafter, verifier = pair
   x = random_inputs(2, length=9, seed=5)
   wide = np.zeros((2, 300), np.int32)
@@ -100,6 +101,8 @@ def test_wide_padded_inputs_run_at_their_longest_rows_bucket(pair, method):
   np.testing.assert_array_equal(got.tokens, generate(drafter, verifier, x, **kw).tokens)
   generate(drafter, verifier, wide, bucket_shapes=False, **kw)
   assert (2, 300) in {key[-1] for key in programs.PROGRAMS.keys()}
+  generate(drafter, verifier, wide, trim_padding=False, **kw)  # as the entry points call it
+  assert (2, 512) in {key[-1] for key in programs.PROGRAMS.keys()}
 
 
 def test_program_cache_evicts_least_recently_used(pair):
