@@ -199,8 +199,8 @@ def engine_config(method: MethodSpec, settings: DecodeSettings, alpha: float | N
       token_cascade_window=settings.token_cascade_window,
       shrink_batch=settings.shrink_batch, slots=settings.slots, rule_set=rule_set,
       # Every batch is padded to the task's input_length: kept at that width, all batches,
-      # tasks and methods of a run share their compiled programs (trimming each batch compiled
-      # 3x as many in the main job's sweep, and timed examples met new shapes mid-run).
+      # tasks and methods of a run share their compiled programs (trimmed, the main job's sweep
+      # compiled far more programs, and timed examples met new shapes mid-run).
       trim_padding=False, **lenience)
 
 
