@@ -425,7 +425,9 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
   slots = config.slots
   timing = {k: v for k, v in config.record().items()
             if k not in ("seed", "rule", "method", "draft_candidates", "auto_warmup_rows")}
-  key = autogamma.choice_key(drafter, verifier, config.method, config.rule, inputs.shape,
+  # Calls that run one compiled program share one choice: key on the bucketed shape.
+  shape = programs.bucketed_shape(*inputs.shape) if config.bucket_shapes else inputs.shape
+  key = autogamma.choice_key(drafter, verifier, config.method, config.rule, shape,
                              candidates=tuple(config.draft_candidates), mesh=mesh, **timing)
   as_verifier = lambda c: dataclasses.replace(c, method="verifier", rule=None, rule_set=None,
                                               num_draft_tokens=None, draft_confidence=None)
