@@ -61,8 +61,8 @@ constexpr int64_t Unit() { return sizeof(W) == 2 ? 16 : 8; }
 // float32: as stored. Packed bfloat16 (`cpu_kernels.pack_bf16`): each 16 columns are stored
 // as 8 pairs (column i, column i + 8), so one 32-byte load holds both vectors and widening
 // them exactly is one shift (the low halves, columns 0-7) and one mask (the high halves,
-// columns 8-15) — half the instructions of widening 8 bfloat16 at a time, which bounded the
-// product at 2-8 rows once the weights sit in the L3.
+// columns 8-15) — half the instructions of widening 8 bfloat16 at a time (8-row products
+// ran 1.1-1.3x faster, 1-4 rows the same within noise: bench/RESULTS.md).
 template <int NV>
 inline void LoadRow(const float* p, __m256* wv) {
 #pragma GCC unroll 16
