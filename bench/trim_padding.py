@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from spec_cascade import infer, pretrained  # noqa: E402
+from spec_cascade import infer, pretrained, programs  # noqa: E402
 from spec_cascade.decoding import generate  # noqa: E402
 import side_by_side  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -48,7 +48,7 @@ def main(argv=None):
   vocab = pretrained.offline_vocab_path(args.pair)
   data = infer.load_task(args.task, "validation", args.examples, 0, vocab, args.input_length)
   xs = [x for x, _ in infer.one_at_a_time(data)]
-  used = [int((x != 0).any(axis=0).nonzero()[0][-1]) + 1 for x in xs]
+  used = [programs.trim_padding(x).shape[1] for x in xs]
   print(f"{args.task}: {len(xs)} validation examples of {min(used)}-{max(used)} tokens (median "
         f"{int(np.median(used))}) passed as [1, {args.input_length}]; ≤ {args.max_decode_length} "
         f"new tokens, greedy; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

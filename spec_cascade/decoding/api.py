@@ -167,6 +167,15 @@ def _check_inputs(inputs, vocab_size: int | None = None) -> np.ndarray:
   return arr.astype(np.int32)
 
 
+def _decodable_inputs(inputs, drafter, verifier, config: DecodeConfig) -> np.ndarray:
+  """`_check_inputs` against the pair's vocabulary, then the all-padding columns dropped
+  where the config trims (`trim_padding` with `bucket_shapes`)."""
+  arr = _check_inputs(inputs, _vocab_size(drafter, verifier))
+  if config.bucket_shapes and config.trim_padding:
+    arr = programs.trim_padding(arr, pad_id=PAD_ID)
+  return arr
+
+
 def eos_id_of(drafter: Bundle | None, verifier: Bundle | None) -> int:
   """The EOS id the pair's configs name (`eos_id`; T5 configs have none: 1); ValueError
   when the two disagree."""
@@ -357,9 +366,7 @@ def generate(drafter: Bundle | None, verifier: Bundle | None, inputs,
   spec = dataclasses.replace(
       config.spec, eos_id=eos_id_of(use_d, use_v),
       shared_encoder=bool(config.share_encoder) and contract.shares_encoder(use_d, use_v))
-  inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
-  if config.bucket_shapes and config.trim_padding:
-    inputs = programs.trim_padding(inputs, pad_id=PAD_ID)
+  inputs = _decodable_inputs(inputs, drafter, verifier, config)
   batch = inputs.shape[0]
   ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)
   if ids.shape != (batch,):
@@ -419,9 +426,7 @@ def _generate_auto(drafter, verifier, inputs, config: DecodeConfig, example_ids,
   if drafter is None or verifier is None:
     raise ValueError(f"method {config.method!r} needs a drafter and a verifier "
                      "Bundle(model, params).")
-  inputs = _check_inputs(inputs, _vocab_size(drafter, verifier))
-  if config.bucket_shapes and config.trim_padding:
-    inputs = programs.trim_padding(inputs, pad_id=PAD_ID)
+  inputs = _decodable_inputs(inputs, drafter, verifier, config)
   slots = config.slots
   timing = {k: v for k, v in config.record().items()
             if k not in ("seed", "rule", "method", "draft_candidates", "auto_warmup_rows")}
