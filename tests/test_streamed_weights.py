@@ -57,19 +57,57 @@ def test_a_row_scores_the_same_whatever_rows_share_its_product():
     np.testing.assert_array_equal(np.asarray(f(x[:m], w)), full[:m])
 
 
-@pytest.mark.parametrize("n", [16, 48, 13, 1000, 4224])
-def test_packed_bfloat16_holds_pairs_of_columns_eight_apart(n):
-  """The kernel's column order: each full 16 columns as (0, 8), (1, 9), ..., (7, 15), the
-  rest as they are; unpack_bf16 undoes it."""
-  w = jnp.asarray(np.arange(3 * n).reshape(3, n) % 256, jnp.bfloat16)  # bfloat16-exact
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_untiled_bfloat16_weights_give_the_same_product(rows, monkeypatch):
+  """The layout before tiling, which bench/tiled_weights.py compares against, stays right."""
+  monkeypatch.setattr(cpu_kernels, "TILED_BF16", False)
+  rng = np.random.default_rng(rows)
+  x = jnp.asarray(rng.standard_normal((rows, 200), dtype=np.float32))
+  w32 = _bf16_exact(rng, 200, 1000)
+  w = cpu_kernels.pack_bf16(w32.astype(jnp.bfloat16))
+  np.testing.assert_array_equal(cpu_kernels.unpack_bf16(w), w32.astype(jnp.bfloat16))
+  got = np.asarray(jax.jit(lambda x, w: cpu_kernels.matmul(x, w))(x, w))
+  np.testing.assert_allclose(got, np.asarray(x, np.float64) @ np.asarray(w32, np.float64),
+                             rtol=2e-5, atol=2e-5 * np.sqrt(200))
+
+
+@needs_kernel
+def test_derivatives_through_bfloat16_weights_use_their_values():
+  """A trainer's step at few rows differentiates through the kernel with packed weights."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((3, 64), dtype=np.float32))
+  w32 = _bf16_exact(rng, 64, 80)
+  w = cpu_kernels.pack_bf16(w32.astype(jnp.bfloat16))
+  dx = jnp.asarray(rng.standard_normal((3, 64), dtype=np.float32))
+  _, tangent = jax.jvp(lambda x: cpu_kernels.matmul(x, w), (x,), (dx,))
+  np.testing.assert_allclose(tangent, dx @ w32, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [16, 48, 13, 64, 130, 1000, 4224])
+def test_packed_bfloat16_is_tiles_of_64_columns_with_pairs_eight_apart(n):
+  """The kernel's order: full tiles of 64 columns, each tile's rows one after another, then
+  the last n mod 64 columns as a matrix; in every row, each full 16 columns as (0, 8), (1, 9),
+  ..., (7, 15) and the rest as they are. unpack_bf16 undoes it."""
+  k = 3
+  w = jnp.asarray(np.arange(k * n).reshape(k, n) % 256, jnp.bfloat16)  # bfloat16-exact
   packed = cpu_kernels.pack_bf16(w)
   assert packed.shape == w.shape and packed.dtype == jnp.bfloat16
-  full = n // 16 * 16
-  if n >= 16:
-    order = [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
-    np.testing.assert_array_equal(packed[1, :16], w[1, np.array(order)])
-    np.testing.assert_array_equal(packed[2, full - 16:full], w[2, full - 16 + np.array(order)])
-  np.testing.assert_array_equal(packed[:, full:], w[:, full:])
+  flat, wn = np.asarray(packed).reshape(-1), np.asarray(w)
+  order = np.array([0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15])
+  tiles, tail = n // 64, n % 64
+  for t in range(tiles):
+    for row in range(k):
+      start = (t * k + row) * 64
+      for group in range(4):
+        np.testing.assert_array_equal(flat[start + 16 * group:start + 16 * group + 16],
+                                      wn[row, 64 * t + 16 * group + order])
+  rest = flat[tiles * k * 64:].reshape(k, tail)
+  full = tail // 16 * 16
+  for group in range(tail // 16):
+    np.testing.assert_array_equal(rest[:, 16 * group:16 * group + 16],
+                                  wn[:, 64 * tiles + 16 * group + order])
+  np.testing.assert_array_equal(rest[:, full:], wn[:, 64 * tiles + full:])
   np.testing.assert_array_equal(cpu_kernels.unpack_bf16(packed), w)
 
 

@@ -56,7 +56,12 @@ ENV_THREADS = "SPEC_CASCADE_KERNEL_THREADS"
 _SOURCE = pathlib.Path(__file__).with_name("kernels") / "few_rows.cc"
 # FFI target → exported symbol: float32 weights, bfloat16 weights (widened exactly in the kernel).
 _TARGETS = {"spec_cascade_few_rows": "SpecCascadeFewRows",
-            "spec_cascade_few_rows_bf16": "SpecCascadeFewRowsBf16"}
+            "spec_cascade_few_rows_bf16": "SpecCascadeFewRowsBf16",
+            "spec_cascade_few_rows_bf16_untiled": "SpecCascadeFewRowsBf16Untiled"}
+# Whether bfloat16 twins are tiled (`pack_bf16`). Read when params are streamed and when
+# products are traced; benchmarks turn it off to measure what tiling buys
+# (bench/tiled_weights.py), nothing else should.
+TILED_BF16 = True
 
 log = logging.getLogger(__name__)
 
@@ -193,26 +198,57 @@ class StreamedKernel(NamedTuple):
 
 
 # The kernel reads bfloat16 weights 16 columns per load, each 16 stored as 8 pairs (column i,
-# column i + 8): one shift and one mask widen them (kernels/few_rows.cc, `LoadRow`).
+# column i + 8): one shift and one mask widen them (kernels/few_rows.cc, `LoadRow`); and it
+# reads them in tiles of 64 columns whose K rows are contiguous, one sequential stream per
+# tile (`TiledRows`).
 _PACK = 16
+_TILE = 64
 
 
-def pack_bf16(w: jax.Array) -> jax.Array:
-  """bfloat16 [K, N] → the same values [K, N] in the kernel's column order: within each full
-  group of 16 columns, columns (0, 8, 1, 9, ..., 7, 15); the last N mod 16 columns as they are.
-  The kernel's bfloat16 target takes only packed weights."""
+def _pairs(w: jax.Array) -> jax.Array:
+  """[..., C] → each full 16 columns as (0, 8, 1, 9, ..., 7, 15), the last C mod 16 as they are."""
+  c = w.shape[-1]
+  full = c // _PACK * _PACK
+  head = w[..., :full].reshape(w.shape[:-1] + (full // _PACK, 2, _PACK // 2))
+  head = head.swapaxes(-1, -2).reshape(w.shape[:-1] + (full,))
+  return jnp.concatenate([head, w[..., full:]], axis=-1)
+
+
+def _unpairs(w: jax.Array) -> jax.Array:
+  c = w.shape[-1]
+  full = c // _PACK * _PACK
+  head = w[..., :full].reshape(w.shape[:-1] + (full // _PACK, _PACK // 2, 2))
+  head = head.swapaxes(-1, -2).reshape(w.shape[:-1] + (full,))
+  return jnp.concatenate([head, w[..., full:]], axis=-1)
+
+
+def pack_bf16(w: jax.Array, tiled: bool | None = None) -> jax.Array:
+  """bfloat16 [K, N] → the same values as [K, N] in the kernel's order (the shape is kept; the
+  order is the kernel's): first the N // 64 full tiles of 64 columns, each as its K rows one
+  after another ([N // 64, K, 64] flattened), then the last N mod 64 columns as a [K, N mod 64]
+  matrix; within each row of a tile or of that matrix, each full 16 columns as (0, 8, 1, 9,
+  ..., 7, 15) and the last columns as they are. The kernel's bfloat16 target takes only packed
+  weights. tiled=False (default: not `TILED_BF16`) packs pairs without tiles, the layout
+  before tiling, which only benchmarks use."""
+  if not (TILED_BF16 if tiled is None else tiled):
+    return _pairs(w)
   k, n = w.shape
-  full = n // _PACK * _PACK
-  head = w[:, :full].reshape(k, full // _PACK, 2, _PACK // 2).swapaxes(2, 3).reshape(k, full)
-  return jnp.concatenate([head, w[:, full:]], axis=1)
+  tiles = n // _TILE
+  head = w[:, :tiles * _TILE].reshape(k, tiles, _TILE).swapaxes(0, 1)
+  flat = jnp.concatenate([_pairs(head).reshape(-1), _pairs(w[:, tiles * _TILE:]).reshape(-1)])
+  return flat.reshape(k, n)
 
 
-def unpack_bf16(packed: jax.Array) -> jax.Array:
+def unpack_bf16(packed: jax.Array, tiled: bool | None = None) -> jax.Array:
   """The inverse of `pack_bf16`."""
+  if not (TILED_BF16 if tiled is None else tiled):
+    return _unpairs(packed)
   k, n = packed.shape
-  full = n // _PACK * _PACK
-  head = packed[:, :full].reshape(k, full // _PACK, _PACK // 2, 2).swapaxes(2, 3)
-  return jnp.concatenate([head.reshape(k, full), packed[:, full:]], axis=1)
+  tiles = n // _TILE
+  flat = packed.reshape(-1)
+  head = _unpairs(flat[:k * tiles * _TILE].reshape(tiles, k, _TILE)).swapaxes(0, 1)
+  tail = _unpairs(flat[k * tiles * _TILE:].reshape(k, n - tiles * _TILE))
+  return jnp.concatenate([head.reshape(k, tiles * _TILE), tail], axis=1)
 
 
 def streaming_enabled() -> bool:
@@ -260,7 +296,10 @@ def unstreamed(params: Any) -> Any:
 def _few_rows(x2: jax.Array, w: jax.Array, num_threads: int) -> jax.Array:
   """[M, K] @ [K, N] → [M, N], float32, by the FFI kernel on `num_threads` threads."""
   out = jax.ShapeDtypeStruct((x2.shape[0], w.shape[1]), jnp.float32)
-  target = "spec_cascade_few_rows_bf16" if w.dtype == jnp.bfloat16 else "spec_cascade_few_rows"
+  if w.dtype != jnp.bfloat16:
+    target = "spec_cascade_few_rows"
+  else:
+    target = "spec_cascade_few_rows_bf16" + ("" if TILED_BF16 else "_untiled")
   return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
       x2, w, threads=np.int32(num_threads))
 
@@ -270,7 +309,9 @@ def _few_rows_jvp(num_threads, primals, tangents):
   # Derivatives (a trainer's step at ≤ 8 rows) go through XLA's dot: linear, transposable.
   x2, w = primals
   dx, dw = tangents
-  return (_few_rows(x2, w, num_threads),
+  if w.dtype == jnp.bfloat16:  # packed: back to [K, N] in column order
+    w, dw = unpack_bf16(w), unpack_bf16(dw)
+  return (_few_rows(x2, primals[1], num_threads),
           jnp.dot(dx, w.astype(jnp.float32)) + jnp.dot(x2, dw.astype(jnp.float32)))
 
 
