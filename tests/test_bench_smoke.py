@@ -298,3 +298,31 @@ def test_trim_padding_bench_compares_both_widths_on_the_same_tokens(capsys):
   res[("trimmed", "SpecDecode γ 2")] = (res[("trimmed", "SpecDecode γ 2")][0] + 1, 1.0)
   with pytest.raises(SystemExit, match="SpecDecode γ 2 gives other tokens"):
     side_by_side.before_after(res, "as passed", "trimmed", configs, ("a", "b"))
+
+
+@pytest.mark.skipif(not __import__("spec_cascade.models.cpu_kernels",
+                                   fromlist=["available"]).available(),
+                    reason="the few-row kernel cannot be built on this machine")
+def test_step_variants_packs_and_traces_each_setting_apart(monkeypatch):
+  """bench/step_variants.py: each setting streams its own twins (tiled or not) and traces its
+  own programs; the step's twins are the products one decode step runs; the flag comes back."""
+  import few_rows_kernel  # pylint: disable=import-outside-toplevel
+  import step_variants  # pylint: disable=import-outside-toplevel
+  from spec_cascade.models import cpu_kernels  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(cpu_kernels, "streaming_enabled", lambda: True)
+  cfg = V_CFG.replace(emb_dim=64, head_dim=32, mlp_dim=128)  # full 64-column tiles
+  exact = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32),
+                                 T5Model(cfg).init_params(jax.random.key(0)))
+  twins = {}
+  for setting in step_variants.SETTINGS:
+    with step_variants.Setting(setting):
+      bundle = decoding.Bundle(T5Model(cfg), cpu_kernels.stream_params(exact))
+      twins[setting] = step_variants.step_twins(bundle)
+      run = step_variants.chain_loop(twins[setting], 3, iters=2)
+      run()
+  assert cpu_kernels.TILED_BF16 is True
+  assert sorted(w.shape for w in twins["on"]) == sorted(few_rows_kernel.step_shapes(cfg))
+  for off, on in zip(twins["off"], twins["on"]):
+    np.testing.assert_array_equal(cpu_kernels.unpack_bf16(off, tiled=False),
+                                  cpu_kernels.unpack_bf16(on, tiled=True))
+  assert any(not np.array_equal(off, on) for off, on in zip(twins["off"], twins["on"]))

@@ -18,11 +18,11 @@ SPEC_CASCADE_KERNEL_THREADS=1 keeps it on the calling thread).
 Streamed weights: a decode step at batch 1 is weight traffic (a 13M-parameter step reads 53 MB
 of float32), and a checkpoint stored in bfloat16 — ours are — holds weights that bfloat16
 represents exactly. `stream_params` gives each such dense kernel a bfloat16 twin
-(`StreamedKernel`, stored in the kernel's column order: `pack_bf16`); `layers.matmul` sends
-products of few rows to the kernel with the twin (half the bytes, widened exactly in
-registers, so the same float32 product) and keeps the
-float32 copy for XLA's dot over many rows (encoders, large batches), where XLA with bfloat16
-operands would convert the weights on every call.
+(`StreamedKernel`, stored in the kernel's order: tiles of 64 columns, `pack_bf16`);
+`layers.matmul` sends products of few rows to the kernel with the twin (half the bytes,
+widened exactly in registers, so the same float32 product) and keeps the float32 copy for
+XLA's dot over many rows (encoders, large batches), where XLA with bfloat16 operands would
+convert the weights on every call.
 """
 from __future__ import annotations
 

@@ -7,10 +7,13 @@
 // one-token steps and speculation cannot pay off. Here every weight vector loaded feeds all M
 // rows from registers, so the call costs about what its weight traffic costs.
 //
-// Access order: w is row-major [K, N]. Walking one column block down all K rows would touch a
-// new page per row (prefetchers stop at page boundaries), so K is cut into panels of kPanel
-// rows: within a panel, each column block reads kPanel short sequential streams, and the
-// partial sums of a block go through y (L1/L2-resident) between panels.
+// Access order: float32 w is row-major [K, N]. Walking one column block down all K rows would
+// touch a new page per row (prefetchers stop at page boundaries), so K is cut into panels of
+// kPanel rows: within a panel, each column block reads kPanel short sequential streams, and
+// the partial sums of a block go through y (L1/L2-resident) between panels. bfloat16 w (our
+// own copy, `cpu_kernels.pack_bf16`) is stored in tiles of 64 columns whose K rows are
+// contiguous, so each tile is one sequential stream and its sums stay in registers
+// (`TiledRows`).
 //
 // Two threads: one core streams weights at ~17-22 GB/s on the CPUs measured, and a few-row
 // product there is as much compute as traffic, so a helper thread takes the second half of K

@@ -1,0 +1,183 @@
+"""A change to the batch-1 decode step, off and on side by side in one process.
+
+    python bench/step_variants.py [--change tiles] [--pair DIR]
+        [--task debian_ende] [--examples 16] [--gammas 1,2,3] [--rounds 2]
+
+Changes (each a module flag read when params are streamed and programs traced; only
+benchmarks turn them off; add the next one to CHANGES):
+  tiles       bfloat16 twins in tiles of 64 columns whose K rows are contiguous
+              (`cpu_kernels.TILED_BF16`), against the row-major pairs before.
+
+The committed pair is loaded once per setting (its twins packed for it), and every program
+compiled for each setting with its own program cache. Then:
+
+1. (tiles only) Products: the verifier's streamed step products (every twin a decode step
+   reads, in order, each feeding the next so none overlaps), M rows at a time, in a compiled
+   loop: ms per chain, GB/s of weights, and the speed-up; both layouts interleaved.
+2. The verifier at batch 1 (`costs.call_loop`): a one-token step and v(k) = a call scoring k
+   tokens / a one-token step, per setting, interleaved.
+3. Batch 1, each validation example alone, end to end (the paper's latency regime), greedy:
+   the verifier alone and SpecDecode at each γ of `--gammas`, both settings interleaved in a
+   fresh random order per example, `--rounds` rounds (medians); same tokens (else FAIL).
+
+Nothing else may run on the machine meanwhile.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from spec_cascade import costs, infer, pretrained, programs  # noqa: E402
+from spec_cascade.decoding import generate  # noqa: E402
+from spec_cascade.models import cpu_kernels  # noqa: E402
+import side_by_side  # noqa: E402  pylint: disable=wrong-import-position
+
+SETTINGS = ("off", "on")
+# change → (module, flag, its value when off, when on)
+CHANGES = {"tiles": (cpu_kernels, "TILED_BF16", False, True)}
+
+
+class Setting:
+  """Runs the code with a change off or on, with that setting's own program cache."""
+
+  caches = {m: programs.ProgramCache() for m in SETTINGS}
+  change = "tiles"
+
+  def __init__(self, setting: str):
+    self.setting = setting
+
+  def __enter__(self):
+    module, flag, off, on = CHANGES[self.change]
+    self.saved = (getattr(module, flag), programs.PROGRAMS)
+    setattr(module, flag, on if self.setting == "on" else off)
+    programs.PROGRAMS = self.caches[self.setting]
+
+  def __exit__(self, *exc):
+    module, flag, _, _ = CHANGES[self.change]
+    setattr(module, flag, self.saved[0])
+    programs.PROGRAMS = self.saved[1]
+
+
+def step_twins(bundle) -> list:
+  """The bfloat16 twins a decode step reads, in parameter order."""
+  out = []
+
+  def visit(path, leaf):
+    keys = [getattr(p, "key", "") for p in path]
+    # The cross-attention keys and values are computed once per input, not per step.
+    once = "encoder_decoder_attention" in keys and ("key" in keys or "value" in keys)
+    if isinstance(leaf, cpu_kernels.StreamedKernel) and keys[0] != "encoder" and not once:
+      out.append(leaf.bf16)
+  jax.tree_util.tree_map_with_path(
+      visit, bundle.params, is_leaf=lambda x: isinstance(x, cpu_kernels.StreamedKernel))
+  return out
+
+
+def chain_loop(twins: list, rows: int, iters: int):
+  """A compiled loop of `iters` chains of the twins' products at `rows` rows → a thunk."""
+  def chain(x, ws):
+    acc = jnp.float32(0)
+    for w in ws:
+      # Each product's input depends on the previous output: products run one after another.
+      y = cpu_kernels.matmul(jnp.broadcast_to(x[:, :1] + acc * 0, (rows, w.shape[0])), w)
+      acc = acc + y[0, 0]
+    return acc
+  fn = jax.jit(lambda x, ws: jax.lax.fori_loop(0, iters, lambda i, a: a + chain(x + a * 0, ws),
+                                               jnp.float32(0)))
+  x = jnp.ones((rows, 8), jnp.float32)
+  fn(x, twins).block_until_ready()
+  return lambda: fn(x, twins).block_until_ready()
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  side_by_side.add_arguments(parser, gammas="1,2,3")
+  parser.add_argument("--reps", type=int, default=15, help="rounds of parts 1 and 2")
+  parser.add_argument("--rows", default="1,2,3,4,8", help="part 1's row counts")
+  parser.add_argument("--change", default="tiles", choices=sorted(CHANGES))
+  args = parser.parse_args(argv)
+  Setting.change = args.change
+  if not cpu_kernels.available():
+    raise SystemExit("the few-row kernel is off on this machine: nothing to compare")
+  pairs = {}
+  for setting in SETTINGS:
+    with Setting(setting):
+      pairs[setting] = pretrained.load_offline_pair(args.pair)[:2]
+  vocab = pretrained.offline_vocab_path(args.pair)
+  data = infer.load_task(args.task, "validation", args.examples, 0, vocab, args.input_length)
+  xs = [x for x, _ in infer.one_at_a_time(data)]
+  drafter, verifier = pairs["on"]
+  print(f"drafter {drafter.model.num_params() / 1e6:.2f}M, verifier "
+        f"{verifier.model.num_params() / 1e6:.2f}M; {args.task}, {len(xs)} validation examples, "
+        f"inputs {args.input_length}, ≤ {args.max_decode_length} new tokens, greedy; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; "
+        f"change: {args.change}")
+  if args.change == "tiles":
+    products(pairs, args)
+  step_costs(pairs, xs[0], args)
+
+  def run(setting, config, x, i):
+    with Setting(setting):
+      d, v = pairs[setting]
+      return generate(d, v, x, example_ids=np.array([i]), **config)
+
+  configs = side_by_side.methods(args.gammas, args.max_decode_length)
+  res = side_by_side.timed_runs(SETTINGS, configs, xs, args.rounds, run)
+  print(f"\n3. batch 1, {len(xs)} examples one at a time, end to end, medians of "
+        f"{args.rounds} rounds\n")
+  side_by_side.before_after(res, "off", "on", configs, (f"{args.change} off", "on"))
+
+
+def products(pairs, args) -> None:
+  """Part 1: the step's product chain in both layouts."""
+  iters, rows = 20, [int(r) for r in args.rows.split(",")]
+  fns = {}
+  for setting in SETTINGS:
+    with Setting(setting):
+      twins = step_twins(pairs[setting][1])
+      for m in rows:
+        fns[(setting, m)] = chain_loop(twins, m, iters)
+  mb = sum(t.size for t in twins) * 2 / 1e6
+  _, secs = costs.interleaved(fns, args.reps, order_seed=0)
+  print(f"\n1. The verifier's {len(twins)} step products ({mb:.1f} MB of bfloat16), "
+        f"medians of {args.reps} interleaved rounds\n")
+  print("| rows M | rows ms | GB/s | tiles ms | GB/s | speed-up | tiles ms / tiles at M = 1 |")
+  print("|---:|---:|---:|---:|---:|---:|---:|")
+  one = secs[("on", rows[0])] / iters
+  for m in rows:
+    a, b = secs[("off", m)] / iters, secs[("on", m)] / iters
+    print(f"| {m} | {1e3 * a:.3f} | {mb / 1e3 / a:.1f} | {1e3 * b:.3f} | {mb / 1e3 / b:.1f} | "
+          f"{a / b:.2f}× | {b / one:.2f} |")
+
+
+def step_costs(pairs, x, args) -> None:
+  """Part 2: the verifier's one-token step and v(k) per setting."""
+  ks, cache_length, loops = (1, 2, 4), args.max_decode_length + 8, 48
+  fns = {}
+  for setting in SETTINGS:
+    with Setting(setting):
+      for k in ks:
+        for n in (loops, 0):
+          fns[(setting, k, n)] = costs.call_loop(pairs[setting][1], x, k, cache_length, n)
+  _, secs = costs.interleaved(fns, args.reps, order_seed=0)
+  print(f"\n2. The verifier at batch 1, compiled call loops, medians of {args.reps} rounds\n")
+  print(f"| {args.change} | one-token step ms | " + " | ".join(f"v({k})" for k in ks[1:]) + " |")
+  print("|---|---:|" + "---:|" * (len(ks) - 1))
+  for setting in SETTINGS:
+    per = {k: costs.per_call_seconds(secs[(setting, k, loops)], secs[(setting, k, 0)], loops)
+           for k in ks}
+    print(f"| {setting} | {1e3 * per[1]:.3f} | "
+          + " | ".join(f"{per[k] / per[1]:.2f}" for k in ks[1:]) + " |")
+
+
+if __name__ == "__main__":
+  main()
