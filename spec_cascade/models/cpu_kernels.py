@@ -46,9 +46,12 @@ import numpy as np
 
 MIN_ROWS, MAX_ROWS = 2, 8  # float32 weights: where the kernel beat XLA's dot
 # bfloat16 weights: half the traffic beats XLA's float32 dot from one row (a one-token step)
-# to 8; past 8 rows (batches) XLA's packed product over the float32 copy was as fast or faster
-# (bench/streamed_weights.py).
-MAX_BF16_ROWS = 8
+# up. Tiled, the kernel's products of the verifier's step ran 1.7-2.8x faster than XLA's
+# float32 dot at 8-32 rows too (batches, and verify calls of a few rows each: bench/RESULTS.md,
+# "Tiled bfloat16 twins"); the kernel takes at most 32 (`kMaxTiledRows`). Untiled (benchmarks
+# only) it takes 8, where XLA's packed product was as fast past that (bench/streamed_weights.py).
+MAX_BF16_ROWS = 32
+MAX_UNTILED_BF16_ROWS = 8
 ENV_STREAM = "SPEC_CASCADE_STREAMED_WEIGHTS"
 ENV_SWITCH = "SPEC_CASCADE_CPU_KERNELS"
 ENV_CACHE = "SPEC_CASCADE_KERNEL_CACHE"
@@ -180,7 +183,7 @@ def applies(x: jax.Array, w: jax.Array) -> bool:
   """Whether `matmul(x, w)` would run the kernel (decided from shapes, dtypes and backend)."""
   rows = math.prod(x.shape[:-1])
   if w.dtype == jnp.bfloat16:
-    low, high = 1, MAX_BF16_ROWS
+    low, high = 1, MAX_BF16_ROWS if TILED_BF16 else MAX_UNTILED_BF16_ROWS
   elif w.dtype == jnp.float32:
     low, high = MIN_ROWS, MAX_ROWS
   else:

@@ -166,6 +166,7 @@ void PanelRows(const float* x, const W* w, float* y, int64_t M, int64_t K, int64
 // decoder step that spilled out of the caches ran at 13-16 GB/s, the tiles at 25-45
 // (bench/RESULTS.md, "Tiled bfloat16 weights").
 constexpr int64_t kTile = 64;
+constexpr int64_t kMaxTiledRows = 32;  // cpu_kernels.MAX_BF16_ROWS may not exceed it
 // Rows per pass over a tile and columns per pass: 2 rows of 64 columns take 16 accumulators
 // and 8 weight vectors, which AVX-512's 32 registers hold; AVX2's 16 hold 2 rows of 32.
 #ifdef __AVX512VL__
@@ -220,7 +221,9 @@ void TiledRows(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K
   if (tail > 0) {  // the last N mod kTile columns: a [K, tail] panel matrix
     thread_local std::vector<float> part;
     part.resize(M * tail);
-    PanelRows(x, w + tiles * K * kTile, part.data(), M, K, tail, kb, ke);
+    for (int64_t m0 = 0; m0 < M; m0 += 8)  // the panel code takes at most 8 rows at a time
+      PanelRows(x + m0 * K, w + tiles * K * kTile, part.data() + m0 * tail,
+                M - m0 < 8 ? M - m0 : 8, K, tail, kb, ke);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < tail; ++n) y[m * N + tiles * kTile + n] = part[m * tail + n];
   }
@@ -356,7 +359,12 @@ ffi::Error FewRowsImpl(Matrix x, Weights w, ffi::Result<Matrix> y, int32_t threa
   const auto wd = w.dimensions();
   const int64_t M = xd[0], K = xd[1], N = wd[1];
   if (wd[0] != K) return ffi::Error::InvalidArgument("few_rows: x and w disagree on K");
-  if (M < 1 || M > 8) return ffi::Error::InvalidArgument("few_rows: x must have 1 to 8 rows");
+  // Row-major weights take 1-8 rows (the panels' register blocks); tiled ones any number up
+  // to kMaxTiledRows (rows go through a tile two at a time).
+  const int64_t max_rows = kTiled ? kMaxTiledRows : 8;
+  if (M < 1 || M > max_rows)
+    return ffi::Error::InvalidArgument(kTiled ? "few_rows: x must have 1 to 32 rows"
+                                              : "few_rows: x must have 1 to 8 rows");
   float* yp = y->typed_data();
   if (K == 0) {
     for (int64_t i = 0; i < M * N; ++i) yp[i] = 0.f;
