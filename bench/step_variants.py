@@ -13,7 +13,8 @@ compiled for each setting with its own program cache. Then:
 
 1. (tiles only) Products: the verifier's streamed step products (every twin a decode step
    reads, in order, each feeding the next so none overlaps), M rows at a time, in a compiled
-   loop: ms per chain, GB/s of weights, and the speed-up; both layouts interleaved.
+   loop: ms per chain, GB/s of weights, and the speed-up; both layouts interleaved. Then, at
+   `--xla_rows`, the tiled chain against XLA's dot over float32 copies of the same weights.
 2. The verifier at batch 1 (`costs.call_loop`): a one-token step and v(k) = a call scoring k
    tokens / a one-token step, per setting, interleaved.
 3. Batch 1, each validation example alone, end to end (the paper's latency regime), greedy:
@@ -82,13 +83,15 @@ def step_twins(bundle) -> list:
   return out
 
 
-def chain_loop(twins: list, rows: int, iters: int):
-  """A compiled loop of `iters` chains of the twins' products at `rows` rows → a thunk."""
+def chain_loop(twins: list, rows: int, iters: int, xla: bool = False):
+  """A compiled loop of `iters` chains of the twins' products at `rows` rows → a thunk; with
+  xla=True the twins are float32 weights multiplied by XLA's dot."""
   def chain(x, ws):
     acc = jnp.float32(0)
     for w in ws:
       # Each product's input depends on the previous output: products run one after another.
-      y = cpu_kernels.matmul(jnp.broadcast_to(x[:, :1] + acc * 0, (rows, w.shape[0])), w)
+      xi = jnp.broadcast_to(x[:, :1] + acc * 0, (rows, w.shape[0]))
+      y = jnp.dot(xi, w) if xla else cpu_kernels.matmul(xi, w)
       acc = acc + y[0, 0]
     return acc
   fn = jax.jit(lambda x, ws: jax.lax.fori_loop(0, iters, lambda i, a: a + chain(x + a * 0, ws),
@@ -104,6 +107,8 @@ def main(argv=None):
   parser.add_argument("--reps", type=int, default=15, help="rounds of parts 1 and 2")
   parser.add_argument("--rows", default="1,2,3,4,8", help="part 1's row counts")
   parser.add_argument("--change", default="tiles", choices=sorted(CHANGES))
+  parser.add_argument("--xla_rows", default="8,16,32", help="tiles: rows at which the tiled "
+                      "kernel's chain is also timed against XLA's float32 dot ('' skips)")
   args = parser.parse_args(argv)
   Setting.change = args.change
   if not cpu_kernels.available():
@@ -123,6 +128,8 @@ def main(argv=None):
         f"change: {args.change}")
   if args.change == "tiles":
     products(pairs, args)
+    if args.xla_rows:
+      against_xla(pairs["on"][1], [int(r) for r in args.xla_rows.split(",")], args.reps)
   step_costs(pairs, xs[0], args)
 
   def run(setting, config, x, i):
@@ -157,6 +164,25 @@ def products(pairs, args) -> None:
     a, b = secs[("off", m)] / iters, secs[("on", m)] / iters
     print(f"| {m} | {1e3 * a:.3f} | {mb / 1e3 / a:.1f} | {1e3 * b:.3f} | {mb / 1e3 / b:.1f} | "
           f"{a / b:.2f}× | {b / one:.2f} |")
+
+
+def against_xla(verifier, rows: list, reps: int) -> None:
+  """Part 1b: the tiled chain against XLA's dot over the float32 copies (where products of
+  more than `cpu_kernels.MAX_BF16_ROWS` rows go)."""
+  iters, fns = 10, {}
+  twins = step_twins(verifier)
+  f32 = [cpu_kernels.unpack_bf16(w).astype(jnp.float32) for w in twins]
+  for m in rows:
+    fns[("kernel", m)] = chain_loop(twins, m, iters)
+    fns[("xla", m)] = chain_loop(f32, m, iters, xla=True)
+  _, secs = costs.interleaved(fns, reps, order_seed=0)
+  print(f"\n1b. The same products, tiled kernel against XLA's float32 dot, medians of {reps} "
+        "interleaved rounds\n")
+  print("| rows M | XLA's dot ms | kernel ms | kernel speed-up |")
+  print("|---:|---:|---:|---:|")
+  for m in rows:
+    a, b = secs[("xla", m)] / iters, secs[("kernel", m)] / iters
+    print(f"| {m} | {1e3 * a:.3f} | {1e3 * b:.3f} | {a / b:.2f}× |")
 
 
 def step_costs(pairs, x, args) -> None:

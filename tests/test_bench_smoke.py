@@ -326,3 +326,10 @@ def test_step_variants_packs_and_traces_each_setting_apart(monkeypatch):
     np.testing.assert_array_equal(cpu_kernels.unpack_bf16(off, tiled=False),
                                   cpu_kernels.unpack_bf16(on, tiled=True))
   assert any(not np.array_equal(off, on) for off, on in zip(twins["off"], twins["on"]))
+
+
+def test_step_variants_chain_runs_on_xla_dots_too():
+  """bench/step_variants.py part 1b: the same chain over float32 weights with XLA's dot."""
+  import step_variants  # pylint: disable=import-outside-toplevel
+  ws = [jnp.ones((16, 24), jnp.float32), jnp.ones((24, 16), jnp.float32)]
+  step_variants.chain_loop(ws, 3, iters=2, xla=True)()
