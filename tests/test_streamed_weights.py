@@ -60,7 +60,7 @@ def test_a_row_scores_the_same_whatever_rows_share_its_product():
 @needs_kernel
 @pytest.mark.parametrize("rows", [1, 2, 5])
 def test_untiled_bfloat16_weights_give_the_same_product(rows, monkeypatch):
-  """The layout before tiling, which bench/tiled_weights.py compares against, stays right."""
+  """The layout before tiling, which bench/step_variants.py compares against, stays right."""
   monkeypatch.setattr(cpu_kernels, "TILED_BF16", False)
   rng = np.random.default_rng(rows)
   x = jnp.asarray(rng.standard_normal((rows, 200), dtype=np.float32))

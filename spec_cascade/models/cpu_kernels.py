@@ -63,7 +63,7 @@ _TARGETS = {"spec_cascade_few_rows": "SpecCascadeFewRows",
             "spec_cascade_few_rows_bf16_untiled": "SpecCascadeFewRowsBf16Untiled"}
 # Whether bfloat16 twins are tiled (`pack_bf16`). Read when params are streamed and when
 # products are traced; benchmarks turn it off to measure what tiling buys
-# (bench/tiled_weights.py), nothing else should.
+# (bench/step_variants.py), nothing else should.
 TILED_BF16 = True
 
 log = logging.getLogger(__name__)
@@ -208,19 +208,13 @@ _PACK = 16
 _TILE = 64
 
 
-def _pairs(w: jax.Array) -> jax.Array:
-  """[..., C] → each full 16 columns as (0, 8, 1, 9, ..., 7, 15), the last C mod 16 as they are."""
+def _pairs(w: jax.Array, inverse: bool = False) -> jax.Array:
+  """[..., C] → each full 16 columns as (0, 8, 1, 9, ..., 7, 15), the last C mod 16 as they
+  are; inverse=True undoes it."""
   c = w.shape[-1]
   full = c // _PACK * _PACK
-  head = w[..., :full].reshape(w.shape[:-1] + (full // _PACK, 2, _PACK // 2))
-  head = head.swapaxes(-1, -2).reshape(w.shape[:-1] + (full,))
-  return jnp.concatenate([head, w[..., full:]], axis=-1)
-
-
-def _unpairs(w: jax.Array) -> jax.Array:
-  c = w.shape[-1]
-  full = c // _PACK * _PACK
-  head = w[..., :full].reshape(w.shape[:-1] + (full // _PACK, _PACK // 2, 2))
+  groups = (_PACK // 2, 2) if inverse else (2, _PACK // 2)
+  head = w[..., :full].reshape(w.shape[:-1] + (full // _PACK,) + groups)
   head = head.swapaxes(-1, -2).reshape(w.shape[:-1] + (full,))
   return jnp.concatenate([head, w[..., full:]], axis=-1)
 
@@ -245,12 +239,12 @@ def pack_bf16(w: jax.Array, tiled: bool | None = None) -> jax.Array:
 def unpack_bf16(packed: jax.Array, tiled: bool | None = None) -> jax.Array:
   """The inverse of `pack_bf16`."""
   if not (TILED_BF16 if tiled is None else tiled):
-    return _unpairs(packed)
+    return _pairs(packed, inverse=True)
   k, n = packed.shape
   tiles = n // _TILE
   flat = packed.reshape(-1)
-  head = _unpairs(flat[:k * tiles * _TILE].reshape(tiles, k, _TILE)).swapaxes(0, 1)
-  tail = _unpairs(flat[k * tiles * _TILE:].reshape(k, n - tiles * _TILE))
+  head = _pairs(flat[:k * tiles * _TILE].reshape(tiles, k, _TILE), inverse=True).swapaxes(0, 1)
+  tail = _pairs(flat[k * tiles * _TILE:].reshape(k, n - tiles * _TILE), inverse=True)
   return jnp.concatenate([head.reshape(k, tiles * _TILE), tail], axis=1)
 
 
@@ -312,10 +306,9 @@ def _few_rows_jvp(num_threads, primals, tangents):
   # Derivatives (a trainer's step at ≤ 8 rows) go through XLA's dot: linear, transposable.
   x2, w = primals
   dx, dw = tangents
-  if w.dtype == jnp.bfloat16:  # packed: back to [K, N] in column order
-    w, dw = unpack_bf16(w), unpack_bf16(dw)
-  return (_few_rows(x2, primals[1], num_threads),
-          jnp.dot(dx, w.astype(jnp.float32)) + jnp.dot(x2, dw.astype(jnp.float32)))
+  plain, dplain = (unpack_bf16(w), unpack_bf16(dw)) if w.dtype == jnp.bfloat16 else (w, dw)
+  return (_few_rows(x2, w, num_threads),
+          jnp.dot(dx, plain.astype(jnp.float32)) + jnp.dot(x2, dplain.astype(jnp.float32)))
 
 
 def matmul(x: jax.Array, w: jax.Array, num_threads: int | None = None) -> jax.Array:

@@ -1,4 +1,5 @@
-// y[M, N] = x[M, K] @ w[K, N] in float32 for a few rows (M ≤ 8), reading w from memory once.
+// y[M, N] = x[M, K] @ w[K, N] in float32 for a few rows (M ≤ 8; ≤ 32 for tiled bfloat16 w),
+// reading w from memory once.
 //
 // Why: a verify call multiplies γ + 1 rows by every weight matrix. XLA's CPU backend streams the
 // weights at full bandwidth for one row (a matrix-vector product) but switches to a packed
@@ -164,7 +165,7 @@ void PanelRows(const float* x, const W* w, float* y, int64_t M, int64_t K, int64
 // each tile as one sequential stream, which the hardware prefetcher follows across pages,
 // and sums all of K in registers; with the row-major panels above, the products of a
 // decoder step that spilled out of the caches ran at 13-16 GB/s, the tiles at 25-45
-// (bench/RESULTS.md, "Tiled bfloat16 weights").
+// (bench/RESULTS.md, "Tiled bfloat16 twins").
 constexpr int64_t kTile = 64;
 constexpr int64_t kMaxTiledRows = 32;  // cpu_kernels.MAX_BF16_ROWS may not exceed it
 // Rows per pass over a tile and columns per pass: 2 rows of 64 columns take 16 accumulators
