@@ -7,6 +7,8 @@ Changes (each a module flag read when params are streamed and programs traced; o
 benchmarks turn them off; add the next one to CHANGES):
   tiles       bfloat16 twins in tiles of 64 columns whose K rows are contiguous
               (`cpu_kernels.TILED_BF16`), against the row-major pairs before.
+  few_tokens  a step's or verify call's attention and embedding lookup as one kernel call
+              each (`cpu_kernels.ATTENTION_KERNEL`, `LOOKUP_KERNEL`), against XLA's ops.
 
 The committed pair is loaded once per setting (its twins packed for it), and every program
 compiled for each setting with its own program cache. Then:
@@ -43,8 +45,10 @@ from spec_cascade.models import cpu_kernels  # noqa: E402
 import side_by_side  # noqa: E402  pylint: disable=wrong-import-position
 
 SETTINGS = ("off", "on")
-# change → (module, flag, its value when off, when on)
-CHANGES = {"tiles": (cpu_kernels, "TILED_BF16", False, True)}
+# change → module flags it sets: (module, flag, its value when off, when on)
+CHANGES = {"tiles": [(cpu_kernels, "TILED_BF16", False, True)],
+           "few_tokens": [(cpu_kernels, "ATTENTION_KERNEL", False, True),
+                          (cpu_kernels, "LOOKUP_KERNEL", False, True)]}
 
 
 class Setting:
@@ -57,14 +61,15 @@ class Setting:
     self.setting = setting
 
   def __enter__(self):
-    module, flag, off, on = CHANGES[self.change]
-    self.saved = (getattr(module, flag), programs.PROGRAMS)
-    setattr(module, flag, on if self.setting == "on" else off)
+    flags = CHANGES[self.change]
+    self.saved = ([getattr(module, flag) for module, flag, _, _ in flags], programs.PROGRAMS)
+    for module, flag, off, on in flags:
+      setattr(module, flag, on if self.setting == "on" else off)
     programs.PROGRAMS = self.caches[self.setting]
 
   def __exit__(self, *exc):
-    module, flag, _, _ = CHANGES[self.change]
-    setattr(module, flag, self.saved[0])
+    for (module, flag, _, _), value in zip(CHANGES[self.change], self.saved[0]):
+      setattr(module, flag, value)
     programs.PROGRAMS = self.saved[1]
 
 

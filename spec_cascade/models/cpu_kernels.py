@@ -56,11 +56,14 @@ ENV_STREAM = "SPEC_CASCADE_STREAMED_WEIGHTS"
 ENV_SWITCH = "SPEC_CASCADE_CPU_KERNELS"
 ENV_CACHE = "SPEC_CASCADE_KERNEL_CACHE"
 ENV_THREADS = "SPEC_CASCADE_KERNEL_THREADS"
-_SOURCE = pathlib.Path(__file__).with_name("kernels") / "few_rows.cc"
+_SOURCES = tuple(pathlib.Path(__file__).with_name("kernels") / name
+                 for name in ("few_rows.cc", "few_tokens.cc"))
 # FFI target → exported symbol: float32 weights, bfloat16 weights (widened exactly in the kernel).
 _TARGETS = {"spec_cascade_few_rows": "SpecCascadeFewRows",
             "spec_cascade_few_rows_bf16": "SpecCascadeFewRowsBf16",
-            "spec_cascade_few_rows_bf16_untiled": "SpecCascadeFewRowsBf16Untiled"}
+            "spec_cascade_few_rows_bf16_untiled": "SpecCascadeFewRowsBf16Untiled",
+            "spec_cascade_attend": "SpecCascadeAttend",
+            "spec_cascade_take_rows": "SpecCascadeTakeRows"}
 # Whether bfloat16 twins are tiled (`pack_bf16`). Read when params are streamed and when
 # products are traced; benchmarks turn it off to measure what tiling buys
 # (bench/step_variants.py), nothing else should.
@@ -117,7 +120,7 @@ def _build(compiler: str, out: pathlib.Path) -> None:
   fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
   os.close(fd)
   cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w",
-         f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+         f"-I{jax.ffi.include_dir()}", *map(str, _SOURCES), "-o", tmp]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
@@ -160,7 +163,7 @@ def available() -> bool:
       version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                timeout=60, check=False).stdout
       key = hashlib.sha256("\0".join([
-          _SOURCE.read_text(), version, importlib.metadata.version("jaxlib"), model,
+          *(src.read_text() for src in _SOURCES), version, importlib.metadata.version("jaxlib"), model,
           " ".join(sorted(flags))]).encode())
       lib_path = cache_dir() / f"few_rows-{key.hexdigest()[:16]}.so"
       if not lib_path.exists():
@@ -317,3 +320,74 @@ def matmul(x: jax.Array, w: jax.Array, num_threads: int | None = None) -> jax.Ar
   num_threads: 1 or 2 per product (default `threads()`, read when the caller is traced)."""
   y = _few_rows(x.reshape(-1, x.shape[-1]), w, num_threads or threads())
   return y.reshape(x.shape[:-1] + (w.shape[1],))
+
+
+# Attention of a few queries (`kernels/few_tokens.cc`): a decode step's or verify call's, where XLA
+# runs 6-8 small thunks per layer. Queries per call and rows (batch × queries) it takes.
+MAX_ATTENTION_QUERIES = 8
+MAX_ATTENTION_ROWS = 32
+# Whether `attention_applies` may choose the kernel. Read when programs are traced; benchmarks
+# turn it off to measure what it buys (bench/step_variants.py), nothing else should.
+ATTENTION_KERNEL = True
+
+
+def attention_applies(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> bool:
+  """Whether `attend(q, k, v, bias, ...)` would run the kernel: float32 q [B, Q, H, D] with
+  Q ≤ MAX_ATTENTION_QUERIES and B·Q ≤ MAX_ATTENTION_ROWS, k [B, H, D, L], v [B, H, L, D],
+  bias [B|1, H|1, Q|1, L], on a one-device CPU backend where the kernel builds."""
+  if not ATTENTION_KERNEL or q.ndim != 4 or bias.ndim != 4:
+    return False
+  b, nq, h, d = q.shape
+  length = k.shape[-1]
+  shapes_ok = (k.shape == (b, h, d, length) and v.shape == (b, h, length, d) and length > 0
+               and all(got in (1, want) for got, want in zip(bias.shape[:3], (b, h, nq)))
+               and bias.shape[3] == length)
+  return (shapes_ok and 1 <= nq <= MAX_ATTENTION_QUERIES and b * nq <= MAX_ATTENTION_ROWS
+          and all(a.dtype == jnp.float32 for a in (q, k, v)) and _usable())
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, reference) -> jax.Array:
+  """softmax(q · k + bias) · v per row, head and query by the kernel; call only where
+  `attention_applies`. q [B, Q, H, D], k [B, H, D, L], v [B, H, L, D], bias [B|1, H|1, Q|1, L]
+  (any float dtype) → [B, Q, H, D] float32. `reference(q, k, v, bias)` is the same function in
+  XLA ops (hashable: a module-level function); derivatives go through it."""
+  out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+  return jax.ffi.ffi_call("spec_cascade_attend", out, vmap_method="sequential")(
+      q, k, v, bias.astype(jnp.float32))
+
+
+@attend.defjvp
+def _attend_jvp(reference, primals, tangents):
+  _, dout = jax.jvp(reference, primals, tangents)
+  return attend(*primals, reference), dout
+
+
+# Embedding lookups of at most this many tokens go through the kernel (`take_rows`).
+MAX_LOOKUP_TOKENS = 32
+# Whether `lookup_applies` may choose the kernel; benchmarks only turn it off.
+LOOKUP_KERNEL = True
+
+
+def lookup_applies(table: jax.Array, ids: jax.Array) -> bool:
+  """Whether `take_rows(table, ids)` would run the kernel: a float32 table [V, d] and at most
+  MAX_LOOKUP_TOKENS integer ids, on a one-device CPU backend where the kernel builds."""
+  return (LOOKUP_KERNEL and table.ndim == 2 and table.dtype == jnp.float32
+          and jnp.issubdtype(ids.dtype, jnp.integer) and 1 <= ids.size <= MAX_LOOKUP_TOKENS
+          and _usable())
+
+
+@jax.custom_jvp
+def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
+  """table [V, d] float32, ids [...] integer → [..., d]: jnp.take(table, ids, axis=0) (same
+  index rules) by the kernel, one copy per row; call only where `lookup_applies`."""
+  flat = ids.reshape(-1).astype(jnp.int32)
+  out = jax.ShapeDtypeStruct((flat.shape[0], table.shape[1]), jnp.float32)
+  rows = jax.ffi.ffi_call("spec_cascade_take_rows", out, vmap_method="sequential")(table, flat)
+  return rows.reshape(ids.shape + (table.shape[1],))
+
+
+@take_rows.defjvp
+def _take_rows_jvp(primals, tangents):
+  table, ids = primals
+  return take_rows(table, ids), jnp.take(tangents[0], ids, axis=0)

@@ -122,6 +122,10 @@ class Embed(nn.Module):
                                 (self.num_embeddings, self.features), jnp.float32)
 
   def __call__(self, tokens: Array) -> Array:
+    if cpu_kernels.lookup_applies(self.embedding, tokens):
+      # A few tokens (a decode step's, a verify call's): XLA's CPU gather split them across
+      # threads, costing a quarter of a step (bench/RESULTS.md).
+      return cpu_kernels.take_rows(self.embedding, tokens).astype(self.dtype)
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
@@ -183,16 +187,32 @@ def dot_product_attention(q: Array, k: Array, v: Array, bias: Array,
   Keys and values are stored in the layouts the two batched matmuls read directly:
   with [B, K, H, D] XLA on CPU transposed the whole (cached) k and v at every decode
   step, which dominated the step time at batch 32 (bench/RESULTS.md).
+  No 1/sqrt(D) scaling: T5 folds it into the query initializer. Softmax in
+  float32 so bfloat16 activations do not lose the mask.
+
+  On a CPU, float32 attention of a few queries (decode steps and verify calls) runs as one
+  kernel call (`cpu_kernels.attend`) instead of XLA's 6-8 thunks per layer.
+  """
+  if jnp.dtype(dtype) == jnp.float32 and cpu_kernels.attention_applies(q, k, v, bias):
+    return cpu_kernels.attend(q, k, v, bias, _xla_attention_f32)
+  return _xla_attention(q, k, v, bias, dtype)
+
+
+def _xla_attention(q: Array, k: Array, v: Array, bias: Array, dtype: jnp.dtype) -> Array:
+  """`dot_product_attention` in XLA ops.
+
   Both matmuls keep heads leading ([B, H, Q, ·]) and only the small q and output are
   transposed: asking a dot for a [B, Q, H, D] result made XLA on CPU fall back to a slow
   kernel (3x slower attention for a 6-token verify block at batch 8, bench/RESULTS.md).
-  No 1/sqrt(D) scaling: T5 folds it into the query initializer. Softmax in
-  float32 so bfloat16 activations do not lose the mask.
   """
   q = jnp.transpose(q, (0, 2, 1, 3))
   logits = jnp.einsum("bhqd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1).astype(dtype)
   return jnp.transpose(jnp.einsum("bhqk,bhkd->bhqd", weights, v), (0, 2, 1, 3))
+
+
+def _xla_attention_f32(q: Array, k: Array, v: Array, bias: Array) -> Array:
+  return _xla_attention(q, k, v, bias, jnp.float32)
 
 
 class MultiHeadAttention(nn.Module):
