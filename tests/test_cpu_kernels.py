@@ -178,3 +178,24 @@ def test_build_is_cached_per_machine(monkeypatch, tmp_path):
     assert built[0].stat().st_mtime_ns == stamp
   finally:
     cpu_kernels.available.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_product_is_the_same_whether_the_helper_thread_is_awake_or_not(bf16, monkeypatch):
+  """A product split over two threads finds the helper asleep after a pause (it then sums
+  both halves alone) and awake in a run of calls: the same bits either way, so a row's logits
+  never depend on timing."""
+  import time  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(cpu_kernels.ENV_THREADS, "2")
+  rng = np.random.default_rng(5)
+  x, w = _rand(rng, 4, 512), _rand(rng, 512, 640)  # large enough to be split
+  if bf16:
+    w = cpu_kernels.pack_bf16(w.astype(jnp.bfloat16))
+  f = jax.jit(lambda x, w: cpu_kernels.matmul(x, w))
+  results = []
+  for _ in range(3):
+    time.sleep(0.05)  # past the helper's polling time: the next product finds it asleep
+    results += [np.asarray(f(x, w)) for _ in range(20)]
+  for r in results[1:]:
+    np.testing.assert_array_equal(r, results[0])

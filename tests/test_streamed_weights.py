@@ -28,7 +28,7 @@ def _twins(params):
 
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rows", [*range(1, 9), 13, 32])
+@pytest.mark.parametrize("rows", [*range(1, 9), 13, 32, 33, 64])
 @pytest.mark.parametrize("k,n", [(256, 640), (7, 13), (300, 3), (24, 1000)])
 def test_bfloat16_weights_give_the_float32_product_of_their_values(rows, k, n, threads,
                                                                    monkeypatch):
@@ -49,11 +49,11 @@ def test_a_row_scores_the_same_whatever_rows_share_its_product():
   """Each row's sums run in the same order at every row count, so a verify call's logits for a
   position equal a one-token step's bit for bit: greedy SpecDecode reproduces the verifier."""
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((32, 256), dtype=np.float32))
+  x = jnp.asarray(rng.standard_normal((64, 256), dtype=np.float32))
   w = cpu_kernels.pack_bf16(_bf16_exact(rng, 256, 650).astype(jnp.bfloat16))  # a column tail
   f = jax.jit(lambda x, w: cpu_kernels.matmul(x, w))
   full = np.asarray(f(x, w))
-  for m in (1, 3, 5, 7, 8, 11, 16, 31):
+  for m in (1, 3, 5, 7, 8, 11, 16, 31, 32, 33, 63):
     np.testing.assert_array_equal(np.asarray(f(x[:m], w)), full[:m])
 
 
@@ -156,9 +156,9 @@ def test_layers_matmul_reads_the_twin_for_few_rows_and_float32_for_many():
     x = jnp.ones((rows, 64), jnp.float32)
     return jax.jit(lambda x, w: layers.matmul(x, w, jnp.float32, None, **kw)).lower(x, w)
 
-  for rows in (1, 5, 8, 9, 32):
+  for rows in (1, 5, 8, 9, 32, 64):
     assert "spec_cascade_few_rows_bf16" in lowered(rows).as_text()
-  for rows, kw in ((33, {}), (4, {"few_rows_kernel": False})):
+  for rows, kw in ((65, {}), (4, {"few_rows_kernel": False})):
     text = lowered(rows, **kw).as_text()
     assert "few_rows" not in text and "bf16" not in text  # XLA's dot on the float32 copy
   x = jnp.asarray(rng.standard_normal((40, 64), dtype=np.float32))

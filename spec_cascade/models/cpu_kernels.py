@@ -48,9 +48,11 @@ MIN_ROWS, MAX_ROWS = 2, 8  # float32 weights: where the kernel beat XLA's dot
 # bfloat16 weights: half the traffic beats XLA's float32 dot from one row (a one-token step)
 # up. Tiled, the kernel's products of the verifier's step ran 1.7-2.8x faster than XLA's
 # float32 dot at 8-32 rows too (batches, and verify calls of a few rows each: bench/RESULTS.md,
-# "Tiled bfloat16 twins"); the kernel takes at most 32 (`kMaxTiledRows`). Untiled (benchmarks
-# only) it takes 8, where XLA's packed product was as fast past that (bench/streamed_weights.py).
-MAX_BF16_ROWS = 32
+# "Tiled bfloat16 twins"), 1.65x at 48 and 1.1-1.2x at 64 (a 64-token input's encoder), and
+# lost past that (0.8x at 96); the kernel takes at most 64 (`kMaxTiledRows`). Untiled
+# (benchmarks only) it takes 8, where XLA's packed product was as fast past that
+# (bench/streamed_weights.py).
+MAX_BF16_ROWS = 64
 MAX_UNTILED_BF16_ROWS = 8
 ENV_STREAM = "SPEC_CASCADE_STREAMED_WEIGHTS"
 ENV_SWITCH = "SPEC_CASCADE_CPU_KERNELS"

@@ -50,7 +50,7 @@ def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None,
   On a CPU, float32 products of 2-8 rows (a verify call's) go through
   `cpu_kernels.matmul`, which reads the weights once for all rows; few_rows_kernel=False keeps
   XLA's dot (for a `w` that is a transposed view, which the kernel would make XLA copy). A
-  `cpu_kernels.StreamedKernel` w sends float32 products of 1-32 rows to the kernel with its
+  `cpu_kernels.StreamedKernel` w sends float32 products of 1-64 rows to the kernel with its
   bfloat16 twin (half the weight traffic, same values) and the rest to XLA with its float32.
 
   Asking for a float32 result keeps bfloat16 inputs on XLA CPU's fast kernels (a bf16 × bf16
