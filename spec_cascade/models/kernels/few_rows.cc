@@ -1,4 +1,4 @@
-// y[M, N] = x[M, K] @ w[K, N] in float32 for a few rows (M ≤ 8; ≤ 32 for tiled bfloat16 w),
+// y[M, N] = x[M, K] @ w[K, N] in float32 for a few rows (M ≤ 8; ≤ 64 for tiled bfloat16 w),
 // reading w from memory once.
 //
 // Why: a verify call multiplies γ + 1 rows by every weight matrix. XLA's CPU backend streams the
@@ -16,14 +16,16 @@
 // contiguous, so each tile is one sequential stream and its sums stay in registers
 // (`TiledRows`).
 //
-// Two threads: one core streams weights at ~17-22 GB/s on the CPUs measured, and a few-row
-// product there is as much compute as traffic, so a helper thread takes the second half of K
-// (a contiguous block of w) and the caller adds the two partial products. Products last
-// 5-50 µs, less than a sleeping thread takes to wake, so the helper polls for work; but only
-// for kSpin after its last product, so that between verify calls (the drafter's turn) it does
-// not hold the second core that XLA's own threads need. A product that finds it asleep runs
-// alone and wakes it for the next ones. (bench/RESULTS.md, issue 17 session 17: polling with
-// sched_yield, or for milliseconds, lost end to end.)
+// Two threads: one core streams weights at ~17-36 GB/s on the CPUs measured, and a few-row
+// product there is as much compute as traffic, so a helper thread takes half of w: the second
+// half of the tiles of tiled bfloat16 w (writing its columns of y itself), or the second half
+// of K of row-major w (the caller adds the two partial products). Products last 5-50 µs, less
+// than a sleeping thread takes to wake, so the helper polls for work; but only for kSpin after
+// its last product, so that between verify calls (the drafter's turn) it does not hold the
+// second core that XLA's own threads need. A product that finds it asleep runs alone, in the
+// same order of sums, and wakes it for the next ones. (bench/RESULTS.md, issue 17 session 17:
+// polling with sched_yield, or for milliseconds, lost end to end; session 21: splitting tiles
+// instead of K.)
 //
 // Built at run time by spec_cascade/models/cpu_kernels.py with the host compiler
 // (-O3 -march=native); needs AVX2 and FMA.
@@ -207,48 +209,42 @@ inline void TilePass(const float* __restrict x, const uint16_t* __restrict tile,
   }
 }
 
-// y[:, :] = x[:, kb:ke] @ w[kb:ke, :] for tiled bfloat16 w. Rows go through each tile two
-// at a time (the tile stays in L1/L2 for the next pair), so every row's sums run in the same
-// order whatever M is.
+// y[:, the columns of tiles t0 .. t1 − 1, and with_tail the last N mod 64] = x @ w for tiled
+// bfloat16 w, each column summed over all of K in one chain. Rows go through each tile two at
+// a time (the tile stays in L1/L2 for the next pair), so every row's sums run in the same
+// order whatever M is, and whichever thread computes which tiles.
 void TiledRows(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K, int64_t N,
-               int64_t kb, int64_t ke) {
+               int64_t t0, int64_t t1, bool with_tail) {
   const int64_t tiles = N / kTile, tail = N - tiles * kTile;
   for (int64_t mb = 0; mb < M; mb += kRowBlock) {
     const int64_t me = mb + kRowBlock < M ? mb + kRowBlock : M;
-    for (int64_t t = 0; t < tiles; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
       const uint16_t* tile = w + t * K * kTile;
       for (int64_t c0 = 0; c0 < kTile; c0 += kPassCols) {
         int64_t m = mb;
         for (; m + 2 <= me; m += 2)
-          TilePass<2>(x + m * K, tile, y + m * N + t * kTile, K, N, c0, kb, ke);
-        if (m < me) TilePass<1>(x + m * K, tile, y + m * N + t * kTile, K, N, c0, kb, ke);
+          TilePass<2>(x + m * K, tile, y + m * N + t * kTile, K, N, c0, 0, K);
+        if (m < me) TilePass<1>(x + m * K, tile, y + m * N + t * kTile, K, N, c0, 0, K);
       }
     }
   }
-  if (tail > 0) {  // the last N mod kTile columns: a [K, tail] panel matrix
+  if (with_tail && tail > 0) {  // the last N mod kTile columns: a [K, tail] panel matrix
     thread_local std::vector<float> part;
     part.resize(M * tail);
     for (int64_t m0 = 0; m0 < M; m0 += 8)  // the panel code takes at most 8 rows at a time
       PanelRows(x + m0 * K, w + tiles * K * kTile, part.data() + m0 * tail,
-                M - m0 < 8 ? M - m0 : 8, K, tail, kb, ke);
+                M - m0 < 8 ? M - m0 : 8, K, tail, 0, K);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < tail; ++n) y[m * N + tiles * kTile + n] = part[m * tail + n];
   }
 }
 
-// Float32 weights are row-major; bfloat16 ones tiled, or (`tiled` false: the layout before
-// tiling, kept to measure what tiling buys) row-major with pairs.
-inline void RowsAny(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
-                    int64_t kb, int64_t ke, bool /*tiled*/) {
+// y[:, :] = x[:, kb:ke] @ w[kb:ke, :] for row-major weights: float32, or bfloat16 pairs
+// without tiles (the layout before tiling, kept to measure what tiling buys).
+template <typename W>
+inline void RowsAny(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t N,
+                    int64_t kb, int64_t ke) {
   PanelRows(x, w, y, M, K, N, kb, ke);
-}
-inline void RowsAny(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K,
-                    int64_t N, int64_t kb, int64_t ke, bool tiled) {
-  if (tiled) {
-    TiledRows(x, w, y, M, K, N, kb, ke);
-  } else {
-    PanelRows(x, w, y, M, K, N, kb, ke);
-  }
 }
 
 // The helper thread. One caller at a time: a product that finds it busy (XLA running two
@@ -260,17 +256,19 @@ class Helper {
     return *helper;
   }
   std::mutex& busy() { return busy_; }
-  // Runs y_part = x[:, kb:ke] @ w[kb:ke, :] on the helper thread; Wait() returns it.
+  // Runs part = x[:, kb:ke] @ w[kb:ke, :] (row-major w) on the helper thread; Wait() returns
+  // part.
   template <typename W>
-  void Post(const float* x, const W* w, int64_t M, int64_t K, int64_t N, int64_t kb,
-            int64_t ke, bool tiled) {
+  void PostRows(const float* x, const W* w, int64_t M, int64_t K, int64_t N, int64_t kb,
+                int64_t ke) {
     if (part_.size() < static_cast<size_t>(M * N)) part_.resize(M * N);
-    job_ = {x, w, sizeof(W) == 2, tiled, M, K, N, kb, ke};
-    posted_.fetch_add(1);
-    if (sleeping_.load()) {
-      std::lock_guard<std::mutex> lock(sleep_mu_);
-      wake_.notify_one();
-    }
+    Start({x, w, sizeof(W) == 2, false, M, K, N, kb, ke, nullptr});
+  }
+  // Runs the columns of tiles t0 .. t1 − 1 of y = x @ w (tiled w) on the helper thread,
+  // writing them into y; Wait() returns when they are there.
+  void PostTiles(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K, int64_t N,
+                 int64_t t0, int64_t t1) {
+    Start({x, w, true, true, M, K, N, t0, t1, y});
   }
   const float* Wait() {
     const uint64_t want = posted_.load();
@@ -289,8 +287,23 @@ class Helper {
   }
 
  private:
-  struct Job { const float* x; const void* w; bool bf16, tiled; int64_t M, K, N, kb, ke; };
+  // Row-major jobs: rows kb .. ke − 1 of w into part_; tiled ones: tiles kb .. ke − 1 into y.
+  struct Job {
+    const float* x;
+    const void* w;
+    bool bf16, tiled;
+    int64_t M, K, N, kb, ke;
+    float* y;
+  };
   static constexpr auto kSpin = std::chrono::microseconds(50);
+  void Start(const Job& job) {
+    job_ = job;
+    posted_.fetch_add(1);
+    if (sleeping_.load()) {
+      std::lock_guard<std::mutex> lock(sleep_mu_);
+      wake_.notify_one();
+    }
+  }
   Helper() { std::thread([this] { Loop(); }).detach(); }
   void Loop() {
     uint64_t seen = 0;
@@ -309,12 +322,12 @@ class Helper {
       }
       seen = posted_.load(std::memory_order_acquire);
       const Job j = job_;
-      if (j.bf16) {
-        RowsAny(j.x, static_cast<const uint16_t*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke,
-                j.tiled);
+      if (j.tiled) {
+        TiledRows(j.x, static_cast<const uint16_t*>(j.w), j.y, j.M, j.K, j.N, j.kb, j.ke, false);
+      } else if (j.bf16) {
+        RowsAny(j.x, static_cast<const uint16_t*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
       } else {
-        RowsAny(j.x, static_cast<const float*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke,
-                false);
+        RowsAny(j.x, static_cast<const float*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
       }
       done_.store(seen, std::memory_order_release);
     }
@@ -340,33 +353,71 @@ inline void AddPart(float* y, const float* part, int64_t n) {
   for (int64_t i = n8; i < n; ++i) y[i] += part[i];
 }
 
-// A product split at K/2 sums its two halves separately and then adds them, on two threads or
-// (helper busy or asleep) on one: the order of the sums depends only on the shapes and the
-// thread count, never on the helper's timing, so a row's result is the same in every call.
+// The helper if it is free and awake (then `lock` holds it); nullptr otherwise, having woken it
+// for the next product (waking takes longer than a product).
+Helper* FreeHelper(std::unique_lock<std::mutex>& lock) {
+  Helper& helper = Helper::Get();
+  lock = std::unique_lock<std::mutex>(helper.busy(), std::try_to_lock);
+  if (!lock.owns_lock()) return nullptr;
+  if (helper.Awake()) return &helper;
+  helper.Nudge();
+  return nullptr;
+}
+
+// Tiled weights: the helper takes the second half of the tiles (a contiguous block of w, one
+// stream per thread) and writes its columns of y itself. Every column is summed over all of K
+// by one thread in one chain, so results do not depend on the thread count, the row count or
+// the helper's timing.
+void TiledProduct(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K, int64_t N,
+                  int32_t threads) {
+  const int64_t tiles = N / kTile;
+  std::unique_lock<std::mutex> lock;
+  Helper* helper = threads >= 2 && K * N >= kSplitMin && tiles >= 2 ? FreeHelper(lock) : nullptr;
+  if (helper == nullptr) {
+    TiledRows(x, w, y, M, K, N, 0, tiles, true);
+    return;
+  }
+  helper->PostTiles(x, w, y, M, K, N, tiles / 2, tiles);
+  TiledRows(x, w, y, M, K, N, 0, tiles / 2, true);
+  helper->Wait();
+}
+
+// Row-major weights: the helper takes the second half of K (a contiguous block of w) and the
+// caller adds the two partial products. Without a free helper the caller sums both halves
+// itself the same way: the order of the sums depends only on the shapes and the thread count,
+// never on the helper's timing.
+template <typename W>
+void SplitKProduct(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t N,
+                   int32_t threads) {
+  const int64_t half = K / 2 / kPanel * kPanel;
+  if (threads < 2 || K * N < kSplitMin || half == 0) {
+    RowsAny(x, w, y, M, K, N, 0, K);
+    return;
+  }
+  std::unique_lock<std::mutex> lock;
+  if (Helper* helper = FreeHelper(lock)) {
+    helper->PostRows(x, w, M, K, N, half, K);
+    RowsAny(x, w, y, M, K, N, 0, half);
+    AddPart(y, helper->Wait(), M * N);
+    return;
+  }
+  thread_local std::vector<float> part;
+  part.resize(M * N);
+  RowsAny(x, w, y, M, K, N, 0, half);
+  RowsAny(x, w, part.data(), M, K, N, half, K);
+  AddPart(y, part.data(), M * N);
+}
+
 template <typename W>
 void Product(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t N,
              int32_t threads, bool tiled) {
-  const int64_t half = K / 2 / kPanel * kPanel;
-  if (threads < 2 || K * N < kSplitMin || half == 0) {
-    RowsAny(x, w, y, M, K, N, 0, K, tiled);
-    return;
+  if constexpr (sizeof(W) == 2) {
+    if (tiled) {
+      TiledProduct(x, w, y, M, K, N, threads);
+      return;
+    }
   }
-  Helper& helper = Helper::Get();
-  std::unique_lock<std::mutex> lock(helper.busy(), std::try_to_lock);
-  const bool alone = !lock.owns_lock() || !helper.Awake();
-  if (alone) {
-    // Waking the helper takes longer than this product: go alone (and wake it for the next).
-    if (lock.owns_lock()) helper.Nudge();
-    thread_local std::vector<float> part;
-    part.resize(M * N);
-    RowsAny(x, w, y, M, K, N, 0, half, tiled);
-    RowsAny(x, w, part.data(), M, K, N, half, K, tiled);
-    AddPart(y, part.data(), M * N);
-    return;
-  }
-  helper.Post(x, w, M, K, N, half, K, tiled);
-  RowsAny(x, w, y, M, K, N, 0, half, tiled);
-  AddPart(y, helper.Wait(), M * N);
+  SplitKProduct(x, w, y, M, K, N, threads);
 }
 
 template <typename Weights, bool kTiled>
