@@ -20,12 +20,12 @@
 // product there is as much compute as traffic, so a helper thread takes half of w: the second
 // half of the tiles of tiled bfloat16 w (writing its columns of y itself), or the second half
 // of K of row-major w (the caller adds the two partial products). Products last 5-50 µs, less
-// than a sleeping thread takes to wake, so the helper polls for work; but only for kSpin after
-// its last product, so that between verify calls (the drafter's turn) it does not hold the
-// second core that XLA's own threads need. A product that finds it asleep runs alone, in the
-// same order of sums, and wakes it for the next ones. (bench/RESULTS.md, issue 17 session 17:
-// polling with sched_yield, or for milliseconds, lost end to end; session 21: splitting tiles
-// instead of K.)
+// than a sleeping thread takes to wake, so the helper polls for work; but only for kSpin
+// (300 µs) after its last product — it rides out a drafter's turn between verify calls, but
+// does not hold for long the second core that XLA's own threads need. A product that finds
+// it asleep runs alone, in the same order of sums, and wakes it for the next ones.
+// (bench/RESULTS.md, issue 17 session 17: polling with sched_yield, or for milliseconds, lost
+// end to end; session 21: splitting tiles instead of K, and 300 µs instead of 50.)
 //
 // Built at run time by spec_cascade/models/cpu_kernels.py with the host compiler
 // (-O3 -march=native); needs AVX2 and FMA.
@@ -295,7 +295,11 @@ class Helper {
     int64_t M, K, N, kb, ke;
     float* y;
   };
-  static constexpr auto kSpin = std::chrono::microseconds(50);
+  // 300 µs, not 50: on a VM the helper's vCPU is descheduled now and then, and each time it
+  // came back past 50 µs it went to sleep mid-step; the products then ran alone until a
+  // wake-up reached it. With 300 the verifier's step ran 1.4x faster and a 64-token encoder
+  // 1.3x (bench/RESULTS.md, issue 17 session 21); 1-2 ms lost again.
+  static constexpr auto kSpin = std::chrono::microseconds(300);
   void Start(const Job& job) {
     job_ = job;
     posted_.fetch_add(1);
