@@ -333,3 +333,26 @@ def test_step_variants_chain_runs_on_xla_dots_too():
   import step_variants  # pylint: disable=import-outside-toplevel
   ws = [jnp.ones((16, 24), jnp.float32), jnp.ones((24, 16), jnp.float32)]
   step_variants.chain_loop(ws, 3, iters=2, xla=True)()
+
+
+def test_step_variants_few_tokens_switches_both_kernels(monkeypatch):
+  """bench/step_variants.py --change few_tokens: 'off' traces XLA's attention and lookup, 'on'
+  the kernels; both flags come back."""
+  import step_variants  # pylint: disable=import-outside-toplevel
+  from spec_cascade.models import cpu_kernels  # pylint: disable=import-outside-toplevel
+  if not cpu_kernels.available():
+    pytest.skip("the CPU kernels cannot be built on this machine")
+  monkeypatch.setattr(step_variants.Setting, "change", "few_tokens")
+  model = T5Model(V_CFG)
+  params = model.init_params(jax.random.key(0))
+  encoded, mask = model.encode(params, jnp.ones((1, 5), jnp.int32))
+  cache = model.init_cache(params, encoded, mask, 8)
+  tokens, offsets = jnp.ones((1, 2), jnp.int32), jnp.zeros((1,), jnp.int32)
+  texts = {}
+  for setting in step_variants.SETTINGS:
+    with step_variants.Setting(setting):
+      texts[setting] = jax.jit(model.decode_block).lower(params, cache, tokens,
+                                                          offsets).as_text()
+  for target in ("spec_cascade_attend", "spec_cascade_take_rows"):
+    assert target in texts["on"] and target not in texts["off"]
+  assert cpu_kernels.ATTENTION_KERNEL is True and cpu_kernels.LOOKUP_KERNEL is True
