@@ -183,3 +183,52 @@ def test_a_verify_block_scores_each_position_as_one_token_steps_do():
   np.testing.assert_array_equal(np.asarray(block), np.concatenate(singles, axis=1))
   forced = model.forward(params, inputs, dec)
   np.testing.assert_allclose(np.asarray(block), np.asarray(forced), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_grouped_query_heads_read_their_shared_key_value_head(kv_heads):
+  """Grouped-query attention (decoder-only models): query head h reads key/value head
+  h // (H / Hkv), as repeating each key/value head does."""
+  rng = np.random.default_rng(kv_heads)
+  q, _, _, bias = _case(rng, 2, 3, 4, 16, 21, "B.Q")
+  k, v = _rand(rng, 2, kv_heads, 16, 21), _rand(rng, 2, kv_heads, 21, 16)
+  assert cpu_kernels.attention_applies(q, k, v, bias)
+  got = jax.jit(lambda *a: cpu_kernels.attend(*a, layers._xla_attention_f32))(q, k, v, bias)
+  groups = 4 // kv_heads
+  want = _attention64(q, np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1), bias)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  assert not cpu_kernels.attention_applies(q, k[:, :1].repeat(3, axis=1),
+                                           v[:, :1].repeat(3, axis=1), bias)  # 3 ∤ 4
+
+
+@needs_kernel
+def test_a_decoder_only_verify_block_scores_as_one_token_steps_do():
+  """A Llama-style model (grouped-query heads, no soft-capping; streamed bfloat16 weights)
+  attends through the kernel; a 3-token block gives the logits of 3 one-token steps bit for bit and the full forward's up
+  to float32 rounding; with soft-capping (Gemma 2) attention stays XLA's."""
+  from spec_cascade.models import DecoderConfig, DecoderOnlyModel  # pylint: disable=g-import-not-at-top
+  cfg = DecoderConfig(vocab_size=97, emb_dim=48, num_heads=4, num_kv_heads=2, head_dim=12,
+                      mlp_dim=64, num_layers=2)
+  model = DecoderOnlyModel(cfg)
+  params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32),
+                                  model.init_params(jax.random.key(0)))
+  params = cpu_kernels.stream_params(params)  # products of 1 and 3 rows: the same kernel
+  rng = np.random.default_rng(0)
+  prompt = jnp.asarray(rng.integers(1, 97, (1, 5)), jnp.int32)
+  block = jnp.asarray(rng.integers(1, 97, (1, 3)), jnp.int32)
+  _, cache = model.prefill(params, prompt, jnp.asarray([5]), 12)
+  step = jax.jit(model.decode_block)
+  assert "spec_cascade_attend" in step.lower(params, cache, block).as_text()
+  together, _ = step(params, cache, block)
+  singles, c = [], cache
+  for i in range(3):
+    logits, c = step(params, c, block[:, i:i + 1])
+    singles.append(np.asarray(logits))
+  np.testing.assert_array_equal(np.asarray(together), np.concatenate(singles, axis=1))
+  full = model.forward(params, jnp.concatenate([prompt, block], axis=1))
+  np.testing.assert_allclose(np.asarray(together), np.asarray(full[:, 5:]), rtol=1e-4,
+                             atol=1e-4)
+  capped = DecoderOnlyModel(cfg.replace(attn_logit_softcap=2.0))
+  assert "spec_cascade_attend" not in jax.jit(capped.decode_block).lower(
+      params, cache, block).as_text()

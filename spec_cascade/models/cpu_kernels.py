@@ -335,13 +335,15 @@ ATTENTION_KERNEL = True
 
 def attention_applies(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> bool:
   """Whether `attend(q, k, v, bias, ...)` would run the kernel: float32 q [B, Q, H, D] with
-  Q ≤ MAX_ATTENTION_QUERIES and B·Q ≤ MAX_ATTENTION_ROWS, k [B, H, D, L], v [B, H, L, D],
-  bias [B|1, H|1, Q|1, L], on a one-device CPU backend where the kernel builds."""
-  if not ATTENTION_KERNEL or q.ndim != 4 or bias.ndim != 4:
+  Q ≤ MAX_ATTENTION_QUERIES and B·Q ≤ MAX_ATTENTION_ROWS, k [B, Hkv, D, L], v [B, Hkv, L, D]
+  with Hkv dividing H, bias [B|1, H|1, Q|1, L], on a one-device CPU backend where the kernel
+  builds."""
+  if not ATTENTION_KERNEL or q.ndim != 4 or k.ndim != 4 or bias.ndim != 4:
     return False
   b, nq, h, d = q.shape
-  length = k.shape[-1]
-  shapes_ok = (k.shape == (b, h, d, length) and v.shape == (b, h, length, d) and length > 0
+  kv_heads, length = k.shape[1], k.shape[-1]
+  shapes_ok = (k.shape == (b, kv_heads, d, length) and v.shape == (b, kv_heads, length, d)
+               and length > 0 and kv_heads > 0 and h % kv_heads == 0
                and all(got in (1, want) for got, want in zip(bias.shape[:3], (b, h, nq)))
                and bias.shape[3] == length)
   return (shapes_ok and 1 <= nq <= MAX_ATTENTION_QUERIES and b * nq <= MAX_ATTENTION_ROWS
@@ -351,8 +353,9 @@ def attention_applies(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array)
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, reference) -> jax.Array:
   """softmax(q · k + bias) · v per row, head and query by the kernel; call only where
-  `attention_applies`. q [B, Q, H, D], k [B, H, D, L], v [B, H, L, D], bias [B|1, H|1, Q|1, L]
-  (any float dtype) → [B, Q, H, D] float32. `reference(q, k, v, bias)` is the same function in
+  `attention_applies`. q [B, Q, H, D], k [B, Hkv, D, L], v [B, Hkv, L, D] (query head h reads
+  key/value head h // (H / Hkv)), bias [B|1, H|1, Q|1, L] (any float dtype) → [B, Q, H, D]
+  float32. `reference(q, k, v, bias)` is the same function in
   XLA ops (hashable: a module-level function); derivatives go through it."""
   out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
   return jax.ffi.ffi_call("spec_cascade_attend", out, vmap_method="sequential")(

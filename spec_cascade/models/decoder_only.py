@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spec_cascade.models import layers
+from spec_cascade.models import cpu_kernels, layers
 from spec_cascade.models.decoder_configs import DecoderConfig, rope_inverse_frequencies
 # Shared with T5 (they read only a config's .dtype / .matmul_dtype, or a tree).
 from spec_cascade.models.t5 import _check_tokens, _dtype, _flatten, _mm
@@ -132,6 +132,15 @@ def attention_bias(query_pos: Array, memory_pos: Array, window: int | None) -> A
   return jnp.where(visible, 0.0, layers._NEG_INF)[:, None, None].astype(jnp.float32)  # pylint: disable=protected-access
 
 
+def _grouped_attention(q: Array, k: Array, v: Array, bias: Array) -> Array:
+  """XLA's ops for `cpu_kernels.attend` with key/value heads shared by groups of query heads:
+  q [B, Q, H, D] (scaled), k [B, Hkv, D, K], v [B, Hkv, K, D], bias [B, 1, Q, K] → [B, Q, H, D]
+  float32 (its derivatives are the kernel's)."""
+  groups = q.shape[2] // k.shape[1]
+  return layers._xla_attention(q, jnp.repeat(k, groups, axis=1), jnp.repeat(v, groups, axis=1),  # pylint: disable=protected-access
+                               bias, jnp.float32)
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with RoPE: `query` [d, H*D], `key`/`value` [d, Hkv*D],
   `out` [H*D, d]. Query head h reads key/value head h // (H / Hkv), as HF's repeat_kv."""
@@ -163,6 +172,12 @@ class Attention(nn.Module):
       # Per row: keys [Hkv, D, L] take the block at column o, values [Hkv, L, D] at row o.
       k = layers.write_block(cache_kv[0], k, offsets, 3)
       v = layers.write_block(cache_kv[1], v, offsets, 2)
+    if cfg.attn_logit_softcap is None:
+      # A step's or verify call's few queries: one CPU kernel call (layers.dot_product_attention).
+      q_scaled = q * jnp.asarray(cfg.query_scale, q.dtype)
+      if cpu_kernels.attention_applies(q_scaled, k, v, bias[:, 0]):
+        out = cpu_kernels.attend(q_scaled, k, v, bias[:, 0], _grouped_attention)
+        return self.out(out.reshape(b, q_len, -1).astype(_dtype(cfg))), (k, v)
     groups = cfg.num_heads // cfg.num_kv_heads
     qg = jnp.transpose(q, (0, 2, 1, 3)).reshape(b, cfg.num_kv_heads, groups, q_len,
                                                 cfg.head_dim)

@@ -224,17 +224,20 @@ void AttendHead(const float* const* q, const float* __restrict k, const float* _
     }
 }
 
-// q [B, Q, H, D], k [B, H, D, L], v [B, H, L, D], bias [B or 1, H or 1, Q or 1, L]
-// → out [B, Q, H, D].
+// q [B, Q, H, D], k [B, Hkv, D, L], v [B, Hkv, L, D], bias [B or 1, H or 1, Q or 1, L]
+// → out [B, Q, H, D]; query head h reads key/value head h / (H / Hkv) (grouped-query
+// attention; Hkv = H for T5).
 ffi::Error AttendImpl(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 bias,
                       ffi::Result<Tensor4> out) {
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(),
              bd = bias.dimensions();
-  const int64_t B = qd[0], Q = qd[1], H = qd[2], D = qd[3], L = kd[3];
-  if (kd[0] != B || kd[1] != H || kd[2] != D)
-    return ffi::Error::InvalidArgument("attend: k must be [B, H, D, L] for q [B, Q, H, D]");
-  if (vd[0] != B || vd[1] != H || vd[2] != L || vd[3] != D)
-    return ffi::Error::InvalidArgument("attend: v must be [B, H, L, D]");
+  const int64_t B = qd[0], Q = qd[1], H = qd[2], D = qd[3], Hkv = kd[1], L = kd[3];
+  if (kd[0] != B || Hkv < 1 || H % Hkv != 0 || kd[2] != D)
+    return ffi::Error::InvalidArgument(
+        "attend: k must be [B, Hkv, D, L] for q [B, Q, H, D], Hkv dividing H");
+  if (vd[0] != B || vd[1] != Hkv || vd[2] != L || vd[3] != D)
+    return ffi::Error::InvalidArgument("attend: v must be [B, Hkv, L, D]");
+  const int64_t groups = H / Hkv;  // query head h reads key/value head h / groups
   if ((bd[0] != 1 && bd[0] != B) || (bd[1] != 1 && bd[1] != H) || (bd[2] != 1 && bd[2] != Q) ||
       bd[3] != L)
     return ffi::Error::InvalidArgument("attend: bias must be [B|1, H|1, Q|1, L]");
@@ -252,8 +255,8 @@ ffi::Error AttendImpl(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 bias,
   float* op = out->typed_data();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
-      const float* kh = kp + (b * H + h) * D * L;
-      const float* vh = vp + (b * H + h) * L * D;
+      const float* kh = kp + (b * Hkv + h / groups) * D * L;
+      const float* vh = vp + (b * Hkv + h / groups) * L * D;
       for (int64_t i = 0; i < Q; i += 2) {
         const float* qs[2];
         const float* biases[2];
@@ -305,7 +308,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeTakeRows, TakeRowsImpl,
                                   .Arg<Ids>()
                                   .Ret<Table>());
 
-// q [B, Q, H, D], k [B, H, D, L], v [B, H, L, D], bias [B|1, H|1, Q|1, L] → [B, Q, H, D].
+// q [B, Q, H, D], k [B, Hkv, D, L], v [B, Hkv, L, D], bias [B|1, H|1, Q|1, L] → [B, Q, H, D].
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeAttend, AttendImpl,
                               ffi::Ffi::Bind()
                                   .Arg<Tensor4>()
