@@ -1,4 +1,5 @@
-"""A CPU kernel for the few-row float32 matrix products of verify calls, built at first use.
+"""CPU kernels for the few-row float32 matrix products of verify calls (and, `attend` and
+`take_rows` below, their attention and token lookup), built at first use.
 
 On a CPU, XLA multiplies one row by a weight matrix at full memory bandwidth but runs a packed
 general product for 2-8 rows, costing up to twice as much per weight byte; a verify call of
@@ -165,8 +166,8 @@ def available() -> bool:
       version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                timeout=60, check=False).stdout
       key = hashlib.sha256("\0".join([
-          *(src.read_text() for src in _SOURCES), version, importlib.metadata.version("jaxlib"), model,
-          " ".join(sorted(flags))]).encode())
+          *(src.read_text() for src in _SOURCES), version,
+          importlib.metadata.version("jaxlib"), model, " ".join(sorted(flags))]).encode())
       lib_path = cache_dir() / f"few_rows-{key.hexdigest()[:16]}.so"
       if not lib_path.exists():
         log.info("building the few-row CPU kernel into %s", lib_path)

@@ -239,14 +239,6 @@ void TiledRows(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K
   }
 }
 
-// y[:, :] = x[:, kb:ke] @ w[kb:ke, :] for row-major weights: float32, or bfloat16 pairs
-// without tiles (the layout before tiling, kept to measure what tiling buys).
-template <typename W>
-inline void RowsAny(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t N,
-                    int64_t kb, int64_t ke) {
-  PanelRows(x, w, y, M, K, N, kb, ke);
-}
-
 // The helper thread. One caller at a time: a product that finds it busy (XLA running two
 // independent products at once) does all of its work alone.
 class Helper {
@@ -329,9 +321,9 @@ class Helper {
       if (j.tiled) {
         TiledRows(j.x, static_cast<const uint16_t*>(j.w), j.y, j.M, j.K, j.N, j.kb, j.ke, false);
       } else if (j.bf16) {
-        RowsAny(j.x, static_cast<const uint16_t*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
+        PanelRows(j.x, static_cast<const uint16_t*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
       } else {
-        RowsAny(j.x, static_cast<const float*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
+        PanelRows(j.x, static_cast<const float*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
       }
       done_.store(seen, std::memory_order_release);
     }
@@ -395,20 +387,20 @@ void SplitKProduct(const float* x, const W* w, float* y, int64_t M, int64_t K, i
                    int32_t threads) {
   const int64_t half = K / 2 / kPanel * kPanel;
   if (threads < 2 || K * N < kSplitMin || half == 0) {
-    RowsAny(x, w, y, M, K, N, 0, K);
+    PanelRows(x, w, y, M, K, N, 0, K);
     return;
   }
   std::unique_lock<std::mutex> lock;
   if (Helper* helper = FreeHelper(lock)) {
     helper->PostRows(x, w, M, K, N, half, K);
-    RowsAny(x, w, y, M, K, N, 0, half);
+    PanelRows(x, w, y, M, K, N, 0, half);
     AddPart(y, helper->Wait(), M * N);
     return;
   }
   thread_local std::vector<float> part;
   part.resize(M * N);
-  RowsAny(x, w, y, M, K, N, 0, half);
-  RowsAny(x, w, part.data(), M, K, N, half, K);
+  PanelRows(x, w, y, M, K, N, 0, half);
+  PanelRows(x, w, part.data(), M, K, N, half, K);
   AddPart(y, part.data(), M * N);
 }
 

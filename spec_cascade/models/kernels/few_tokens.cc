@@ -89,6 +89,14 @@ inline float HorizontalMax(__m256 v) {
 // order, so a query's result does not depend on whether it was paired.
 constexpr int kGroup = 4;
 
+template <int NQ, int NV>
+inline void Zero(__m256 (&acc)[NQ][NV]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_setzero_ps();
+}
+
 // For NQ queries: logits[i][l0 : l0 + 8 NV] = q[i] · k[:, l0 : ...] + bias[i], the lanes past
 // L set to -1e30 (only the group's last vector can be partial: `tail` is its lane mask);
 // best[i] takes each query's running maximum.
@@ -97,10 +105,7 @@ inline void LogitsGroup(const float* const* q, const float* __restrict k,
                         const float* const* bias, float* const* logits, int64_t D, int64_t L,
                         int64_t l0, __m256i tail, __m256* best) {
   __m256 acc[NQ][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < NQ; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_setzero_ps();
+  Zero(acc);
   const float* kp = k + l0;
   for (int64_t d = 0; d < D; ++d, kp += L) {
     __m256 kv[NV];
@@ -139,10 +144,7 @@ template <int NQ, int NV>
 inline void OutputGroup(const float* const* w, const float* __restrict v, float* const* out,
                         int64_t D, int64_t L, int64_t d0) {
   __m256 acc[NQ][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < NQ; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_setzero_ps();
+  Zero(acc);
   const float* vp = v + d0;
   for (int64_t l = 0; l < L; ++l, vp += D) {
     __m256 vv[NV];
