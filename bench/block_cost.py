@@ -1,6 +1,7 @@
 """What one SpecDecode block costs at batch 1, term by term, on a real pair.
 
     python bench/block_cost.py [--drafter D --verifier V] [--gamma 3] [--setup] [--matmuls]
+        [--matmul_dtype bfloat16]
 
 1. The block's model calls alone (the drafter's two-token first call and γ − 1 one-token calls,
    then the verifier scoring γ + 1 tokens), alternating in one compiled loop, against the same
@@ -179,15 +180,18 @@ def main(argv=None):
   parser.add_argument("--tokens", type=int, default=32,
                       help="output tokens of the verifier-alone example in --setup's last column")
   parser.add_argument("--matmuls", action="store_true")
+  parser.add_argument("--matmul_dtype", default=None,
+                      help="bfloat16: the dense layers take bfloat16 inputs (`T5Config.matmul_dtype`)")
   args = parser.parse_args(argv)
-  drafter = Bundle(*infer.load_bundle(args.drafter))
-  verifier = Bundle(*infer.load_bundle(args.verifier))
+  drafter = Bundle(*infer.load_bundle(args.drafter, matmul_dtype=args.matmul_dtype))
+  verifier = Bundle(*infer.load_bundle(args.verifier, matmul_dtype=args.matmul_dtype))
   data = infer.load_task(args.task, "validation", 1, 0,
                          infer.checkpoint_vocabulary(args.verifier), 64)
   x = next(iter(infer.one_at_a_time(data)))[0]
   print(f"drafter {args.drafter} ({drafter.model.num_params() / 1e6:.2f}M), verifier "
         f"{args.verifier} ({verifier.model.num_params() / 1e6:.2f}M); one {args.task} "
-        f"validation input; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        f"validation input; matmul inputs {args.matmul_dtype or 'float32'}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
   block_table(drafter, verifier, x, args.gamma, args.reps)
   if args.setup:
     setup_table(drafter, verifier, args.task, infer.checkpoint_vocabulary(args.verifier),

@@ -107,6 +107,10 @@ def main(argv=None):
   parser.add_argument("--batches", default="8,32")
   parser.add_argument("--rounds", type=int, default=2, help="timed rounds per example")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--matmul_dtype", default=None,
+                      help="bfloat16: the dense layers take bfloat16 inputs (T5Config.matmul_dtype; "
+                           "products of few rows on the paired kernel where the CPU has "
+                           "AVX512-BF16)")
   args = parser.parse_args(argv)
   gammas = [int(g) for g in args.gammas.split(",") if g]
   confidences = [float(t) for t in args.confidences.split(",") if t]
@@ -115,16 +119,17 @@ def main(argv=None):
   batches = [int(b) for b in args.batches.split(",") if b]
 
   if args.drafter or args.verifier:
-    drafter = Bundle(*infer.load_bundle(args.drafter))
-    verifier = Bundle(*infer.load_bundle(args.verifier))
+    drafter = Bundle(*infer.load_bundle(args.drafter, matmul_dtype=args.matmul_dtype))
+    verifier = Bundle(*infer.load_bundle(args.verifier, matmul_dtype=args.matmul_dtype))
     vocab = infer.checkpoint_vocabulary(args.verifier)
   else:
-    drafter, verifier, _ = pretrained.load_offline_pair(args.pair)
+    drafter, verifier, _ = pretrained.load_offline_pair(args.pair, matmul_dtype=args.matmul_dtype)
     vocab = pretrained.offline_vocab_path(args.pair)
   print(f"drafter {drafter.model.num_params() / 1e6:.2f}M, verifier "
         f"{verifier.model.num_params() / 1e6:.2f}M parameters; {args.examples} validation "
         f"examples per task, inputs padded to {args.input_length}, ≤ {args.max_decode_length} "
-        f"new tokens; batch 1, end to end; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        f"new tokens; batch 1, end to end; matmul inputs {args.matmul_dtype or 'float32'}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
   # 'auto' chooses among the γ this run compares (and, for SpecDecode, the verifier alone).
   auto = dict(num_draft_tokens="auto", draft_candidates=tuple(gammas))
   summary = []

@@ -2,6 +2,8 @@
 fresh random order, round after round, so the machine's noise hits all of them alike."""
 from __future__ import annotations
 
+import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -31,6 +33,50 @@ def timed_runs(variants, configs: dict, xs, rounds: int, run: Callable, seed: in
   return {k: (np.concatenate(toks[k]), float(np.median(secs[k], axis=0).sum())) for k in keys}
 
 
+def header(drafter, verifier, args, n: int, extra: str = "") -> None:
+  """The first line of a side-by-side bench on the committed pair."""
+  print(f"drafter {drafter.model.num_params() / 1e6:.2f}M, verifier "
+        f"{verifier.model.num_params() / 1e6:.2f}M; {args.task}, {n} validation examples, "
+        f"inputs {args.input_length}, ≤ {args.max_decode_length} new tokens, greedy; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs{extra}")
+
+
+def one_at_a_time(pairs: dict, setting_ctx: Callable, xs, args, generate: Callable) -> dict:
+  """`timed_runs` of the verifier alone and SpecDecode at each γ of args.gammas over each
+  input of xs alone, for every setting of pairs {setting: (drafter, verifier)}, each run under
+  setting_ctx(setting) (a context manager: the setting's flags and program cache)."""
+
+  def run(setting, config, x, i):
+    with setting_ctx(setting):
+      d, v = pairs[setting]
+      return generate(d, v, x, example_ids=np.array([i]), **config)
+
+  configs = methods(args.gammas, args.max_decode_length)
+  return configs, timed_runs(tuple(pairs), configs, xs, args.rounds, run)
+
+
+def verifier_calls(pairs: dict, setting_ctx: Callable, inputs, ks, cache_length: int,
+                   loops: int, reps: int, label: str) -> None:
+  """Prints, per setting of pairs {setting: (drafter, verifier)}, the verifier's one-token step
+  on inputs and v(k) = a call scoring k tokens / a step for each k of ks[1:] (ks[0] = 1),
+  timed as compiled call loops interleaved over `reps` rounds (`costs.call_loop`)."""
+  from spec_cascade import costs  # pylint: disable=g-import-not-at-top
+  fns = {}
+  for setting in pairs:
+    with setting_ctx(setting):
+      for k in ks:
+        for n in (loops, 0):
+          fns[(setting, k, n)] = costs.call_loop(pairs[setting][1], inputs, k, cache_length, n)
+  _, secs = costs.interleaved(fns, reps, order_seed=0)
+  print(f"| {label} | one-token step ms | " + " | ".join(f"v({k})" for k in ks[1:]) + " |")
+  print("|---|---:|" + "---:|" * (len(ks) - 1))
+  for setting in pairs:
+    per = {k: costs.per_call_seconds(secs[(setting, k, loops)], secs[(setting, k, 0)], loops)
+           for k in ks}
+    print(f"| {setting} | {1e3 * per[1]:.3f} | "
+          + " | ".join(f"{per[k] / per[1]:.2f}" for k in ks[1:]) + " |")
+
+
 def add_arguments(parser, gammas: str) -> None:
   """The options every side-by-side bench on the committed pair takes."""
   parser.add_argument("--pair", default=None, help="pair folder (default: the committed one)")
@@ -54,13 +100,24 @@ def methods(gammas: str, max_decode_length: int, drafter: bool = False) -> dict:
   return out
 
 
-def before_after(res: dict, before: str, after: str, names, labels: tuple[str, str]) -> None:
-  """Checks that both variants gave the same tokens (SystemExit naming the setting if not) and
-  prints a table: seconds before and after, the speed-up, and each setting's speed-up over the
-  verifier alone of the same variant."""
+def before_after(res: dict, before: str, after: str, names, labels: tuple[str, str],
+                 same_tokens: bool = True) -> None:
+  """Checks that both variants gave the same tokens (SystemExit naming the setting if not;
+  same_tokens=False: a change of numerics, where each variant's methods must instead give
+  that variant's verifier-alone tokens, and the table says how many tokens the variants share)
+  and prints a table: seconds before and after, the speed-up, and each setting's speed-up over
+  the verifier alone of the same variant."""
   for n in names:
-    if not np.array_equal(res[(before, n)][0], res[(after, n)][0]):
+    if same_tokens and not np.array_equal(res[(before, n)][0], res[(after, n)][0]):
       raise SystemExit(f"FAIL: {n} gives other tokens with {labels[1]} than with {labels[0]}")
+    for variant in (before, after):
+      if not same_tokens and not np.array_equal(res[(variant, n)][0],
+                                                res[(variant, "verifier alone")][0]):
+        raise SystemExit(f"FAIL: {n} gives other tokens than the verifier alone with {variant}")
+  if not same_tokens:
+    a, b = res[(before, "verifier alone")][0], res[(after, "verifier alone")][0]
+    share = np.mean(a == b) if a.shape == b.shape else float("nan")
+    print(f"tokens the two variants' verifiers share (position by position): {share:.3f}\n")
   v_before, v_after = res[(before, "verifier alone")][1], res[(after, "verifier alone")][1]
   print(f"| | {labels[0]} s | {labels[1]} s | speed-up | speed-up over the verifier alone "
         f"({labels[0]} / {labels[1]}) |")

@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -125,25 +123,14 @@ def main(argv=None):
   vocab = pretrained.offline_vocab_path(args.pair)
   data = infer.load_task(args.task, "validation", args.examples, 0, vocab, args.input_length)
   xs = [x for x, _ in infer.one_at_a_time(data)]
-  drafter, verifier = pairs["on"]
-  print(f"drafter {drafter.model.num_params() / 1e6:.2f}M, verifier "
-        f"{verifier.model.num_params() / 1e6:.2f}M; {args.task}, {len(xs)} validation examples, "
-        f"inputs {args.input_length}, ≤ {args.max_decode_length} new tokens, greedy; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; "
-        f"change: {args.change}")
+  side_by_side.header(*pairs["on"], args, len(xs), f"; change: {args.change}")
   if args.change == "tiles":
     products(pairs, args)
     if args.xla_rows:
       against_xla(pairs["on"][1], [int(r) for r in args.xla_rows.split(",")], args.reps)
   step_costs(pairs, xs[0], args)
 
-  def run(setting, config, x, i):
-    with Setting(setting):
-      d, v = pairs[setting]
-      return generate(d, v, x, example_ids=np.array([i]), **config)
-
-  configs = side_by_side.methods(args.gammas, args.max_decode_length)
-  res = side_by_side.timed_runs(SETTINGS, configs, xs, args.rounds, run)
+  configs, res = side_by_side.one_at_a_time(pairs, Setting, xs, args, generate)
   print(f"\n3. batch 1, {len(xs)} examples one at a time, end to end, medians of "
         f"{args.rounds} rounds\n")
   side_by_side.before_after(res, "off", "on", configs, (f"{args.change} off", "on"))
@@ -192,22 +179,9 @@ def against_xla(verifier, rows: list, reps: int) -> None:
 
 def step_costs(pairs, x, args) -> None:
   """Part 2: the verifier's one-token step and v(k) per setting."""
-  ks, cache_length, loops = (1, 2, 4), args.max_decode_length + 8, 48
-  fns = {}
-  for setting in SETTINGS:
-    with Setting(setting):
-      for k in ks:
-        for n in (loops, 0):
-          fns[(setting, k, n)] = costs.call_loop(pairs[setting][1], x, k, cache_length, n)
-  _, secs = costs.interleaved(fns, args.reps, order_seed=0)
   print(f"\n2. The verifier at batch 1, compiled call loops, medians of {args.reps} rounds\n")
-  print(f"| {args.change} | one-token step ms | " + " | ".join(f"v({k})" for k in ks[1:]) + " |")
-  print("|---|---:|" + "---:|" * (len(ks) - 1))
-  for setting in SETTINGS:
-    per = {k: costs.per_call_seconds(secs[(setting, k, loops)], secs[(setting, k, 0)], loops)
-           for k in ks}
-    print(f"| {setting} | {1e3 * per[1]:.3f} | "
-          + " | ".join(f"{per[k] / per[1]:.2f}" for k in ks[1:]) + " |")
+  side_by_side.verifier_calls(pairs, Setting, x, (1, 2, 4), args.max_decode_length + 8, 48,
+                              args.reps, args.change)
 
 
 if __name__ == "__main__":

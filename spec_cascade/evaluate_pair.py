@@ -2,6 +2,7 @@
 
     python -m spec_cascade.evaluate_pair --drafter=DIR --verifier=DIR [--num_examples=200]
         [--tasks=debian_ende,debian_summarize] [--split=validation] [--json=out.json]
+        [--matmul_dtype=bfloat16]
 
 With no --drafter/--verifier it evaluates the committed offline default pair. For each task:
 greedy BLEU / ROUGE-2 of the drafter and of the verifier, and the T = 0 acceptance rate — the
@@ -78,15 +79,19 @@ def main(argv=None) -> int:
   parser.add_argument("--max_decode_length", type=int, default=64)
   parser.add_argument("--vocabulary_path")
   parser.add_argument("--json")
+  parser.add_argument("--matmul_dtype", default=None,
+                      help="bfloat16: both models' dense layers take bfloat16 inputs "
+                           "(T5Config.matmul_dtype)")
   args = parser.parse_args(argv)
   from spec_cascade import costs, infer, pretrained  # pylint: disable=g-import-not-at-top
   if bool(args.drafter) != bool(args.verifier):
     parser.error("give both --drafter and --verifier, or neither (the offline default pair).")
   if args.drafter:
-    drafter, verifier = infer.load_bundle(args.drafter), infer.load_bundle(args.verifier)
+    drafter, verifier = (infer.load_bundle(p, matmul_dtype=args.matmul_dtype)
+                         for p in (args.drafter, args.verifier))
     vocab = args.vocabulary_path
   else:
-    drafter, verifier, _ = pretrained.load_offline_pair()
+    drafter, verifier, _ = pretrained.load_offline_pair(matmul_dtype=args.matmul_dtype)
     vocab = args.vocabulary_path or pretrained.offline_vocab_path()
   results = {"tasks": []}
   for task in args.tasks.split(","):

@@ -42,7 +42,7 @@ def load_bundle(path: str, config=None, dtype: str = "float32",
   if matmul_dtype:
     cfg = cfg.replace(matmul_dtype=matmul_dtype)
   if stream_weights:
-    params = cpu_kernels.stream_params(params)
+    params = cpu_kernels.stream_params(params, cfg.matmul_dtype)
   return Bundle(decoding.contract.model_for(cfg), params)
 
 

@@ -81,13 +81,15 @@ def offline_vocab_path(path: str | None = None) -> str:
   return str(check_offline_pair(path) / VOCAB / VOCAB_FILE)
 
 
-def load_offline_pair(path: str | os.PathLike | None = None, dtype: str = "float32"):
-  """→ (drafter Bundle, verifier Bundle, SentencePieceTokenizer) of the offline pair."""
+def load_offline_pair(path: str | os.PathLike | None = None, dtype: str = "float32",
+                      matmul_dtype: str | None = None):
+  """→ (drafter Bundle, verifier Bundle, SentencePieceTokenizer) of the offline pair.
+  matmul_dtype: as `infer.load_bundle`'s ('bfloat16': bfloat16 inputs to the dense layers)."""
   from spec_cascade import infer  # pylint: disable=g-import-not-at-top  (jax, orbax)
   from spec_cascade.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   root = check_offline_pair(path)
-  drafter = infer.load_bundle(str(root / DRAFTER), dtype=dtype)
-  verifier = infer.load_bundle(str(root / VERIFIER), dtype=dtype)
+  drafter = infer.load_bundle(str(root / DRAFTER), dtype=dtype, matmul_dtype=matmul_dtype)
+  verifier = infer.load_bundle(str(root / VERIFIER), dtype=dtype, matmul_dtype=matmul_dtype)
   tokenizer = vocab_lib.SentencePieceTokenizer(root / VOCAB / VOCAB_FILE)
   infer.check_pair(drafter, verifier, tokenizer)
   return drafter, verifier, tokenizer

@@ -68,3 +68,18 @@ def make_decoder_pair(vocab: int = 64, emb: int = 32, seed: int = 0, perturb: fl
                                           v_model.init_params(jax.random.key(seed + 1)),
                                           perturb, eos_gain, eos_id)
   return Bundle(d_model, d_params), Bundle(v_model, v_params)
+
+
+def block_and_steps(model, params, inputs, tokens, offsets, cache_length: int):
+  """A T5 model's logits for tokens [B, k] at offsets [B] scored as one block and as k
+  one-token steps (both [B, k, V], numpy), from the cache of inputs [B, S]: what a verify
+  call and the verifier alone compute for the same positions."""
+  encoded, mask = model.encode(params, inputs)
+  cache = model.init_cache(params, encoded, mask, cache_length)
+  step = jax.jit(model.decode_block)
+  block, _ = step(params, cache, tokens, offsets)
+  singles = []
+  for i in range(tokens.shape[1]):
+    logits, cache = step(params, cache, tokens[:, i:i + 1], offsets + i)
+    singles.append(np.asarray(logits))
+  return np.asarray(block), np.concatenate(singles, axis=1)

@@ -356,3 +356,24 @@ def test_step_variants_few_tokens_switches_both_kernels(monkeypatch):
   for target in ("spec_cascade_attend", "spec_cascade_take_rows"):
     assert target in texts["on"] and target not in texts["off"]
   assert cpu_kernels.ATTENTION_KERNEL is True and cpu_kernels.LOOKUP_KERNEL is True
+
+
+def test_before_after_of_a_numerics_change_checks_each_variant_against_its_verifier(capsys):
+  """side_by_side.before_after(same_tokens=False) (bench/bf16_inputs.py): the variants may
+  differ, each method must give its own variant's verifier-alone tokens, and the table says
+  what share of tokens the two verifiers agree on."""
+  import side_by_side  # pylint: disable=import-outside-toplevel
+  a, b = np.array([[5, 6, 7, 1]]), np.array([[5, 6, 9, 1]])
+  res = {("f32", "verifier alone"): (a, 2.0), ("f32", "SpecDecode γ 1"): (a, 1.0),
+         ("bf16", "verifier alone"): (b, 1.0), ("bf16", "SpecDecode γ 1"): (b, 0.5)}
+  names = ["verifier alone", "SpecDecode γ 1"]
+  side_by_side.before_after(res, "f32", "bf16", names, ("x", "y"), same_tokens=False)
+  out = capsys.readouterr().out
+  assert "share (position by position): 0.750" in out
+  assert "| SpecDecode γ 1 | 1.000 | 0.500 | 2.00× | 2.00× / 2.00× |" in out
+  with pytest.raises(SystemExit, match="gives other tokens"):
+    side_by_side.before_after(res, "f32", "bf16", names, ("x", "y"))
+  res[("bf16", "SpecDecode γ 1")] = (a, 0.5)
+  with pytest.raises(SystemExit, match="SpecDecode γ 1 gives other tokens than the verifier "
+                                       "alone with bf16"):
+    side_by_side.before_after(res, "f32", "bf16", names, ("x", "y"), same_tokens=False)

@@ -161,6 +161,10 @@ def test_layers_matmul_reads_the_twin_for_few_rows_and_float32_for_many():
   for rows, kw in ((65, {}), (4, {"few_rows_kernel": False})):
     text = lowered(rows, **kw).as_text()
     assert "few_rows" not in text and "bf16" not in text  # XLA's dot on the float32 copy
+  # A decode call (≤ 8 tokens per row) at any batch stays on the kernel, as its steps do.
+  decode = jax.jit(lambda x, w: layers.matmul(x, w, jnp.float32, None))
+  assert "spec_cascade_few_rows_bf16" in decode.lower(jnp.ones((40, 4, 64)), w).as_text()
+  assert "few_rows" not in decode.lower(jnp.ones((40, 9, 64)), w).as_text()
   x = jnp.asarray(rng.standard_normal((40, 64), dtype=np.float32))
   for rows in (1, 7, 8, 20, 40):
     got = jax.jit(lambda x, w: layers.matmul(x, w, jnp.float32, None))(x[:rows], w)

@@ -10,7 +10,9 @@ compiler, jaxlib and the CPU, and registered as an XLA FFI target.
 
 `matmul` uses it only where it applies: a CPU backend with one device (a custom call is not
 partitioned across devices), float32 rows, and float32 weights for 2 to `MAX_ROWS` rows or
-bfloat16 weights for 1 to `MAX_BF16_ROWS` rows. Everywhere else, and wherever the kernel cannot
+bfloat16 weights for 1 to `MAX_BF16_ROWS` rows and decode calls of any batch. With
+`matmul_dtype='bfloat16'` on a CPU with AVX512-BF16, `paired_matmul` takes bfloat16 rows
+(`PairedKernel`: exact products, float32 sums, two k per instruction). Everywhere else, and wherever the kernel cannot
 be built (no compiler, no AVX2/FMA, not x86-64), the product is XLA's dot, with one warning
 saying why. SPEC_CASCADE_CPU_KERNELS=0 turns the kernel off. Where the process may use two or
 more cores, a product's second half of K runs on a helper thread (`threads`;
@@ -50,11 +52,14 @@ MIN_ROWS, MAX_ROWS = 2, 8  # float32 weights: where the kernel beat XLA's dot
 # up. Tiled, the kernel's products of the verifier's step ran 1.7-2.8x faster than XLA's
 # float32 dot at 8-32 rows too (batches, and verify calls of a few rows each: bench/RESULTS.md,
 # "Tiled bfloat16 twins"), 1.65x at 48 and 1.1-1.2x at 64 (a 64-token input's encoder), and
-# lost past that (0.8x at 96); the kernel takes at most 64 (`kMaxTiledRows`). Untiled
+# about even past that (0.94-1.12x at 64-512 rows in session 22, 0.8x at 96 in session 21):
+# 1-64 rows, and decode calls at any batch (`decode_shaped`), go to the kernel. Untiled
 # (benchmarks only) it takes 8, where XLA's packed product was as fast past that
 # (bench/streamed_weights.py).
 MAX_BF16_ROWS = 64
 MAX_UNTILED_BF16_ROWS = 8
+# bfloat16 matmul inputs (`PairedKernel`): the same rule as tiled twins.
+MAX_PAIRED_ROWS = 64
 ENV_STREAM = "SPEC_CASCADE_STREAMED_WEIGHTS"
 ENV_SWITCH = "SPEC_CASCADE_CPU_KERNELS"
 ENV_CACHE = "SPEC_CASCADE_KERNEL_CACHE"
@@ -65,6 +70,7 @@ _SOURCES = tuple(pathlib.Path(__file__).with_name("kernels") / name
 _TARGETS = {"spec_cascade_few_rows": "SpecCascadeFewRows",
             "spec_cascade_few_rows_bf16": "SpecCascadeFewRowsBf16",
             "spec_cascade_few_rows_bf16_untiled": "SpecCascadeFewRowsBf16Untiled",
+            "spec_cascade_few_rows_paired": "SpecCascadeFewRowsPaired",
             "spec_cascade_attend": "SpecCascadeAttend",
             "spec_cascade_take_rows": "SpecCascadeTakeRows"}
 # Whether bfloat16 twins are tiled (`pack_bf16`). Read when params are streamed and when
@@ -185,16 +191,32 @@ def _usable() -> bool:
   return jax.default_backend() == "cpu" and jax.device_count() == 1 and available()
 
 
-def applies(x: jax.Array, w: jax.Array) -> bool:
-  """Whether `matmul(x, w)` would run the kernel (decided from shapes, dtypes and backend)."""
+def decode_shaped(x: jax.Array) -> bool:
+  """Whether x [B, Q, d] is a decode call's (a one-token step or a verify call: Q ≤
+  MAX_ATTENTION_QUERIES tokens per row). Tiled and paired products, and the attention, take
+  such calls at any batch: a verify call must score each row exactly as the one-token steps of
+  the same batch do, and XLA's dot (where more rows went) sums in another order than the
+  kernel — enough, near ties, for greedy speculative decoding to leave the verifier's tokens."""
+  return x.ndim >= 3 and 1 <= x.shape[-2] <= MAX_ATTENTION_QUERIES
+
+
+def _rows_ok(x: jax.Array, low: int, high: int, any_decode: bool) -> bool:
   rows = math.prod(x.shape[:-1])
+  return low <= rows and (rows <= high or (any_decode and decode_shaped(x)))
+
+
+def applies(x: jax.Array, w: jax.Array) -> bool:
+  """Whether `matmul(x, w)` would run the kernel (decided from shapes, dtypes and backend):
+  tiled bfloat16 twins for 1-`MAX_BF16_ROWS` rows and decode calls of any batch
+  (`decode_shaped`), untiled ones for 1-8 rows, float32 weights for 2-8 rows."""
   if w.dtype == jnp.bfloat16:
-    low, high = 1, MAX_BF16_ROWS if TILED_BF16 else MAX_UNTILED_BF16_ROWS
+    rows_ok = (_rows_ok(x, 1, MAX_BF16_ROWS, True) if TILED_BF16
+               else _rows_ok(x, 1, MAX_UNTILED_BF16_ROWS, False))
   elif w.dtype == jnp.float32:
-    low, high = MIN_ROWS, MAX_ROWS
+    rows_ok = _rows_ok(x, MIN_ROWS, MAX_ROWS, False)
   else:
     return False
-  return (low <= rows <= high and w.ndim == 2 and x.shape[-1] == w.shape[0]
+  return (rows_ok and w.ndim == 2 and x.shape[-1] == w.shape[0]
           and x.dtype == jnp.float32 and _usable())
 
 
@@ -254,6 +276,46 @@ def unpack_bf16(packed: jax.Array, tiled: bool | None = None) -> jax.Array:
   return jnp.concatenate([head.reshape(k, tiles * _TILE), tail], axis=1)
 
 
+class PairedKernel(NamedTuple):
+  """A dense kernel [K, N] for `matmul_dtype='bfloat16'`: `full` as it was loaded (float32 or
+  bfloat16, for XLA's dot over many rows) and `pairs` its bfloat16 values in the paired
+  kernel's order (`pack_k_pairs`), for products of 1-`MAX_BF16_ROWS` bfloat16 rows. A pytree:
+  jit sees two arrays."""
+  full: jax.Array
+  pairs: jax.Array
+
+
+def paired_kernel_available() -> bool:
+  """Whether this CPU has the instructions the paired kernel needs (AVX512-BF16, AVX512VL)."""
+  return {"avx512_bf16", "avx512f", "avx512vl", "avx512bw"} <= _cpu_signature()[1]
+
+
+def pack_k_pairs(w: jax.Array) -> jax.Array:
+  """[K, N] → bfloat16 [ceil(N / 64), ceil(K / 2), 64, 2]: tiles of 64 columns (N padded with
+  zero columns), each as its rows of pairs (w[2p, c], w[2p + 1, c]) (K padded with a zero row):
+  the order in which the paired kernel multiplies two k at once (kernels/few_rows.cc,
+  `PairPass`)."""
+  k, n = w.shape
+  kp, tiles = -(-k // 2) * 2, -(-n // _TILE)
+  w = jnp.pad(jnp.asarray(w, jnp.bfloat16), ((0, kp - k), (0, tiles * _TILE - n)))
+  return w.reshape(kp // 2, 2, tiles, _TILE).transpose(2, 0, 3, 1)
+
+
+def unpack_k_pairs(pairs: jax.Array, k: int, n: int) -> jax.Array:
+  """The inverse of `pack_k_pairs` for a [k, n] kernel."""
+  tiles, half = pairs.shape[:2]
+  return pairs.transpose(1, 3, 0, 2).reshape(2 * half, tiles * _TILE)[:k, :n]
+
+
+def paired_applies(x: jax.Array, w: PairedKernel) -> bool:
+  """Whether `paired_matmul(x, w)` would run the kernel: bfloat16 x [..., K] of 1 to
+  MAX_PAIRED_ROWS rows or a decode call of any batch (`decode_shaped`), K even, on a one-device
+  CPU backend with AVX512-BF16."""
+  k = w.full.shape[0]
+  return (_rows_ok(x, 1, MAX_PAIRED_ROWS, True) and x.dtype == jnp.bfloat16 and x.shape[-1] == k
+          and k % 2 == 0 and w.full.ndim == 2 and paired_kernel_available() and _usable())
+
+
 def streaming_enabled() -> bool:
   """Whether `stream_params` may add bfloat16 twins: the kernel runs here and
   SPEC_CASCADE_STREAMED_WEIGHTS is not 0."""
@@ -262,8 +324,12 @@ def streaming_enabled() -> bool:
   return _usable()
 
 
-def stream_params(params: Any) -> Any:
-  """Gives every 2-D float32 `kernel` leaf whose values bfloat16 holds exactly a bfloat16 twin
+def stream_params(params: Any, matmul_dtype: str | None = None) -> Any:
+  """matmul_dtype='bfloat16' (a model whose dense layers take bfloat16 inputs): gives every
+  2-D `kernel` leaf a `PairedKernel` on CPUs with AVX512-BF16 (the values its matmuls use
+  anyway, in the paired kernel's order); elsewhere params are unchanged.
+
+  Otherwise gives every 2-D float32 `kernel` leaf whose values bfloat16 holds exactly a bfloat16 twin
   (`StreamedKernel`); other leaves, and kernels bfloat16 would round, stay as they are, so
   outputs do not change beyond the kernel's summation order. Params unchanged where streaming
   is off (`streaming_enabled`).
@@ -274,6 +340,20 @@ def stream_params(params: Any) -> Any:
   SpecDecode γ 3 ran 7-16 % faster with the 1.87M drafter streamed (bench/RESULTS.md)."""
   if not streaming_enabled():
     return params
+  if matmul_dtype is not None and jnp.dtype(matmul_dtype) == jnp.bfloat16:
+    if not paired_kernel_available():
+      return params
+
+    def paired(path, leaf):
+      name = getattr(path[-1], "key", None) if path else None
+      if (name != "kernel" or isinstance(leaf, (StreamedKernel, PairedKernel))
+          or getattr(leaf, "ndim", 0) != 2
+          or leaf.dtype not in (jnp.float32, jnp.bfloat16) or leaf.shape[0] % 2):
+        return leaf
+      return PairedKernel(jnp.asarray(leaf), pack_k_pairs(leaf))
+
+    return jax.tree_util.tree_map_with_path(
+        paired, params, is_leaf=lambda x: isinstance(x, (StreamedKernel, PairedKernel)))
 
   def one(path, leaf):
     name = getattr(path[-1], "key", None) if path else None
@@ -290,9 +370,14 @@ def stream_params(params: Any) -> Any:
 
 
 def unstreamed(params: Any) -> Any:
-  """`params` with every `StreamedKernel` back to its float32 array (to save or train)."""
-  return jax.tree_util.tree_map(lambda x: x.f32 if isinstance(x, StreamedKernel) else x,
-                                params, is_leaf=lambda x: isinstance(x, StreamedKernel))
+  """`params` with every `StreamedKernel` / `PairedKernel` back to the array it was made from
+  (to save or train)."""
+  def one(x):
+    if isinstance(x, StreamedKernel):
+      return x.f32
+    return x.full if isinstance(x, PairedKernel) else x
+  return jax.tree_util.tree_map(
+      one, params, is_leaf=lambda x: isinstance(x, (StreamedKernel, PairedKernel)))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -325,10 +410,37 @@ def matmul(x: jax.Array, w: jax.Array, num_threads: int | None = None) -> jax.Ar
   return y.reshape(x.shape[:-1] + (w.shape[1],))
 
 
-# Attention of a few queries (`kernels/few_tokens.cc`): a decode step's or verify call's, where XLA
-# runs 6-8 small thunks per layer. Queries per call and rows (batch × queries) it takes.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _paired(x2: jax.Array, pairs: jax.Array, n: int, num_threads: int) -> jax.Array:
+  """bfloat16 [M, K] @ paired [tiles, K / 2, 64, 2] → float32 [M, n] by the FFI kernel."""
+  out = jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32)
+  return jax.ffi.ffi_call("spec_cascade_few_rows_paired", out, vmap_method="sequential")(
+      x2, pairs, threads=np.int32(num_threads))
+
+
+@_paired.defjvp
+def _paired_jvp(n, num_threads, primals, tangents):
+  x2, pairs = primals
+  dx, dpairs = tangents
+  k = x2.shape[1]
+  w, dw = unpack_k_pairs(pairs, k, n), unpack_k_pairs(dpairs, k, n)
+  return (_paired(x2, pairs, n, num_threads),
+          jnp.dot(dx, w, preferred_element_type=jnp.float32)
+          + jnp.dot(x2, dw, preferred_element_type=jnp.float32))
+
+
+def paired_matmul(x: jax.Array, w: PairedKernel, num_threads: int | None = None) -> jax.Array:
+  """bfloat16 x [..., K] @ w → float32 [..., N]: exact products summed in float32, as XLA's
+  bfloat16 dot with a float32 result (in another order); call only where `paired_applies`."""
+  n = w.full.shape[1]
+  y = _paired(x.reshape(-1, x.shape[-1]), w.pairs, n, num_threads or threads())
+  return y.reshape(x.shape[:-1] + (n,))
+
+
+# Attention of a few queries (`kernels/few_tokens.cc`): a decode step's or verify call's, where
+# XLA runs 6-8 small thunks per layer. Queries per row it takes, at any batch: as for the
+# products, every decode call of a batch must attend in the kernel's order (`decode_shaped`).
 MAX_ATTENTION_QUERIES = 8
-MAX_ATTENTION_ROWS = 32
 # Whether `attention_applies` may choose the kernel. Read when programs are traced; benchmarks
 # turn it off to measure what it buys (bench/step_variants.py), nothing else should.
 ATTENTION_KERNEL = True
@@ -336,7 +448,7 @@ ATTENTION_KERNEL = True
 
 def attention_applies(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> bool:
   """Whether `attend(q, k, v, bias, ...)` would run the kernel: float32 q [B, Q, H, D] with
-  Q ≤ MAX_ATTENTION_QUERIES and B·Q ≤ MAX_ATTENTION_ROWS, k [B, Hkv, D, L], v [B, Hkv, L, D]
+  Q ≤ MAX_ATTENTION_QUERIES (any B), k [B, Hkv, D, L], v [B, Hkv, L, D]
   with Hkv dividing H, bias [B|1, H|1, Q|1, L], on a one-device CPU backend where the kernel
   builds."""
   if not ATTENTION_KERNEL or q.ndim != 4 or k.ndim != 4 or bias.ndim != 4:
@@ -347,7 +459,7 @@ def attention_applies(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array)
                and length > 0 and kv_heads > 0 and h % kv_heads == 0
                and all(got in (1, want) for got, want in zip(bias.shape[:3], (b, h, nq)))
                and bias.shape[3] == length)
-  return (shapes_ok and 1 <= nq <= MAX_ATTENTION_QUERIES and b * nq <= MAX_ATTENTION_ROWS
+  return (shapes_ok and 1 <= nq <= MAX_ATTENTION_QUERIES
           and all(a.dtype == jnp.float32 for a in (q, k, v)) and _usable())
 
 

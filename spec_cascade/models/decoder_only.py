@@ -86,7 +86,7 @@ class RMSNorm(nn.Module):
     init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
     scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    x32 = x32 * jax.lax.rsqrt(layers.mean_square(x32) + self.epsilon)
     return (x32 * (1.0 + scale if self.plus_one else scale)).astype(self.dtype)
 
 

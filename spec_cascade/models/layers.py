@@ -30,6 +30,27 @@ def _act(name: str) -> Callable[[Array], Array]:
   }[name]
 
 
+def mean_square(x: Array) -> Array:
+  """[..., d] float32 → [..., 1]: the mean of x² over the last axis, summed as a fixed tree of
+  elementwise adds (halves of the zero-padded power-of-two width added until one is left).
+
+  Why not jnp.mean: XLA's CPU reductions sum a row in an order that depends on the shape of
+  the whole op (a [4, 1, 256] and a [4, 4, 256] norm gave the same row different last bits),
+  so a verify call's norms differed from a one-token step's, and the models' logits with them;
+  greedy speculative decoding then reproduced the verifier only up to near-ties (and with
+  bfloat16 matmul inputs, which round those bits away or up, visibly). Elementwise adds are
+  the same IEEE operation whatever the shape, so each row's sum is too."""
+  sq = jnp.square(x)
+  d = sq.shape[-1]
+  width = 1 << max(d - 1, 0).bit_length()
+  if width != d:
+    sq = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(0, width - d)])
+  while sq.shape[-1] > 1:
+    half = sq.shape[-1] // 2
+    sq = sq[..., :half] + sq[..., half:]
+  return sq / d
+
+
 class RMSNorm(nn.Module):
   """T5 layer norm: no mean subtraction, no bias, computed in float32."""
   epsilon: float = 1e-6
@@ -39,7 +60,7 @@ class RMSNorm(nn.Module):
   def __call__(self, x: Array) -> Array:
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
-    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    var = mean_square(x32)
     return (x32 * jax.lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
 
 
@@ -52,12 +73,20 @@ def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None,
   XLA's dot (for a `w` that is a transposed view, which the kernel would make XLA copy). A
   `cpu_kernels.StreamedKernel` w sends float32 products of 1-64 rows to the kernel with its
   bfloat16 twin (half the weight traffic, same values) and the rest to XLA with its float32.
+  A `cpu_kernels.PairedKernel` w (matmul_dtype bfloat16) sends products of 1-64 rows to the
+  paired kernel: bfloat16 inputs, exact products, float32 sums, as XLA's dot computes them.
 
   Asking for a float32 result keeps bfloat16 inputs on XLA CPU's fast kernels (a bf16 × bf16
   → bf16 dot is no faster there than float32; → float32 is 1.3–3× faster on a CPU with AMX /
   AVX512-BF16, bench/RESULTS.md) and accumulates in float32 on every backend, as TPUs do.
   """
   mm = dtype if matmul_dtype is None else matmul_dtype
+  if isinstance(w, cpu_kernels.PairedKernel):
+    # bfloat16 inputs of 1-64 rows: the paired kernel (AVX512-BF16), else XLA's dot.
+    if few_rows_kernel and jnp.dtype(mm) == jnp.bfloat16 and cpu_kernels.paired_applies(
+        x.astype(mm), w):
+      return cpu_kernels.paired_matmul(x.astype(mm), w).astype(dtype)
+    w = w.full
   if isinstance(w, cpu_kernels.StreamedKernel):
     # The same values twice: the bfloat16 twin where the kernel takes it (few rows), else
     # float32 for XLA.

@@ -1,4 +1,5 @@
-// y[M, N] = x[M, K] @ w[K, N] in float32 for a few rows (M ≤ 8; ≤ 64 for tiled bfloat16 w),
+// y[M, N] = x[M, K] @ w[K, N] in float32 for a few rows (M ≤ 8; any M for tiled bfloat16 w,
+// which `cpu_kernels` sends up to 64 rows and any decode call),
 // reading w from memory once.
 //
 // Why: a verify call multiplies γ + 1 rows by every weight matrix. XLA's CPU backend streams the
@@ -169,7 +170,6 @@ void PanelRows(const float* x, const W* w, float* y, int64_t M, int64_t K, int64
 // decoder step that spilled out of the caches ran at 13-16 GB/s, the tiles at 25-45
 // (bench/RESULTS.md, "Tiled bfloat16 twins").
 constexpr int64_t kTile = 64;
-constexpr int64_t kMaxTiledRows = 64;  // cpu_kernels.MAX_BF16_ROWS may not exceed it
 // Rows go through all tiles kRowBlock at a time, so that the rows of x the passes over a tile
 // read stay in the core's caches (64 rows at once ran 1.3x slower than two blocks of 32).
 constexpr int64_t kRowBlock = 32;
@@ -239,6 +239,81 @@ void TiledRows(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K
   }
 }
 
+// bfloat16 rows × bfloat16 weights, products exact and summed in float32 (AVX512-BF16's
+// VDPBF16PS: each instruction multiplies 16 columns by two consecutive k at once). This is
+// `matmul_dtype='bfloat16'`, TPU-style mixed precision: one instruction does the work of four
+// float32 multiply-adds and the widening of the weights, so verify calls of 2-8 rows and
+// encoders, compute-bound in float32 here, cost what their weight traffic costs
+// (bench/RESULTS.md, "bfloat16 matmul inputs", issue 17 session 22). Weights are our own copy
+// (`cpu_kernels.pack_k_pairs`): tiles of 64 columns, N padded to whole tiles with zero
+// columns and K to even with a zero row, each tile stored as [K / 2][64 columns][2 k], so one
+// 64-byte load holds 16 columns' (w[2p, c], w[2p + 1, c]).
+#ifdef __AVX512BF16__
+constexpr int64_t kPairTileCols = 64;
+constexpr int kMaxPairRows = 4;  // rows per pass: 4 × 4 accumulators + 4 weight vectors
+
+// y[:R, 0:valid] = x[:R, :] @ tile for one tile (`pairs` of its K / 2 rows of pairs); x rows
+// are ldx bfloat16 apart (ldx even), y rows ldy floats apart.
+template <int R>
+inline void PairPass(const uint16_t* __restrict x, int64_t ldx, const uint16_t* __restrict tile,
+                     int64_t pairs, float* __restrict y, int64_t ldy, int64_t valid) {
+  __m512 acc[R * 4];
+#pragma GCC unroll 16
+  for (int i = 0; i < R * 4; ++i) acc[i] = _mm512_setzero_ps();
+  const uint16_t* wp = tile;
+  for (int64_t p = 0; p < pairs; ++p, wp += 2 * kPairTileCols) {
+    __m512bh wv[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) wv[v] = (__m512bh)_mm512_loadu_si512(wp + 32 * v);
+#pragma GCC unroll 4
+    for (int m = 0; m < R; ++m) {
+      int32_t two;  // (x[m, 2p], x[m, 2p + 1]) as one 32-bit lane
+      __builtin_memcpy(&two, x + m * ldx + 2 * p, sizeof(two));
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(two);
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[m * 4 + v] = _mm512_dpbf16_ps(acc[m * 4 + v], a, wv[v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < R; ++m) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const int64_t left = valid - 16 * v;
+      if (left >= 16) {
+        _mm512_storeu_ps(y + m * ldy + 16 * v, acc[m * 4 + v]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(y + m * ldy + 16 * v, static_cast<__mmask16>((1u << left) - 1),
+                              acc[m * 4 + v]);
+      }
+    }
+  }
+}
+
+// y[:, the columns of tiles t0 .. t1 − 1] = x @ w for paired w ([tiles][pairs][64][2]); each
+// row's sums run in one order whatever M is and whichever thread takes which tiles.
+void PairedRows(const uint16_t* x, const uint16_t* w, float* y, int64_t M, int64_t K2,
+                int64_t N, int64_t t0, int64_t t1) {
+  const int64_t ldx = 2 * K2;
+  for (int64_t mb = 0; mb < M; mb += kRowBlock) {
+    const int64_t me = mb + kRowBlock < M ? mb + kRowBlock : M;
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint16_t* tile = w + t * K2 * 2 * kPairTileCols;
+      const int64_t c0 = t * kPairTileCols;
+      const int64_t valid = N - c0 < kPairTileCols ? N - c0 : kPairTileCols;
+      int64_t m = mb;
+      for (; m + 4 <= me; m += 4)
+        PairPass<4>(x + m * ldx, ldx, tile, K2, y + m * N + c0, N, valid);
+      switch (me - m) {
+        case 3: PairPass<3>(x + m * ldx, ldx, tile, K2, y + m * N + c0, N, valid); break;
+        case 2: PairPass<2>(x + m * ldx, ldx, tile, K2, y + m * N + c0, N, valid); break;
+        case 1: PairPass<1>(x + m * ldx, ldx, tile, K2, y + m * N + c0, N, valid); break;
+        default: break;
+      }
+    }
+  }
+}
+#endif  // __AVX512BF16__
+
 // The helper thread. One caller at a time: a product that finds it busy (XLA running two
 // independent products at once) does all of its work alone.
 class Helper {
@@ -254,14 +329,21 @@ class Helper {
   void PostRows(const float* x, const W* w, int64_t M, int64_t K, int64_t N, int64_t kb,
                 int64_t ke) {
     if (part_.size() < static_cast<size_t>(M * N)) part_.resize(M * N);
-    Start({x, w, sizeof(W) == 2, false, M, K, N, kb, ke, nullptr});
+    Start({x, w, sizeof(W) == 2, false, M, K, N, kb, ke, nullptr, false});
   }
   // Runs the columns of tiles t0 .. t1 − 1 of y = x @ w (tiled w) on the helper thread,
   // writing them into y; Wait() returns when they are there.
   void PostTiles(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K, int64_t N,
                  int64_t t0, int64_t t1) {
-    Start({x, w, true, true, M, K, N, t0, t1, y});
+    Start({x, w, true, true, M, K, N, t0, t1, y, false});
   }
+#ifdef __AVX512BF16__
+  // Runs the columns of tiles t0 .. t1 − 1 of y = x @ w (bfloat16 x, paired w) on the helper.
+  void PostPairs(const uint16_t* x, const uint16_t* w, float* y, int64_t M, int64_t K2,
+                 int64_t N, int64_t t0, int64_t t1) {
+    Start({reinterpret_cast<const float*>(x), w, true, true, M, K2, N, t0, t1, y, true});
+  }
+#endif
   const float* Wait() {
     const uint64_t want = posted_.load();
     for (int polls = 1; done_.load(std::memory_order_acquire) != want; ++polls) {
@@ -286,6 +368,7 @@ class Helper {
     bool bf16, tiled;
     int64_t M, K, N, kb, ke;
     float* y;
+    bool paired = false;  // bfloat16 x and paired w (K holds K / 2)
   };
   // 300 µs, not 50: on a VM the helper's vCPU is descheduled now and then, and each time it
   // came back past 50 µs it went to sleep mid-step; the products then ran alone until a
@@ -318,7 +401,12 @@ class Helper {
       }
       seen = posted_.load(std::memory_order_acquire);
       const Job j = job_;
-      if (j.tiled) {
+      if (j.paired) {
+#ifdef __AVX512BF16__
+        PairedRows(reinterpret_cast<const uint16_t*>(j.x), static_cast<const uint16_t*>(j.w),
+                   j.y, j.M, j.K, j.N, j.kb, j.ke);
+#endif
+      } else if (j.tiled) {
         TiledRows(j.x, static_cast<const uint16_t*>(j.w), j.y, j.M, j.K, j.N, j.kb, j.ke, false);
       } else if (j.bf16) {
         PanelRows(j.x, static_cast<const uint16_t*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
@@ -416,17 +504,60 @@ void Product(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t
   SplitKProduct(x, w, y, M, K, N, threads);
 }
 
+#ifdef __AVX512BF16__
+// Paired weights: the helper takes the second half of the tiles, as in TiledProduct.
+void PairedProduct(const uint16_t* x, const uint16_t* w, float* y, int64_t M, int64_t K2,
+                   int64_t N, int64_t tiles, int32_t threads) {
+  std::unique_lock<std::mutex> lock;
+  Helper* helper =
+      threads >= 2 && 2 * K2 * N >= kSplitMin && tiles >= 2 ? FreeHelper(lock) : nullptr;
+  if (helper == nullptr) {
+    PairedRows(x, w, y, M, K2, N, 0, tiles);
+    return;
+  }
+  helper->PostPairs(x, w, y, M, K2, N, tiles / 2, tiles);
+  PairedRows(x, w, y, M, K2, N, 0, tiles / 2);
+  helper->Wait();
+}
+#endif
+
+using PairedWeights = ffi::Buffer<ffi::BF16, 4>;
+
+// x bfloat16 [M, 2 K2], w [tiles, K2, 64, 2] bfloat16 (`pack_k_pairs`) → y float32 [M, N].
+ffi::Error PairedImpl(Bf16Matrix x, PairedWeights w, ffi::Result<Matrix> y, int32_t threads) {
+#ifdef __AVX512BF16__
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  const auto yd = y->dimensions();
+  const int64_t M = xd[0], K = xd[1], tiles = wd[0], K2 = wd[1], N = yd[1];
+  if (wd[2] != kPairTileCols || wd[3] != 2 || K != 2 * K2 || yd[0] != M ||
+      N > tiles * kPairTileCols || N <= (tiles - 1) * kPairTileCols)
+    return ffi::Error::InvalidArgument("few_rows_paired: x, w and y disagree on K or N");
+  if (M < 1) return ffi::Error::InvalidArgument("few_rows_paired: x has no rows");
+  float* yp = y->typed_data();
+  if (K2 == 0) {
+    for (int64_t i = 0; i < M * N; ++i) yp[i] = 0.f;
+  } else {
+    PairedProduct(reinterpret_cast<const uint16_t*>(x.typed_data()),
+                  reinterpret_cast<const uint16_t*>(w.typed_data()), yp, M, K2, N, tiles,
+                  threads);
+  }
+  return ffi::Error::Success();
+#else
+  return ffi::Error::Internal("few_rows_paired: built for a CPU without AVX512-BF16");
+#endif
+}
+
 template <typename Weights, bool kTiled>
 ffi::Error FewRowsImpl(Matrix x, Weights w, ffi::Result<Matrix> y, int32_t threads) {
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   const int64_t M = xd[0], K = xd[1], N = wd[1];
   if (wd[0] != K) return ffi::Error::InvalidArgument("few_rows: x and w disagree on K");
-  // Row-major weights take 1-8 rows (the panels' register blocks); tiled ones any number up
-  // to kMaxTiledRows (rows go through a tile two at a time).
-  const int64_t max_rows = kTiled ? kMaxTiledRows : 8;
-  if (M < 1 || M > max_rows)
-    return ffi::Error::InvalidArgument(kTiled ? "few_rows: x must have 1 to 64 rows"
+  // Row-major weights take 1-8 rows (the panels' register blocks); tiled ones any number
+  // (rows go through a tile two at a time, kRowBlock rows at a time through all tiles).
+  if (M < 1 || (!kTiled && M > 8))
+    return ffi::Error::InvalidArgument(kTiled ? "few_rows: x has no rows"
                                               : "few_rows: x must have 1 to 8 rows");
   float* yp = y->typed_data();
   if (K == 0) {
@@ -459,5 +590,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeFewRowsBf16Untiled, (FewRowsImpl<Bf16Ma
                               ffi::Ffi::Bind()
                                   .Arg<Matrix>()
                                   .Arg<Bf16Matrix>()
+                                  .Ret<Matrix>()
+                                  .Attr<int32_t>("threads"));
+// bfloat16 x × paired bfloat16 w, float32 sums (`matmul_dtype='bfloat16'`; AVX512-BF16 only).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeFewRowsPaired, PairedImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<Bf16Matrix>()
+                                  .Arg<PairedWeights>()
                                   .Ret<Matrix>()
                                   .Attr<int32_t>("threads"));
