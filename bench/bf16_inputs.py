@@ -78,7 +78,7 @@ def main(argv=None):
   xs = [x for x, _ in infer.one_at_a_time(data)]
   side_by_side.header(*pairs["bfloat16"], args, len(xs))
   step_costs(pairs, xs[0], args)
-  configs, res = side_by_side.one_at_a_time(pairs, Setting, xs, args, generate)
+  configs, res = side_by_side.decode_all(pairs, Setting, xs, args, generate)
   print(f"\n2. batch 1, {len(xs)} examples one at a time, end to end, medians of "
         f"{args.rounds} rounds\n")
   side_by_side.before_after(res, "float32", "bfloat16", configs,
@@ -101,14 +101,8 @@ def batch_costs(pairs, data, batch: int, args) -> None:
                               args.max_decode_length + 8, 16, max(args.reps // 3, 5),
                               "matmul inputs")
 
-  def run(setting, config, b, i):
-    with Setting(setting):
-      d, v = pairs[setting]
-      return generate(d, v, b.inputs, example_ids=b.example_ids, **config)
-
-  configs = side_by_side.methods(args.gammas, args.max_decode_length)
-  res = side_by_side.timed_runs(tuple(SETTINGS), configs, batches, args.rounds, run,
-                                warm_all=True)
+  configs, res = side_by_side.decode_all(pairs, Setting, [b.inputs for b in batches], args,
+                                         generate, ids=[b.example_ids for b in batches])
   print()
   side_by_side.before_after(res, "float32", "bfloat16", configs,
                             ("float32 inputs", "bfloat16 inputs"), same_tokens=False)

@@ -41,18 +41,21 @@ def header(drafter, verifier, args, n: int, extra: str = "") -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs{extra}")
 
 
-def one_at_a_time(pairs: dict, setting_ctx: Callable, xs, args, generate: Callable) -> dict:
-  """`timed_runs` of the verifier alone and SpecDecode at each γ of args.gammas over each
-  input of xs alone, for every setting of pairs {setting: (drafter, verifier)}, each run under
-  setting_ctx(setting) (a context manager: the setting's flags and program cache)."""
+def decode_all(pairs: dict, setting_ctx: Callable, xs, args, generate: Callable,
+               ids=None) -> tuple[dict, dict]:
+  """(configs, `timed_runs`) of the verifier alone and SpecDecode at each γ of args.gammas
+  over each input of xs (arrays [B, S]; ids: their example_ids, default [i] for input i), for
+  every setting of pairs {setting: (drafter, verifier)}, each run under setting_ctx(setting)
+  (a context manager: the setting's flags and program cache)."""
 
   def run(setting, config, x, i):
     with setting_ctx(setting):
       d, v = pairs[setting]
-      return generate(d, v, x, example_ids=np.array([i]), **config)
+      return generate(d, v, x, example_ids=np.array([i]) if ids is None else ids[i], **config)
 
   configs = methods(args.gammas, args.max_decode_length)
-  return configs, timed_runs(tuple(pairs), configs, xs, args.rounds, run)
+  return configs, timed_runs(tuple(pairs), configs, xs, args.rounds, run,
+                             warm_all=ids is not None)
 
 
 def verifier_calls(pairs: dict, setting_ctx: Callable, inputs, ks, cache_length: int,

@@ -9,6 +9,8 @@ benchmarks turn them off; add the next one to CHANGES):
               (`cpu_kernels.TILED_BF16`), against the row-major pairs before.
   few_tokens  a step's or verify call's attention and embedding lookup as one kernel call
               each (`cpu_kernels.ATTENTION_KERNEL`, `LOOKUP_KERNEL`), against XLA's ops.
+  attention_split  the attention kernel's batch rows split between two threads
+              (`cpu_kernels.SPLIT_ATTENTION`), against one (batches: `--batch`).
 
 The committed pair is loaded once per setting (its twins packed for it), and every program
 compiled for each setting with its own program cache. Then:
@@ -46,7 +48,8 @@ SETTINGS = ("off", "on")
 # change → module flags it sets: (module, flag, its value when off, when on)
 CHANGES = {"tiles": [(cpu_kernels, "TILED_BF16", False, True)],
            "few_tokens": [(cpu_kernels, "ATTENTION_KERNEL", False, True),
-                          (cpu_kernels, "LOOKUP_KERNEL", False, True)]}
+                          (cpu_kernels, "LOOKUP_KERNEL", False, True)],
+           "attention_split": [(cpu_kernels, "SPLIT_ATTENTION", False, True)]}
 
 
 class Setting:
@@ -110,6 +113,8 @@ def main(argv=None):
   parser.add_argument("--reps", type=int, default=15, help="rounds of parts 1 and 2")
   parser.add_argument("--rows", default="1,2,3,4,8", help="part 1's row counts")
   parser.add_argument("--change", default="tiles", choices=sorted(CHANGES))
+  parser.add_argument("--batch", type=int, default=1,
+                      help="parts 2 and 3 at this batch: the examples in consecutive batches")
   parser.add_argument("--xla_rows", default="8,16,32", help="tiles: rows at which the tiled "
                       "kernel's chain is also timed against XLA's float32 dot ('' skips)")
   args = parser.parse_args(argv)
@@ -122,16 +127,21 @@ def main(argv=None):
       pairs[setting] = pretrained.load_offline_pair(args.pair)[:2]
   vocab = pretrained.offline_vocab_path(args.pair)
   data = infer.load_task(args.task, "validation", args.examples, 0, vocab, args.input_length)
-  xs = [x for x, _ in infer.one_at_a_time(data)]
-  side_by_side.header(*pairs["on"], args, len(xs), f"; change: {args.change}")
+  if args.batch > 1:
+    batches = infer.make_batches(data, args.batch)
+    xs, ids = [b.inputs for b in batches], [b.example_ids for b in batches]
+  else:
+    xs, ids = [x for x, _ in infer.one_at_a_time(data)], None
+  side_by_side.header(*pairs["on"], args, len(data.examples),
+                      f"; change: {args.change}; batch {args.batch}")
   if args.change == "tiles":
     products(pairs, args)
     if args.xla_rows:
       against_xla(pairs["on"][1], [int(r) for r in args.xla_rows.split(",")], args.reps)
   step_costs(pairs, xs[0], args)
 
-  configs, res = side_by_side.one_at_a_time(pairs, Setting, xs, args, generate)
-  print(f"\n3. batch 1, {len(xs)} examples one at a time, end to end, medians of "
+  configs, res = side_by_side.decode_all(pairs, Setting, xs, args, generate, ids)
+  print(f"\n3. batch {args.batch}, {len(data.examples)} examples, end to end, medians of "
         f"{args.rounds} rounds\n")
   side_by_side.before_after(res, "off", "on", configs, (f"{args.change} off", "on"))
 
@@ -179,7 +189,8 @@ def against_xla(verifier, rows: list, reps: int) -> None:
 
 def step_costs(pairs, x, args) -> None:
   """Part 2: the verifier's one-token step and v(k) per setting."""
-  print(f"\n2. The verifier at batch 1, compiled call loops, medians of {args.reps} rounds\n")
+  print(f"\n2. The verifier at batch {x.shape[0]}, compiled call loops, medians of "
+        f"{args.reps} rounds\n")
   side_by_side.verifier_calls(pairs, Setting, x, (1, 2, 4), args.max_decode_length + 8, 48,
                               args.reps, args.change)
 

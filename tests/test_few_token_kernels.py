@@ -91,6 +91,27 @@ def test_a_query_scores_the_same_whatever_shares_its_call(nq):
 
 
 @needs_kernel
+@pytest.mark.parametrize("b,nq", [(8, 1), (5, 3), (40, 4)])
+def test_attention_split_between_threads_gives_the_same_bits(b, nq):
+  """Batch rows split between the caller and the helper thread (each query whole on one
+  thread): the same bits as one thread, and as each row alone."""
+  rng = np.random.default_rng(b + nq)
+  q, k, v, bias = _case(rng, b, nq, 4, 64, 56, "BHQ")
+  f = lambda *a: cpu_kernels.attend(*a, layers._xla_attention_f32)
+  split = np.asarray(jax.jit(f)(q, k, v, bias))
+  cpu_kernels.SPLIT_ATTENTION = False
+  try:
+    alone = np.asarray(jax.jit(f)(q, k, v, bias))
+  finally:
+    cpu_kernels.SPLIT_ATTENTION = True
+  np.testing.assert_array_equal(split, alone)
+  for row in (0, b - 1):
+    got = jax.jit(f)(q[row:row + 1], k[row:row + 1], v[row:row + 1], bias[row:row + 1])
+    np.testing.assert_array_equal(np.asarray(got)[0], split[row])
+  np.testing.assert_allclose(split, _attention64(q, k, v, bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 def test_attention_kernel_only_where_it_applies():
   rng = np.random.default_rng(0)
 

@@ -444,6 +444,9 @@ MAX_ATTENTION_QUERIES = 8
 # Whether `attention_applies` may choose the kernel. Read when programs are traced; benchmarks
 # turn it off to measure what it buys (bench/step_variants.py), nothing else should.
 ATTENTION_KERNEL = True
+# Whether the kernel's batch rows are split between the caller and the helper thread (as
+# products are, `threads`); benchmarks only turn it off.
+SPLIT_ATTENTION = True
 
 
 def attention_applies(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> bool:
@@ -472,7 +475,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, reference)
   XLA ops (hashable: a module-level function); derivatives go through it."""
   out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
   return jax.ffi.ffi_call("spec_cascade_attend", out, vmap_method="sequential")(
-      q, k, v, bias.astype(jnp.float32))
+      q, k, v, bias.astype(jnp.float32),
+      threads=np.int32(threads() if SPLIT_ATTENTION else 1))
 
 
 @attend.defjvp

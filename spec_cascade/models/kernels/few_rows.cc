@@ -344,6 +344,16 @@ class Helper {
     Start({reinterpret_cast<const float*>(x), w, true, true, M, K2, N, t0, t1, y, true});
   }
 #endif
+  // Runs fn(arg, begin, end) on the helper thread.
+  void PostRange(void (*fn)(const void*, int64_t, int64_t), const void* arg, int64_t begin,
+                 int64_t end) {
+    Job job{};
+    job.kb = begin;
+    job.ke = end;
+    job.fn = fn;
+    job.arg = arg;
+    Start(job);
+  }
   const float* Wait() {
     const uint64_t want = posted_.load();
     for (int polls = 1; done_.load(std::memory_order_acquire) != want; ++polls) {
@@ -369,6 +379,8 @@ class Helper {
     int64_t M, K, N, kb, ke;
     float* y;
     bool paired = false;  // bfloat16 x and paired w (K holds K / 2)
+    void (*fn)(const void*, int64_t, int64_t) = nullptr;  // any other work: fn(arg, kb, ke)
+    const void* arg = nullptr;
   };
   // 300 µs, not 50: on a VM the helper's vCPU is descheduled now and then, and each time it
   // came back past 50 µs it went to sleep mid-step; the products then ran alone until a
@@ -401,7 +413,9 @@ class Helper {
       }
       seen = posted_.load(std::memory_order_acquire);
       const Job j = job_;
-      if (j.paired) {
+      if (j.fn != nullptr) {
+        j.fn(j.arg, j.kb, j.ke);
+      } else if (j.paired) {
 #ifdef __AVX512BF16__
         PairedRows(reinterpret_cast<const uint16_t*>(j.x), static_cast<const uint16_t*>(j.w),
                    j.y, j.M, j.K, j.N, j.kb, j.ke);
@@ -569,6 +583,23 @@ ffi::Error FewRowsImpl(Matrix x, Weights w, ffi::Result<Matrix> y, int32_t threa
 }
 
 }  // namespace
+
+// For few_tokens.cc: fn(arg, 0, n) as two halves, fn(arg, split, n) on the helper thread and
+// fn(arg, 0, split) on the caller, where threads ≥ 2 and the helper is free and awake;
+// otherwise all of it on the caller. fn must give each index the same result whichever
+// thread runs it.
+void SpecCascadeSplitRange(void (*fn)(const void*, int64_t, int64_t), const void* arg,
+                           int64_t n, int64_t split, int32_t threads) {
+  std::unique_lock<std::mutex> lock;
+  Helper* helper = threads >= 2 && split > 0 && split < n ? FreeHelper(lock) : nullptr;
+  if (helper == nullptr) {
+    fn(arg, 0, n);
+    return;
+  }
+  helper->PostRange(fn, arg, split, n);
+  fn(arg, 0, split);
+  helper->Wait();
+}
 
 // x float32 [M, K], w float32 or packed bfloat16 [K, N] → y float32 [M, N]; bfloat16 weights
 // are widened exactly, so the result is the float32 product of the same values at half the

@@ -29,6 +29,10 @@
 
 namespace ffi = xla::ffi;
 
+// few_rows.cc: runs fn over [0, n) as two halves on the caller and its helper thread.
+void SpecCascadeSplitRange(void (*fn)(const void*, int64_t, int64_t), const void* arg,
+                           int64_t n, int64_t split, int32_t threads);
+
 namespace {
 
 using Tensor4 = ffi::Buffer<ffi::F32, 4>;  // (a macro argument cannot hold the comma)
@@ -226,11 +230,52 @@ void AttendHead(const float* const* q, const float* __restrict k, const float* _
     }
 }
 
+struct AttendArgs {
+  const float *q, *k, *v, *bias;
+  float* out;
+  int64_t Q, H, D, Hkv, L, groups, sq, sh, sb;  // sq, sh, sb: the bias's strides
+};
+
+// Below this many multiply-adds per product (B·Q·H·D·L) a call stays on one thread: a
+// hand-over to the helper costs ~1-2 µs.
+constexpr int64_t kSplitWork = 1 << 15;
+
+// Batch rows b0 .. b1 − 1 of `AttendImpl`.
+void AttendRows(const void* raw, int64_t b0, int64_t b1) {
+  const AttendArgs& a = *static_cast<const AttendArgs*>(raw);
+  const int64_t Q = a.Q, H = a.H, D = a.D, L = a.L;
+  const int64_t width = (L + 7) / 8 * 8;
+  thread_local std::vector<float> scratch;
+  scratch.resize(2 * width);
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* kh = a.k + (b * a.Hkv + h / a.groups) * D * L;
+      const float* vh = a.v + (b * a.Hkv + h / a.groups) * L * D;
+      for (int64_t i = 0; i < Q; i += 2) {
+        const float* qs[2];
+        const float* biases[2];
+        float* outs[2];
+        float* ws[2] = {scratch.data(), scratch.data() + width};
+        for (int j = 0; j < 2 && i + j < Q; ++j) {
+          const int64_t row = ((b * Q + i + j) * H + h) * D;
+          qs[j] = a.q + row;
+          biases[j] = a.bias + b * a.sb + h * a.sh + (i + j) * a.sq;
+          outs[j] = a.out + row;
+        }
+        if (i + 1 < Q) {
+          AttendHead<2>(qs, kh, vh, biases, outs, D, L, ws);
+        } else {
+          AttendHead<1>(qs, kh, vh, biases, outs, D, L, ws);
+        }
+      }
+    }
+}
+
 // q [B, Q, H, D], k [B, Hkv, D, L], v [B, Hkv, L, D], bias [B or 1, H or 1, Q or 1, L]
 // → out [B, Q, H, D]; query head h reads key/value head h / (H / Hkv) (grouped-query
 // attention; Hkv = H for T5).
 ffi::Error AttendImpl(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 bias,
-                      ffi::Result<Tensor4> out) {
+                      ffi::Result<Tensor4> out, int32_t threads) {
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(),
              bd = bias.dimensions();
   const int64_t B = qd[0], Q = qd[1], H = qd[2], D = qd[3], Hkv = kd[1], L = kd[3];
@@ -247,36 +292,13 @@ ffi::Error AttendImpl(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 bias,
   // Strides of the bias; 0 along its broadcast dimensions.
   const int64_t sq = bd[2] == 1 ? 0 : L, sh = bd[1] == 1 ? 0 : bd[2] * L,
                 sb = bd[0] == 1 ? 0 : bd[1] * bd[2] * L;
-  const int64_t width = (L + 7) / 8 * 8;
-  thread_local std::vector<float> scratch;
-  scratch.resize(2 * width);
-  const float* qp = q.typed_data();
-  const float* kp = k.typed_data();
-  const float* vp = v.typed_data();
-  const float* bp = bias.typed_data();
-  float* op = out->typed_data();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* kh = kp + (b * Hkv + h / groups) * D * L;
-      const float* vh = vp + (b * Hkv + h / groups) * L * D;
-      for (int64_t i = 0; i < Q; i += 2) {
-        const float* qs[2];
-        const float* biases[2];
-        float* outs[2];
-        float* ws[2] = {scratch.data(), scratch.data() + width};
-        for (int j = 0; j < 2 && i + j < Q; ++j) {
-          const int64_t row = ((b * Q + i + j) * H + h) * D;
-          qs[j] = qp + row;
-          biases[j] = bp + b * sb + h * sh + (i + j) * sq;
-          outs[j] = op + row;
-        }
-        if (i + 1 < Q) {
-          AttendHead<2>(qs, kh, vh, biases, outs, D, L, ws);
-        } else {
-          AttendHead<1>(qs, kh, vh, biases, outs, D, L, ws);
-        }
-      }
-    }
+  const AttendArgs args{q.typed_data(), k.typed_data(), v.typed_data(), bias.typed_data(),
+                        out->typed_data(), Q, H, D, Hkv, L, groups, sq, sh, sb};
+  // Batch rows split between two threads (each query computed whole by one thread, so the
+  // result does not depend on the split) where there is enough work to pay a hand-over.
+  const int64_t work = B * Q * H * D * L;
+  SpecCascadeSplitRange(AttendRows, &args, B, work >= kSplitWork && B >= 2 ? B / 2 : 0,
+                        threads);
   return ffi::Error::Success();
 }
 
@@ -317,4 +339,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecCascadeAttend, AttendImpl,
                                   .Arg<Tensor4>()
                                   .Arg<Tensor4>()
                                   .Arg<Tensor4>()
-                                  .Ret<Tensor4>());
+                                  .Ret<Tensor4>()
+                                  .Attr<int32_t>("threads"));
