@@ -181,7 +181,8 @@ def main(argv=None):
                       help="output tokens of the verifier-alone example in --setup's last column")
   parser.add_argument("--matmuls", action="store_true")
   parser.add_argument("--matmul_dtype", default=None,
-                      help="bfloat16: the dense layers take bfloat16 inputs (`T5Config.matmul_dtype`)")
+                      help="bfloat16: the dense layers take bfloat16 inputs "
+                           "(`T5Config.matmul_dtype`)")
   args = parser.parse_args(argv)
   drafter = Bundle(*infer.load_bundle(args.drafter, matmul_dtype=args.matmul_dtype))
   verifier = Bundle(*infer.load_bundle(args.verifier, matmul_dtype=args.matmul_dtype))

@@ -108,9 +108,9 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=2, help="timed rounds per example")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--matmul_dtype", default=None,
-                      help="bfloat16: the dense layers take bfloat16 inputs (T5Config.matmul_dtype; "
-                           "products of few rows on the paired kernel where the CPU has "
-                           "AVX512-BF16)")
+                      help="bfloat16: the dense layers take bfloat16 inputs "
+                           "(T5Config.matmul_dtype; products of few rows on the paired "
+                           "kernel where the CPU has AVX512-BF16)")
   args = parser.parse_args(argv)
   gammas = [int(g) for g in args.gammas.split(",") if g]
   confidences = [float(t) for t in args.confidences.split(",") if t]

@@ -75,8 +75,8 @@ def test_paired_kernel_only_where_it_applies():
   assert not cpu_kernels.paired_applies(x.astype(jnp.float32), w)  # float32 inputs
   assert not cpu_kernels.paired_applies(jnp.zeros((65, 64), jnp.bfloat16), w)  # > 64 rows
   odd = jnp.ones((5, 64), jnp.float32)
-  assert not cpu_kernels.paired_applies(jnp.zeros((1, 5), jnp.bfloat16),
-                                        cpu_kernels.PairedKernel(odd, cpu_kernels.pack_k_pairs(odd)))
+  odd_k = cpu_kernels.PairedKernel(odd, cpu_kernels.pack_k_pairs(odd))
+  assert not cpu_kernels.paired_applies(jnp.zeros((1, 5), jnp.bfloat16), odd_k)
 
 
 @needs_paired
@@ -155,8 +155,8 @@ def test_the_committed_pair_with_bfloat16_inputs_decodes_exactly():
     want = generate(drafter, verifier, x, method="verifier", temperature=0.0,
                     max_decode_length=24).tokens
     for gamma in (1, 3, 5):
-      got = generate(drafter, verifier, x, method="spec_decode", num_draft_tokens=gamma, temperature=0.0,
-                     max_decode_length=24).tokens
+      got = generate(drafter, verifier, x, method="spec_decode", num_draft_tokens=gamma,
+                     temperature=0.0, max_decode_length=24).tokens
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 

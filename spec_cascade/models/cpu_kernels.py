@@ -12,11 +12,12 @@ compiler, jaxlib and the CPU, and registered as an XLA FFI target.
 partitioned across devices), float32 rows, and float32 weights for 2 to `MAX_ROWS` rows or
 bfloat16 weights for 1 to `MAX_BF16_ROWS` rows and decode calls of any batch. With
 `matmul_dtype='bfloat16'` on a CPU with AVX512-BF16, `paired_matmul` takes bfloat16 rows
-(`PairedKernel`: exact products, float32 sums, two k per instruction). Everywhere else, and wherever the kernel cannot
-be built (no compiler, no AVX2/FMA, not x86-64), the product is XLA's dot, with one warning
-saying why. SPEC_CASCADE_CPU_KERNELS=0 turns the kernel off. Where the process may use two or
-more cores, a product's second half of K runs on a helper thread (`threads`;
-SPEC_CASCADE_KERNEL_THREADS=1 keeps it on the calling thread).
+(`PairedKernel`: exact products, float32 sums, two k per instruction). Everywhere else, and
+wherever the kernel cannot be built (no compiler, no AVX2/FMA, not x86-64), the product is
+XLA's dot, with one warning saying why. SPEC_CASCADE_CPU_KERNELS=0 turns the kernel off.
+Where the process may use two or more cores, a helper thread takes half of a product's tiles
+(or of K) and half of an attention call's batch rows (`threads`;
+SPEC_CASCADE_KERNEL_THREADS=1 keeps them on the calling thread).
 
 Streamed weights: a decode step at batch 1 is weight traffic (a 13M-parameter step reads 53 MB
 of float32), and a checkpoint stored in bfloat16 — ours are — holds weights that bfloat16
@@ -279,8 +280,8 @@ def unpack_bf16(packed: jax.Array, tiled: bool | None = None) -> jax.Array:
 class PairedKernel(NamedTuple):
   """A dense kernel [K, N] for `matmul_dtype='bfloat16'`: `full` as it was loaded (float32 or
   bfloat16, for XLA's dot over many rows) and `pairs` its bfloat16 values in the paired
-  kernel's order (`pack_k_pairs`), for products of 1-`MAX_BF16_ROWS` bfloat16 rows. A pytree:
-  jit sees two arrays."""
+  kernel's order (`pack_k_pairs`), for products of 1-`MAX_PAIRED_ROWS` bfloat16 rows and
+  decode calls. A pytree: jit sees two arrays."""
   full: jax.Array
   pairs: jax.Array
 
@@ -312,8 +313,9 @@ def paired_applies(x: jax.Array, w: PairedKernel) -> bool:
   MAX_PAIRED_ROWS rows or a decode call of any batch (`decode_shaped`), K even, on a one-device
   CPU backend with AVX512-BF16."""
   k = w.full.shape[0]
-  return (_rows_ok(x, 1, MAX_PAIRED_ROWS, True) and x.dtype == jnp.bfloat16 and x.shape[-1] == k
-          and k % 2 == 0 and w.full.ndim == 2 and paired_kernel_available() and _usable())
+  return (_rows_ok(x, 1, MAX_PAIRED_ROWS, True) and x.dtype == jnp.bfloat16
+          and x.shape[-1] == k and k % 2 == 0 and w.full.ndim == 2
+          and paired_kernel_available() and _usable())
 
 
 def streaming_enabled() -> bool:
@@ -329,10 +331,10 @@ def stream_params(params: Any, matmul_dtype: str | None = None) -> Any:
   2-D `kernel` leaf a `PairedKernel` on CPUs with AVX512-BF16 (the values its matmuls use
   anyway, in the paired kernel's order); elsewhere params are unchanged.
 
-  Otherwise gives every 2-D float32 `kernel` leaf whose values bfloat16 holds exactly a bfloat16 twin
-  (`StreamedKernel`); other leaves, and kernels bfloat16 would round, stay as they are, so
-  outputs do not change beyond the kernel's summation order. Params unchanged where streaming
-  is off (`streaming_enabled`).
+  Otherwise gives every 2-D float32 `kernel` leaf whose values bfloat16 holds exactly a
+  bfloat16 twin (`StreamedKernel`); other leaves, and kernels bfloat16 would round, stay as
+  they are, so outputs do not change beyond the kernel's summation order. Params unchanged
+  where streaming is off (`streaming_enabled`).
 
   Small models too: a drafter's weights fit the caches and its one-row steps alone gain
   nothing (0-20 % slower than XLA's dot), but between verify calls, which stream the

@@ -71,10 +71,11 @@ def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None,
   On a CPU, float32 products of 2-8 rows (a verify call's) go through
   `cpu_kernels.matmul`, which reads the weights once for all rows; few_rows_kernel=False keeps
   XLA's dot (for a `w` that is a transposed view, which the kernel would make XLA copy). A
-  `cpu_kernels.StreamedKernel` w sends float32 products of 1-64 rows to the kernel with its
-  bfloat16 twin (half the weight traffic, same values) and the rest to XLA with its float32.
-  A `cpu_kernels.PairedKernel` w (matmul_dtype bfloat16) sends products of 1-64 rows to the
-  paired kernel: bfloat16 inputs, exact products, float32 sums, as XLA's dot computes them.
+  `cpu_kernels.StreamedKernel` w sends float32 products of 1-64 rows, and decode calls at any
+  batch (`cpu_kernels.decode_shaped`), to the kernel with its bfloat16 twin (half the weight
+  traffic, same values) and the rest to XLA with its float32. A `cpu_kernels.PairedKernel` w
+  (matmul_dtype bfloat16) sends the same products to the paired kernel: bfloat16 inputs,
+  exact products, float32 sums, as XLA's dot computes them.
 
   Asking for a float32 result keeps bfloat16 inputs on XLA CPU's fast kernels (a bf16 × bf16
   → bf16 dot is no faster there than float32; → float32 is 1.3–3× faster on a CPU with AMX /
@@ -82,7 +83,7 @@ def matmul(x: Array, w: Array, dtype: jnp.dtype, matmul_dtype: jnp.dtype | None,
   """
   mm = dtype if matmul_dtype is None else matmul_dtype
   if isinstance(w, cpu_kernels.PairedKernel):
-    # bfloat16 inputs of 1-64 rows: the paired kernel (AVX512-BF16), else XLA's dot.
+    # bfloat16 inputs: the paired kernel where it applies (AVX512-BF16), else XLA's dot.
     if few_rows_kernel and jnp.dtype(mm) == jnp.bfloat16 and cpu_kernels.paired_applies(
         x.astype(mm), w):
       return cpu_kernels.paired_matmul(x.astype(mm), w).astype(dtype)
