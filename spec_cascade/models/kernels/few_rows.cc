@@ -250,7 +250,6 @@ void TiledRows(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K
 // 64-byte load holds 16 columns' (w[2p, c], w[2p + 1, c]).
 #ifdef __AVX512BF16__
 constexpr int64_t kPairTileCols = 64;
-constexpr int kMaxPairRows = 4;  // rows per pass: 4 × 4 accumulators + 4 weight vectors
 
 // y[:R, 0:valid] = x[:R, :] @ tile for one tile (`pairs` of its K / 2 rows of pairs); x rows
 // are ldx bfloat16 apart (ldx even), y rows ldy floats apart.
@@ -329,21 +328,14 @@ class Helper {
   void PostRows(const float* x, const W* w, int64_t M, int64_t K, int64_t N, int64_t kb,
                 int64_t ke) {
     if (part_.size() < static_cast<size_t>(M * N)) part_.resize(M * N);
-    Start({x, w, sizeof(W) == 2, false, M, K, N, kb, ke, nullptr, false});
+    Start({x, w, sizeof(W) == 2, false, M, K, N, kb, ke, nullptr});
   }
   // Runs the columns of tiles t0 .. t1 − 1 of y = x @ w (tiled w) on the helper thread,
   // writing them into y; Wait() returns when they are there.
   void PostTiles(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K, int64_t N,
                  int64_t t0, int64_t t1) {
-    Start({x, w, true, true, M, K, N, t0, t1, y, false});
+    Start({x, w, true, true, M, K, N, t0, t1, y});
   }
-#ifdef __AVX512BF16__
-  // Runs the columns of tiles t0 .. t1 − 1 of y = x @ w (bfloat16 x, paired w) on the helper.
-  void PostPairs(const uint16_t* x, const uint16_t* w, float* y, int64_t M, int64_t K2,
-                 int64_t N, int64_t t0, int64_t t1) {
-    Start({reinterpret_cast<const float*>(x), w, true, true, M, K2, N, t0, t1, y, true});
-  }
-#endif
   // Runs fn(arg, begin, end) on the helper thread.
   void PostRange(void (*fn)(const void*, int64_t, int64_t), const void* arg, int64_t begin,
                  int64_t end) {
@@ -378,7 +370,6 @@ class Helper {
     bool bf16, tiled;
     int64_t M, K, N, kb, ke;
     float* y;
-    bool paired = false;  // bfloat16 x and paired w (K holds K / 2)
     void (*fn)(const void*, int64_t, int64_t) = nullptr;  // any other work: fn(arg, kb, ke)
     const void* arg = nullptr;
   };
@@ -415,11 +406,6 @@ class Helper {
       const Job j = job_;
       if (j.fn != nullptr) {
         j.fn(j.arg, j.kb, j.ke);
-      } else if (j.paired) {
-#ifdef __AVX512BF16__
-        PairedRows(reinterpret_cast<const uint16_t*>(j.x), static_cast<const uint16_t*>(j.w),
-                   j.y, j.M, j.K, j.N, j.kb, j.ke);
-#endif
       } else if (j.tiled) {
         TiledRows(j.x, static_cast<const uint16_t*>(j.w), j.y, j.M, j.K, j.N, j.kb, j.ke, false);
       } else if (j.bf16) {
@@ -460,6 +446,22 @@ Helper* FreeHelper(std::unique_lock<std::mutex>& lock) {
   if (helper.Awake()) return &helper;
   helper.Nudge();
   return nullptr;
+}
+
+// fn(arg, 0, n) in two halves, fn(arg, split, n) on the helper thread and fn(arg, 0, split) on
+// the caller, where threads ≥ 2, 0 < split < n and the helper is free and awake; otherwise all
+// of it on the caller. fn must give each index the same result whichever thread runs it.
+void SplitRange(void (*fn)(const void*, int64_t, int64_t), const void* arg, int64_t n,
+                int64_t split, int32_t threads) {
+  std::unique_lock<std::mutex> lock;
+  Helper* helper = threads >= 2 && split > 0 && split < n ? FreeHelper(lock) : nullptr;
+  if (helper == nullptr) {
+    fn(arg, 0, n);
+    return;
+  }
+  helper->PostRange(fn, arg, split, n);
+  fn(arg, 0, split);
+  helper->Wait();
 }
 
 // Tiled weights: the helper takes the second half of the tiles (a contiguous block of w, one
@@ -519,19 +521,22 @@ void Product(const float* x, const W* w, float* y, int64_t M, int64_t K, int64_t
 }
 
 #ifdef __AVX512BF16__
+struct PairedArgs {
+  const uint16_t *x, *w;
+  float* y;
+  int64_t M, K2, N;
+};
+
+void PairedTiles(const void* raw, int64_t t0, int64_t t1) {
+  const PairedArgs& a = *static_cast<const PairedArgs*>(raw);
+  PairedRows(a.x, a.w, a.y, a.M, a.K2, a.N, t0, t1);
+}
+
 // Paired weights: the helper takes the second half of the tiles, as in TiledProduct.
 void PairedProduct(const uint16_t* x, const uint16_t* w, float* y, int64_t M, int64_t K2,
                    int64_t N, int64_t tiles, int32_t threads) {
-  std::unique_lock<std::mutex> lock;
-  Helper* helper =
-      threads >= 2 && 2 * K2 * N >= kSplitMin && tiles >= 2 ? FreeHelper(lock) : nullptr;
-  if (helper == nullptr) {
-    PairedRows(x, w, y, M, K2, N, 0, tiles);
-    return;
-  }
-  helper->PostPairs(x, w, y, M, K2, N, tiles / 2, tiles);
-  PairedRows(x, w, y, M, K2, N, 0, tiles / 2);
-  helper->Wait();
+  const PairedArgs args{x, w, y, M, K2, N};
+  SplitRange(PairedTiles, &args, tiles, 2 * K2 * N >= kSplitMin ? tiles / 2 : 0, threads);
 }
 #endif
 
@@ -584,21 +589,10 @@ ffi::Error FewRowsImpl(Matrix x, Weights w, ffi::Result<Matrix> y, int32_t threa
 
 }  // namespace
 
-// For few_tokens.cc: fn(arg, 0, n) as two halves, fn(arg, split, n) on the helper thread and
-// fn(arg, 0, split) on the caller, where threads ≥ 2 and the helper is free and awake;
-// otherwise all of it on the caller. fn must give each index the same result whichever
-// thread runs it.
+// `SplitRange` for few_tokens.cc.
 void SpecCascadeSplitRange(void (*fn)(const void*, int64_t, int64_t), const void* arg,
                            int64_t n, int64_t split, int32_t threads) {
-  std::unique_lock<std::mutex> lock;
-  Helper* helper = threads >= 2 && split > 0 && split < n ? FreeHelper(lock) : nullptr;
-  if (helper == nullptr) {
-    fn(arg, 0, n);
-    return;
-  }
-  helper->PostRange(fn, arg, split, n);
-  fn(arg, 0, split);
-  helper->Wait();
+  SplitRange(fn, arg, n, split, threads);
 }
 
 // x float32 [M, K], w float32 or packed bfloat16 [K, N] → y float32 [M, N]; bfloat16 weights
