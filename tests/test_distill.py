@@ -288,6 +288,37 @@ def test_deepened_model_computes_the_same_logits():
     grow.deepen(params, config, num_decoder_layers=1)
 
 
+def test_widened_model_computes_the_same_logits():
+  config = get_config("tiny").replace(vocab_size=128, emb_dim=32, num_heads=2, head_dim=16,
+                                      mlp_dim=48, num_encoder_layers=2, num_decoder_layers=2)
+  model = T5Model(config)
+  params = model.init_params(jax.random.key(0))
+  wide_config, wide_params = grow.widen(params, config, num_heads=5, mlp_dim=100)
+  assert (wide_config.num_heads, wide_config.mlp_dim) == (5, 100)
+  wide = T5Model(wide_config)
+  wide.check_params(wide_params)
+  assert wide.num_params() > 2 * model.num_params()
+  x = jnp.asarray(np.random.default_rng(0).integers(2, 128, (3, 10)), jnp.int32)
+  y = jnp.asarray(np.random.default_rng(1).integers(2, 128, (3, 7)), jnp.int32)
+  np.testing.assert_allclose(wide.forward(wide_params, x, y), model.forward(params, x, y),
+                             atol=1e-5)
+  # New heads and units copy real ones (the 3rd head is the 1st again), with zero outputs.
+  attn = wide_params["decoder"]["layers_1"]["self_attention"]
+  q = attn["query"]["kernel"]
+  np.testing.assert_array_equal(q[:, 32:48], q[:, 0:16])
+  np.testing.assert_array_equal(q[:, 64:80], q[:, 0:16])
+  assert not np.asarray(attn["out"]["kernel"][32:]).any()
+  assert not np.asarray(wide_params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"][48:]).any()
+  rel = wide_params["decoder"]["relpos_bias"]["rel_embedding"]
+  np.testing.assert_array_equal(rel[2:4], rel[0:2])
+  # Widening and deepening compose, and the widened model's decode gives the same tokens.
+  both_config, both = grow.deepen(wide_params, wide_config, num_decoder_layers=3)
+  np.testing.assert_allclose(T5Model(both_config).forward(both, x, y),
+                             model.forward(params, x, y), atol=1e-5)
+  with pytest.raises(ValueError, match="at least the current widths"):
+    grow.widen(params, config, num_heads=1)
+
+
 def test_kept_layers_are_the_source_layers_and_the_cut_model_runs():
   config = get_config("tiny").replace(vocab_size=128, emb_dim=32, num_heads=2, head_dim=16,
                                       mlp_dim=64, num_encoder_layers=2, num_decoder_layers=3)
@@ -325,6 +356,11 @@ def test_cut_cli_writes_a_loadable_checkpoint(tmp_path):
   with pytest.raises(SystemExit):
     grow.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "x"),
                "--keep_decoder_layers", "0", "--num_decoder_layers", "3"])
+  assert grow.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "wide"),
+                    "--num_heads", "3", "--mlp_dim", "96"]) == 0
+  wide, wide_config = checkpoints.load_params(str(tmp_path / "wide"))
+  assert (wide_config.num_heads, wide_config.mlp_dim) == (3, 96)
+  assert wide["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].shape == (32, 96)
 
 
 # ---------------------------------------------------------------------------

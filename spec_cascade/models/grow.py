@@ -1,4 +1,5 @@
-"""Deepening a trained T5 without changing what it computes (function-preserving growth).
+"""Deepening or widening a trained T5 without changing what it computes (function-preserving
+growth).
 
 A new layer is a copy of the trained layer before it with its output projections (attention
 `out` and MLP `wo`) set to zero. T5 layers are pre-norm residual blocks, x + f(norm(x)), so
@@ -10,6 +11,14 @@ whose batch-1 decode step costs several drafter steps (docs/training.md).
 
     python -m spec_cascade.models.grow --src=spec_cascade/assets/offline_pair/verifier \
         --dst=runs/grown/verifier_d8 --num_decoder_layers=8
+
+`widen` adds attention heads and MLP units the same way: each new one copies an existing
+head's (unit's) input weights and gets zero output weights, so it adds nothing to the residual
+stream. A widened model costs what a model of that width costs — which is what the verifier-scale
+benchmark uses it for (bench/verifier_scale.py: the same tokens, the same acceptance, a larger
+verifier's step) — and is a start for fine-tuning a wider one.
+
+    python -m spec_cascade.models.grow --src=... --dst=... --num_heads=16 --mlp_dim=2560
 
 The opposite cut (`keep_layers`, --keep_decoder_layers=0) keeps some of a model's layers: a
 drafter that starts from its verifier's embeddings and encoder, to be distilled.
@@ -81,6 +90,73 @@ def deepen(params: Params, config: T5Config, *, num_encoder_layers: int | None =
   return config.replace(num_encoder_layers=enc, num_decoder_layers=dec), params
 
 
+_ATTENTION_BLOCKS = {"encoder": ("attention",),
+                     "decoder": ("self_attention", "encoder_decoder_attention")}
+
+
+def _append_copies(kernel: jax.Array, axis: int, group: int, old: int, new: int) -> jax.Array:
+  """kernel with groups old..new-1 added along `axis`, group j a copy of group j mod old.
+
+  A group is `group` consecutive entries (one head's head_dim columns, or one MLP unit).
+  """
+  idx = jnp.concatenate([jnp.arange(old * group),
+                         (jnp.arange(old * group, new * group) // group % old) * group
+                         + jnp.arange(old * group, new * group) % group])
+  return jnp.take(kernel, idx, axis=axis)
+
+
+def _append_zeros(kernel: jax.Array, axis: int, count: int) -> jax.Array:
+  pad = [(0, 0)] * kernel.ndim
+  pad[axis] = (0, count)
+  return jnp.pad(kernel, pad)
+
+
+def widen(params: Params, config: T5Config, *, num_heads: int | None = None,
+          mlp_dim: int | None = None) -> tuple[T5Config, Params]:
+  """A wider (config, params) computing what (config, params) computes.
+
+  New heads (of the same head_dim) copy the query / key / value columns and relative-position
+  bias of existing heads in turn, with zero rows in the attention's output projection; new MLP
+  units copy existing units' input columns (every wi_*), with zero rows in wo. Each new one
+  adds exactly zero to the residual stream, so the logits equal the original's up to the
+  products' summation order over the longer inner dimension (float32 rounding).
+
+  params: a T5 parameter tree in T5X's names; num_heads / mlp_dim: the new widths (None:
+  unchanged), each ≥ the old.
+  """
+  heads = config.num_heads if num_heads is None else int(num_heads)
+  mlp = config.mlp_dim if mlp_dim is None else int(mlp_dim)
+  if heads < config.num_heads or mlp < config.mlp_dim:
+    raise ValueError(f"can only widen to at least the current widths ({config.num_heads} "
+                     f"heads, mlp_dim {config.mlp_dim}), got {heads} heads, mlp_dim {mlp}.")
+  d, old_h, old_m = config.head_dim, config.num_heads, config.mlp_dim
+  params = jax.tree.map(lambda x: x, dict(params))
+  for kind in ("encoder", "decoder"):
+    stack = dict(params[kind])
+    if "relpos_bias" in stack:  # [heads, buckets]
+      bias = dict(stack["relpos_bias"])
+      bias["rel_embedding"] = _append_copies(bias["rel_embedding"], 0, 1, old_h, heads)
+      stack["relpos_bias"] = bias
+    for name in [k for k in stack if k.startswith("layers_")]:
+      layer = dict(stack[name])
+      for block in _ATTENTION_BLOCKS[kind]:
+        attn = {k: dict(v) for k, v in layer[block].items()}
+        for proj in ("query", "key", "value"):  # [emb, heads · head_dim], head-major
+          attn[proj]["kernel"] = _append_copies(attn[proj]["kernel"], 1, d, old_h, heads)
+        attn["out"]["kernel"] = _append_zeros(attn["out"]["kernel"], 0, (heads - old_h) * d)
+        layer[block] = attn
+      mlp_params = {k: dict(v) for k, v in layer["mlp"].items()}
+      for proj in mlp_params:
+        if proj.startswith("wi"):  # [emb, mlp]
+          mlp_params[proj]["kernel"] = _append_copies(mlp_params[proj]["kernel"], 1, 1,
+                                                      old_m, mlp)
+      mlp_params["wo"]["kernel"] = _append_zeros(mlp_params["wo"]["kernel"], 0, mlp - old_m)
+      layer["mlp"] = mlp_params
+      stack[name] = layer
+    params[kind] = stack
+  return config.replace(num_heads=heads, mlp_dim=mlp), params
+
+
 def keep_layers(params: Params, config: T5Config, *, encoder_layers: Sequence[int] | None = None,
                 decoder_layers: Sequence[int] | None = None) -> tuple[T5Config, Params]:
   """A shallower (config, params): only the listed layers of each stack, in the given order.
@@ -123,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--dst", required=True, help="output folder (a trainer export)")
   parser.add_argument("--num_encoder_layers", type=int, default=None)
   parser.add_argument("--num_decoder_layers", type=int, default=None)
+  parser.add_argument("--num_heads", type=int, default=None,
+                      help="widen every attention to this many heads (zero-output copies)")
+  parser.add_argument("--mlp_dim", type=int, default=None,
+                      help="widen every MLP to this many units (zero-output copies)")
   parser.add_argument("--keep_encoder_layers", default=None,
                       help="comma-separated layer indices to keep instead of growing "
                            "(e.g. 0,1,2,3)")
@@ -131,8 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "layer-dropped copy to distill a drafter from")
   args = parser.parse_args(argv)
   keep = args.keep_encoder_layers is not None or args.keep_decoder_layers is not None
-  if keep and (args.num_encoder_layers is not None or args.num_decoder_layers is not None):
-    parser.error("--keep_*_layers and --num_*_layers do not combine: grow or cut, not both.")
+  grows = [args.num_encoder_layers, args.num_decoder_layers, args.num_heads, args.mlp_dim]
+  if keep and any(g is not None for g in grows):
+    parser.error("--keep_*_layers does not combine with --num_*_layers / --num_heads / "
+                 "--mlp_dim: grow or cut, not both.")
   # pylint: disable=import-outside-toplevel
   from spec_cascade import checkpoints, exports
   params, config = checkpoints.load_params(args.src)
@@ -145,10 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   else:
     config, params = deepen(params, config, num_encoder_layers=args.num_encoder_layers,
                             num_decoder_layers=args.num_decoder_layers)
+    config, params = widen(params, config, num_heads=args.num_heads, mlp_dim=args.mlp_dim)
     record = {"grown_from": str(args.src)}
   exports.export_params(args.dst, params, config, None, record)
   print(f"wrote {args.dst}: {config.num_encoder_layers} encoder / "
-        f"{config.num_decoder_layers} decoder layers")
+        f"{config.num_decoder_layers} decoder layers, {config.num_heads} heads, mlp_dim "
+        f"{config.mlp_dim}")
   return 0
 
 
