@@ -3,6 +3,7 @@ latency regime (batch 1, one example per call, end to end: encoders included).
 
     python bench/default_pair_speed.py [--pair DIR | --drafter D --verifier V]
         [--tasks debian_ende,debian_summarize] [--examples 24] [--max_decode_length 48]
+        [--grow_verifier 16x2560x8+24] [--matmul_dtype bfloat16]
 
 For each task, on the same `--examples` random validation examples (inputs padded to
 `--input_length` tokens), each decoded alone:
@@ -21,6 +22,10 @@ For each task, on the same `--examples` random validation examples (inputs padde
    quality reaches the verifier's, against SpecDecode's latency.
 3. `--batches` (default 8, 32): greedy SpecDecode with 'auto' against the verifier alone over
    the same examples in consecutive batches (outputs must agree).
+
+--grow_verifier runs all of it with the verifier grown function-preservingly to a larger size
+(bench/verifier_scale.py): the same tokens and quality, the costs of a verifier whose step
+streams its weights from memory.
 
 All timings in one process, methods interleaved per example, so load changes hit all alike.
 Timings are not numbers while anything else runs on the machine (a training run, tests).
@@ -56,6 +61,23 @@ def settle_auto(drafter, verifier, batches, ids, kw, name: str) -> None:
   print(f"  'auto' ({name}): {'settled' if ch.settled else 'still provisional'} on γ "
         f"{ch.gamma} after {ch.rows} rows in {used} calls, {spent:.1f} s of warm-up "
         f"(per batch: {secs})")
+
+
+def measure_costs(drafter, verifier, x, gammas, length: int, reps: int = 30):
+  """→ (costs.measure_cost_ratio's dict: c, drafter_call_s, verifier_call_s; {γ: v(γ+1)}),
+  the verify call scoring γ + 1 tokens over a one-token step, timed in compiled loops at x's
+  batch. Long loops and many rounds: a call costs 0.1-3 ms, and the set-up is subtracted."""
+  c = costs.measure_cost_ratio(drafter, verifier, x, length, reps=reps, iters=48)
+  loops = {"v1": costs.call_loop(verifier, x, 1, length, 48)}
+  for g in gammas:
+    loops[g] = costs.call_loop(verifier, x, g + 1, length, 48)
+  loops["setup"] = costs.call_loop(verifier, x, 1, length, 0)
+  _, t = costs.interleaved(loops, reps)
+  step = costs.per_call_seconds(t["v1"], t["setup"], 48)
+  # A step within timing noise of the set-up (tiny models on a busy machine) gives no ratio.
+  verify_cost = {g: (costs.per_call_seconds(t[g], t["setup"], 48) / step if step > 0
+                     else math.nan) for g in gammas}
+  return c, verify_cost
 
 
 def run_per_example(drafter, verifier, xs, configs, rounds: int):
@@ -107,6 +129,10 @@ def main(argv=None):
   parser.add_argument("--batches", default="8,32")
   parser.add_argument("--rounds", type=int, default=2, help="timed rounds per example")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--grow_verifier", default=None, metavar="HEADSxMLPxENC+DEC",
+                      help="replace the verifier by itself grown function-preservingly to "
+                           "this size (bench/verifier_scale.py): its tokens and quality, a "
+                           "larger verifier's costs")
   parser.add_argument("--matmul_dtype", default=None,
                       help="bfloat16: the dense layers take bfloat16 inputs "
                            "(T5Config.matmul_dtype; products of few rows on the paired "
@@ -125,6 +151,15 @@ def main(argv=None):
   else:
     drafter, verifier, _ = pretrained.load_offline_pair(args.pair, matmul_dtype=args.matmul_dtype)
     vocab = pretrained.offline_vocab_path(args.pair)
+  if args.grow_verifier:
+    import verifier_scale  # pylint: disable=import-outside-toplevel  (imports this module)
+    from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
+    src = args.verifier or str(pretrained.check_offline_pair(args.pair) / pretrained.VERIFIER)
+    verifier, _ = verifier_scale.scaled_verifier(
+        *checkpoints.load_params(src), verifier_scale.parse_scale(args.grow_verifier),
+        args.matmul_dtype)
+    print(f"verifier grown to {args.grow_verifier} (function-preserving: the committed "
+          "verifier's tokens and quality at a larger verifier's costs)")
   print(f"drafter {drafter.model.num_params() / 1e6:.2f}M, verifier "
         f"{verifier.model.num_params() / 1e6:.2f}M parameters; {args.examples} validation "
         f"examples per task, inputs padded to {args.input_length}, ≤ {args.max_decode_length} "
@@ -139,21 +174,9 @@ def main(argv=None):
                            args.input_length)
     metric = infer.metric_name(task)
     xs = [x for x, _ in infer.one_at_a_time(data)]
-    # Long loops and many rounds: a call costs 0.1-3 ms, and the set-up is subtracted.
-    c = costs.measure_cost_ratio(drafter, verifier, xs[0], args.max_decode_length + 8,
-                                 reps=30, iters=48)
+    c, verify_cost = measure_costs(drafter, verifier, xs[0], gammas,
+                                   args.max_decode_length + 8)
     v1 = c["verifier_call_s"]
-    verify_cost = {}
-    loops = {"v1": costs.call_loop(verifier, xs[0], 1, args.max_decode_length + 8, 48)}
-    for g in gammas:
-      loops[g] = costs.call_loop(verifier, xs[0], g + 1, args.max_decode_length + 8, 48)
-    loops["setup"] = costs.call_loop(verifier, xs[0], 1, args.max_decode_length + 8, 0)
-    _, t = costs.interleaved(loops, 30)
-    step = costs.per_call_seconds(t["v1"], t["setup"], 48)
-    for g in gammas:
-      # A step within timing noise of the set-up (tiny models on a busy machine) gives no ratio.
-      verify_cost[g] = (costs.per_call_seconds(t[g], t["setup"], 48) / step if step > 0
-                        else math.nan)
     print(f"\n## {task} ({metric}); c = {c['c']:.3f} (drafter {1e3 * c['drafter_call_s']:.3f} "
           f"ms, verifier {1e3 * v1:.3f} ms per step); v(γ+1) = "
           + ", ".join(f"{verify_cost[g]:.2f} (γ {g})" for g in gammas))

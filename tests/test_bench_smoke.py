@@ -205,13 +205,35 @@ def test_default_pair_speed_runs_and_checks_outputs(tmp_path_factory, monkeypatc
   autogamma.clear_cache()
   summary = default_pair_speed.main(
       ["--tasks", "debian_ende", "--examples", "3", "--gammas", "1,2", "--alphas", "0.5",
-       "--batches", "2", "--rounds", "1", "--max_decode_length", "6", "--input_length", "32"])
+       "--batches", "2", "--rounds", "1", "--max_decode_length", "6", "--input_length", "32",
+       "--grow_verifier", "3x96x1+4"])
   out = capsys.readouterr().out
+  assert "verifier grown to 3x96x1+4" in out
   assert "| SpecDecode γ=1 |" in out and "| SpecDecode γ=auto (chose" in out
   assert "| SpecDecode γ=2 θ=0.4 |" in out  # dynamic draft length, greedy = the verifier
   assert "| T = 1, batch 1 |" in out and "| SpecCascade [Token] α=0.5 |" in out
   assert any(what == "batch 2 SpecDecode auto" for _, what, _ in summary)
   assert all(value > 0 for _, _, value in summary)
+
+
+@pytest.mark.slow
+def test_verifier_scale_grows_the_verifier_and_keeps_its_tokens(tmp_path_factory, monkeypatch,
+                                                                capsys):
+  import sweep_helpers  # pylint: disable=g-import-not-at-top
+  import verifier_scale  # pylint: disable=g-import-not-at-top
+  env = sweep_helpers.offline_env(tmp_path_factory.getbasetemp() / "offline_env", True)
+  sweep_helpers.use_env(monkeypatch, env)
+  rows = verifier_scale.main(["--examples", "2", "--scales", "2x64x1+3,4x128x2+4",
+                              "--gammas", "1,2", "--rounds", "1", "--max_decode_length", "5",
+                              "--input_length", "32"])
+  out = capsys.readouterr().out
+  assert [scale for scale, _ in rows] == [(2, 64, 1, 3), (4, 128, 2, 4)]
+  assert all(v > 0 for _, speed in rows for v in speed.values())
+  lines = [line for line in out.splitlines() if line.startswith("| 4 × 128 × 2+4 |")]
+  # The grown verifier computes the test verifier's function: its greedy tokens are the same.
+  assert len(lines) == 1 and "| 1.000 |" in lines[0]
+  with pytest.raises(ValueError, match="HEADSxMLPxENC"):
+    verifier_scale.parse_scale("16x2560x8")
 
 
 def test_soak_counts_programs_per_method_and_reruns_slow_calls():
