@@ -64,15 +64,19 @@ def settle_auto(drafter, verifier, batches, ids, kw, name: str) -> None:
 
 
 def measure_costs(drafter, verifier, x, gammas, length: int, reps: int = 30):
-  """→ (costs.measure_cost_ratio's dict: c, drafter_call_s, verifier_call_s; {γ: v(γ+1)}),
-  the verify call scoring γ + 1 tokens over a one-token step, timed in compiled loops at x's
-  batch. Long loops and many rounds: a call costs 0.1-3 ms, and the set-up is subtracted."""
+  """→ (costs.measure_cost_ratio's dict: c, drafter_call_s, verifier_call_s, plus
+  verifier_setup_s / drafter_setup_s: each model's set-up (encoder, cross-attention keys and
+  values, cache) alone; {γ: v(γ+1)}, the verify call scoring γ + 1 tokens over a one-token
+  step), timed in compiled loops at x's batch. Long loops and many rounds: a call costs 0.1-3
+  ms, and the set-up is subtracted."""
   c = costs.measure_cost_ratio(drafter, verifier, x, length, reps=reps, iters=48)
   loops = {"v1": costs.call_loop(verifier, x, 1, length, 48)}
   for g in gammas:
     loops[g] = costs.call_loop(verifier, x, g + 1, length, 48)
   loops["setup"] = costs.call_loop(verifier, x, 1, length, 0)
+  loops["drafter_setup"] = costs.call_loop(drafter, x, 1, length, 0)
   _, t = costs.interleaved(loops, reps)
+  c = dict(c, verifier_setup_s=t["setup"], drafter_setup_s=t["drafter_setup"])
   step = costs.per_call_seconds(t["v1"], t["setup"], 48)
   # A step within timing noise of the set-up (tiny models on a busy machine) gives no ratio.
   verify_cost = {g: (costs.per_call_seconds(t[g], t["setup"], 48) / step if step > 0

@@ -1,9 +1,12 @@
 """Where a compiled decode loop spends its time: a jax.profiler trace, aggregated per op.
 
     python bench/profile_decode.py [--method spec_decode] [--batch 32] [--gamma 5] [--top 25]
+        [--offline [--grow_verifier 16x2560x8+24] [--matmul_dtype bfloat16]]
 
 Runs decoding (greedy unless --temperature > 0) of the synthetic pair (bench/hf_peer.py
-`synthetic_pair`, real `tiny`/`mini` sizes) once to compile, then once under
+`synthetic_pair`, real `tiny`/`mini` sizes; with --offline the committed pair on debian_ende
+validation inputs, and with --grow_verifier its verifier grown as in bench/verifier_scale.py)
+once to compile, then once under
 `jax.profiler.trace` with a perfetto trace. Each traced op (XLA thunk / fusion) is matched to
 its instruction in the program's optimized HLO, whose metadata names the source op and the
 `jax.named_scope`s of spec_cascade/decoding/ it ran under (encode_drafter, encode_verifier,
@@ -102,11 +105,28 @@ def main():
   parser.add_argument("--drafter", default=None, help="checkpoint folder (with --verifier): "
                       "profile this T5 pair instead of a synthetic one")
   parser.add_argument("--verifier", default=None)
+  parser.add_argument("--offline", action="store_true",
+                      help="profile the committed offline pair on debian_ende validation inputs")
+  parser.add_argument("--grow_verifier", default=None, metavar="HEADSxMLPxENC+DEC",
+                      help="with --offline: the verifier grown function-preservingly to this "
+                           "size (bench/verifier_scale.py)")
+  parser.add_argument("--matmul_dtype", default=None, help="with --offline: 'bfloat16' inputs")
   parser.add_argument("--scope", default=None, help="list only the ops of this scope "
                       f"({', '.join(SCOPES)}, other)")
   args = parser.parse_args()
 
-  if args.drafter or args.verifier:
+  if args.offline or args.grow_verifier:
+    from spec_cascade import checkpoints, pretrained  # pylint: disable=g-import-not-at-top
+    import verifier_scale  # pylint: disable=g-import-not-at-top
+    drafter, verifier, _ = pretrained.load_offline_pair(matmul_dtype=args.matmul_dtype)
+    if args.grow_verifier:
+      src = pretrained.check_offline_pair() / pretrained.VERIFIER
+      verifier, _ = verifier_scale.scaled_verifier(
+          *checkpoints.load_params(str(src)), verifier_scale.parse_scale(args.grow_verifier),
+          args.matmul_dtype)
+    _, _, make_inputs = pretrained.offline_pair_for_bench()
+    inputs = make_inputs(args.batch, args.prompt_len)
+  elif args.drafter or args.verifier:
     if not (args.drafter and args.verifier):
       sys.exit("--drafter and --verifier go together.")
     from spec_cascade import infer  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,7 @@
 """A change to the batch-1 decode step, off and on side by side in one process.
 
-    python bench/step_variants.py [--change tiles] [--pair DIR]
+    python bench/step_variants.py [--change tiles] [--pair DIR] [--grow_verifier 16x2560x8+24]
+        [--matmul_dtype bfloat16]
         [--task debian_ende] [--examples 16] [--gammas 1,2,3] [--rounds 2]
 
 Changes (each a module flag read when params are streamed and programs traced; only
@@ -9,7 +10,7 @@ benchmarks turn them off; add the next one to CHANGES):
               (`cpu_kernels.TILED_BF16`), against the row-major pairs before.
   few_tokens  a step's or verify call's attention and embedding lookup as one kernel call
               each (`cpu_kernels.ATTENTION_KERNEL`, `LOOKUP_KERNEL`), against XLA's ops.
-  attention_split  the attention kernel's batch rows split between two threads
+  attention_split  the attention kernel's (batch row, head) units split between two threads
               (`cpu_kernels.SPLIT_ATTENTION`), against one (batches: `--batch`).
 
 The committed pair is loaded once per setting (its twins packed for it), and every program
@@ -117,6 +118,10 @@ def main(argv=None):
                       help="parts 2 and 3 at this batch: the examples in consecutive batches")
   parser.add_argument("--xla_rows", default="8,16,32", help="tiles: rows at which the tiled "
                       "kernel's chain is also timed against XLA's float32 dot ('' skips)")
+  parser.add_argument("--grow_verifier", default=None, metavar="HEADSxMLPxENC+DEC",
+                      help="the committed verifier grown function-preservingly to this size "
+                           "(bench/verifier_scale.py)")
+  parser.add_argument("--matmul_dtype", default=None, help="'bfloat16': bfloat16 matmul inputs")
   args = parser.parse_args(argv)
   Setting.change = args.change
   if not cpu_kernels.available():
@@ -124,7 +129,16 @@ def main(argv=None):
   pairs = {}
   for setting in SETTINGS:
     with Setting(setting):
-      pairs[setting] = pretrained.load_offline_pair(args.pair)[:2]
+      pairs[setting] = pretrained.load_offline_pair(args.pair,
+                                                    matmul_dtype=args.matmul_dtype)[:2]
+      if args.grow_verifier:
+        import verifier_scale  # pylint: disable=import-outside-toplevel
+        from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
+        src = pretrained.check_offline_pair(args.pair) / pretrained.VERIFIER
+        grown, _ = verifier_scale.scaled_verifier(
+            *checkpoints.load_params(str(src)), verifier_scale.parse_scale(args.grow_verifier),
+            args.matmul_dtype)
+        pairs[setting] = (pairs[setting][0], grown)
   vocab = pretrained.offline_vocab_path(args.pair)
   data = infer.load_task(args.task, "validation", args.examples, 0, vocab, args.input_length)
   if args.batch > 1:

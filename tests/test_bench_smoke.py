@@ -232,6 +232,7 @@ def test_verifier_scale_grows_the_verifier_and_keeps_its_tokens(tmp_path_factory
   lines = [line for line in out.splitlines() if line.startswith("| 4 × 128 × 2+4 |")]
   # The grown verifier computes the test verifier's function: its greedy tokens are the same.
   assert len(lines) == 1 and "| 1.000 |" in lines[0]
+  assert "| bound, best γ: per row / with set-ups |" in out
   with pytest.raises(ValueError, match="HEADSxMLPxENC"):
     verifier_scale.parse_scale("16x2560x8")
 

@@ -91,12 +91,13 @@ def test_a_query_scores_the_same_whatever_shares_its_call(nq):
 
 
 @needs_kernel
-@pytest.mark.parametrize("b,nq", [(8, 1), (5, 3), (40, 4)])
-def test_attention_split_between_threads_gives_the_same_bits(b, nq):
-  """Batch rows split between the caller and the helper thread (each query whole on one
-  thread): the same bits as one thread, and as each row alone."""
+@pytest.mark.parametrize("b,nq,heads", [(8, 1, 4), (5, 3, 4), (40, 4, 4), (1, 4, 4),
+                                         (1, 1, 16), (3, 2, 5)])
+def test_attention_split_between_threads_gives_the_same_bits(b, nq, heads):
+  """(Batch row, head) units split between the caller and the helper thread, at batch 1 too
+  (each query whole on one thread): the same bits as one thread, and as each row alone."""
   rng = np.random.default_rng(b + nq)
-  q, k, v, bias = _case(rng, b, nq, 4, 64, 56, "BHQ")
+  q, k, v, bias = _case(rng, b, nq, heads, 64, 56, "BHQ")
   f = lambda *a: cpu_kernels.attend(*a, layers._xla_attention_f32)
   split = np.asarray(jax.jit(f)(q, k, v, bias))
   cpu_kernels.SPLIT_ATTENTION = False

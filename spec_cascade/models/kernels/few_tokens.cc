@@ -240,35 +240,36 @@ struct AttendArgs {
 // hand-over to the helper costs ~1-2 µs.
 constexpr int64_t kSplitWork = 1 << 15;
 
-// Batch rows b0 .. b1 − 1 of `AttendImpl`.
-void AttendRows(const void* raw, int64_t b0, int64_t b1) {
+// (batch row, head) units u0 .. u1 − 1 of `AttendImpl`, unit u = b · H + h: every query of
+// head h in row b.
+void AttendHeads(const void* raw, int64_t u0, int64_t u1) {
   const AttendArgs& a = *static_cast<const AttendArgs*>(raw);
   const int64_t Q = a.Q, H = a.H, D = a.D, L = a.L;
   const int64_t width = (L + 7) / 8 * 8;
   thread_local std::vector<float> scratch;
   scratch.resize(2 * width);
-  for (int64_t b = b0; b < b1; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* kh = a.k + (b * a.Hkv + h / a.groups) * D * L;
-      const float* vh = a.v + (b * a.Hkv + h / a.groups) * L * D;
-      for (int64_t i = 0; i < Q; i += 2) {
-        const float* qs[2];
-        const float* biases[2];
-        float* outs[2];
-        float* ws[2] = {scratch.data(), scratch.data() + width};
-        for (int j = 0; j < 2 && i + j < Q; ++j) {
-          const int64_t row = ((b * Q + i + j) * H + h) * D;
-          qs[j] = a.q + row;
-          biases[j] = a.bias + b * a.sb + h * a.sh + (i + j) * a.sq;
-          outs[j] = a.out + row;
-        }
-        if (i + 1 < Q) {
-          AttendHead<2>(qs, kh, vh, biases, outs, D, L, ws);
-        } else {
-          AttendHead<1>(qs, kh, vh, biases, outs, D, L, ws);
-        }
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t b = u / H, h = u % H;
+    const float* kh = a.k + (b * a.Hkv + h / a.groups) * D * L;
+    const float* vh = a.v + (b * a.Hkv + h / a.groups) * L * D;
+    for (int64_t i = 0; i < Q; i += 2) {
+      const float* qs[2];
+      const float* biases[2];
+      float* outs[2];
+      float* ws[2] = {scratch.data(), scratch.data() + width};
+      for (int j = 0; j < 2 && i + j < Q; ++j) {
+        const int64_t row = ((b * Q + i + j) * H + h) * D;
+        qs[j] = a.q + row;
+        biases[j] = a.bias + b * a.sb + h * a.sh + (i + j) * a.sq;
+        outs[j] = a.out + row;
+      }
+      if (i + 1 < Q) {
+        AttendHead<2>(qs, kh, vh, biases, outs, D, L, ws);
+      } else {
+        AttendHead<1>(qs, kh, vh, biases, outs, D, L, ws);
       }
     }
+  }
 }
 
 // q [B, Q, H, D], k [B, Hkv, D, L], v [B, Hkv, L, D], bias [B or 1, H or 1, Q or 1, L]
@@ -294,11 +295,13 @@ ffi::Error AttendImpl(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 bias,
                 sb = bd[0] == 1 ? 0 : bd[1] * bd[2] * L;
   const AttendArgs args{q.typed_data(), k.typed_data(), v.typed_data(), bias.typed_data(),
                         out->typed_data(), Q, H, D, Hkv, L, groups, sq, sh, sb};
-  // Batch rows split between two threads (each query computed whole by one thread, so the
-  // result does not depend on the split) where there is enough work to pay a hand-over.
-  const int64_t work = B * Q * H * D * L;
-  SpecCascadeSplitRange(AttendRows, &args, B, work >= kSplitWork && B >= 2 ? B / 2 : 0,
-                        threads);
+  // (row, head) units split between two threads — at batch 1 too, where a verifier's cross-
+  // attention streams a few MB of keys and values per call — each query computed whole by one
+  // thread, so the result does not depend on the split, where there is enough work to pay a
+  // hand-over.
+  const int64_t work = B * Q * H * D * L, units = B * H;
+  SpecCascadeSplitRange(AttendHeads, &args, units,
+                        work >= kSplitWork && units >= 2 ? units / 2 : 0, threads);
   return ffi::Error::Success();
 }
 
