@@ -35,9 +35,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import default_pair_speed  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from spec_cascade import autogamma, checkpoints, infer, pretrained  # noqa: E402  pylint: disable=g-import-not-at-top
-from spec_cascade.decoding import Bundle, contract  # noqa: E402  pylint: disable=g-import-not-at-top
-from spec_cascade.models import cpu_kernels, grow  # noqa: E402  pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from spec_cascade import autogamma, checkpoints, infer, pretrained  # noqa: E402
+from spec_cascade.decoding import Bundle, contract  # noqa: E402
+from spec_cascade.models import cpu_kernels, grow  # noqa: E402
 
 _SCALE = re.compile(r"^(\d+)x(\d+)x(\d+)\+(\d+)$")
 
@@ -94,11 +95,13 @@ def main(argv=None):
         f"examples, inputs padded to {args.input_length}, ≤ {args.max_decode_length} new "
         f"tokens; batch 1, greedy, end to end; matmul inputs {args.matmul_dtype or 'float32'}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+  g_accept = 1 if 1 in gammas else gammas[0]  # the acceptance column's γ
   head = "| verifier (heads × MLP × layers) | params | step weights MB | step ms | c | " + \
-         " | ".join(f"v({g + 1})" for g in gammas) + " | committed tokens | acceptance γ=1 | " + \
-         " | ".join(f"SD γ={g}" for g in gammas) + " | 'auto' | set-ups ms (verifier / drafter) " + \
-         "| tokens / example | bound, best γ: per row / with set-ups | efficiency: per row / " + \
-         "with set-ups |"
+         " | ".join(f"v({g + 1})" for g in gammas) + \
+         f" | committed tokens | acceptance γ={g_accept} | " + \
+         " | ".join(f"SD γ={g}" for g in gammas) + \
+         " | 'auto' | set-ups ms (verifier / drafter) | tokens / example | " + \
+         "bound, best γ: per row / with set-ups | efficiency: per row / with set-ups |"
   print(head)
   print("|---" * (head.count("|") - 1) + "|")
   rows, reference = [], None
@@ -110,7 +113,8 @@ def main(argv=None):
                                             args.max_decode_length + 8, reps=20)
     base = dict(temperature=0.0, max_decode_length=args.max_decode_length)
     configs = {"verifier": dict(base, method="verifier")}
-    configs.update({f"γ={g}": dict(base, method="spec_decode", num_draft_tokens=g) for g in gammas})
+    configs.update({f"γ={g}": dict(base, method="spec_decode", num_draft_tokens=g)
+                    for g in gammas})
     configs["auto"] = dict(base, method="spec_decode", **auto)
     res = default_pair_speed.run_per_example(drafter, verifier, xs, configs, args.rounds)
     tokens, _, v_s, _ = res["verifier"]
@@ -135,7 +139,7 @@ def main(argv=None):
     row = (f"| {heads} × {mlp} × {enc}+{dec} | {verifier.model.num_params() / 1e6:.1f}M | "
            f"{step_mb:.0f} | {1e3 * c['verifier_call_s']:.3f} | "
            f"{c['c']:.3f} | " + " | ".join(f"{v[g]:.2f}" for g in gammas) +
-           f" | {same:.3f} | {accept[1] if 1 in accept else accept[gammas[0]]:.3f} | " +
+           f" | {same:.3f} | {accept[g_accept]:.3f} | " +
            " | ".join(f"{speed[f'γ={g}']:.2f}×" for g in gammas) +
            f" | {speed['auto']:.2f}× (γ {res['auto'][3]}) | {1e3 * s_v:.1f} / "
            f"{1e3 * s_d:.1f} | {n:.1f} | {bounds[best]:.2f} / {whole:.2f} (γ {best}) | "

@@ -317,6 +317,9 @@ def test_widened_model_computes_the_same_logits():
                              model.forward(params, x, y), atol=1e-5)
   with pytest.raises(ValueError, match="at least the current widths"):
     grow.widen(params, config, num_heads=1)
+  from spec_cascade.models import decoder_configs  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="grows T5 models"):
+    grow.widen({}, decoder_configs.get_decoder_config("llama3_1b"), num_heads=8)
 
 
 def test_kept_layers_are_the_source_layers_and_the_cut_model_runs():

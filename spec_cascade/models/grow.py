@@ -124,6 +124,9 @@ def widen(params: Params, config: T5Config, *, num_heads: int | None = None,
   params: a T5 parameter tree in T5X's names; num_heads / mlp_dim: the new widths (None:
   unchanged), each ≥ the old.
   """
+  if not isinstance(config, T5Config):
+    raise ValueError(f"widen grows T5 models (encoder and decoder stacks), got a "
+                     f"{type(config).__name__}.")
   heads = config.num_heads if num_heads is None else int(num_heads)
   mlp = config.mlp_dim if mlp_dim is None else int(mlp_dim)
   if heads < config.num_heads or mlp < config.mlp_dim:
