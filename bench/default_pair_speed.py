@@ -157,11 +157,8 @@ def main(argv=None):
     vocab = pretrained.offline_vocab_path(args.pair)
   if args.grow_verifier:
     import verifier_scale  # pylint: disable=import-outside-toplevel  (imports this module)
-    from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
-    src = args.verifier or str(pretrained.check_offline_pair(args.pair) / pretrained.VERIFIER)
-    verifier, _ = verifier_scale.scaled_verifier(
-        *checkpoints.load_params(src), verifier_scale.parse_scale(args.grow_verifier),
-        args.matmul_dtype)
+    verifier = verifier_scale.grown_offline_verifier(args.grow_verifier, args.pair,
+                                                     args.matmul_dtype, args.verifier)
     print(f"verifier grown to {args.grow_verifier} (function-preserving: the committed "
           "verifier's tokens and quality at a larger verifier's costs)")
   print(f"drafter {drafter.model.num_params() / 1e6:.2f}M, verifier "

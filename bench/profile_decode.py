@@ -116,14 +116,12 @@ def main():
   args = parser.parse_args()
 
   if args.offline or args.grow_verifier:
-    from spec_cascade import checkpoints, pretrained  # pylint: disable=g-import-not-at-top
+    from spec_cascade import pretrained  # pylint: disable=g-import-not-at-top
     import verifier_scale  # pylint: disable=g-import-not-at-top
     drafter, verifier, _ = pretrained.load_offline_pair(matmul_dtype=args.matmul_dtype)
     if args.grow_verifier:
-      src = pretrained.check_offline_pair() / pretrained.VERIFIER
-      verifier, _ = verifier_scale.scaled_verifier(
-          *checkpoints.load_params(str(src)), verifier_scale.parse_scale(args.grow_verifier),
-          args.matmul_dtype)
+      verifier = verifier_scale.grown_offline_verifier(args.grow_verifier,
+                                                       matmul_dtype=args.matmul_dtype)
     _, _, make_inputs = pretrained.offline_pair_for_bench()
     inputs = make_inputs(args.batch, args.prompt_len)
   elif args.drafter or args.verifier:

@@ -133,12 +133,8 @@ def main(argv=None):
                                                     matmul_dtype=args.matmul_dtype)[:2]
       if args.grow_verifier:
         import verifier_scale  # pylint: disable=import-outside-toplevel
-        from spec_cascade import checkpoints  # pylint: disable=import-outside-toplevel
-        src = pretrained.check_offline_pair(args.pair) / pretrained.VERIFIER
-        grown, _ = verifier_scale.scaled_verifier(
-            *checkpoints.load_params(str(src)), verifier_scale.parse_scale(args.grow_verifier),
-            args.matmul_dtype)
-        pairs[setting] = (pairs[setting][0], grown)
+        pairs[setting] = (pairs[setting][0], verifier_scale.grown_offline_verifier(
+            args.grow_verifier, args.pair, args.matmul_dtype))
   vocab = pretrained.offline_vocab_path(args.pair)
   data = infer.load_task(args.task, "validation", args.examples, 0, vocab, args.input_length)
   if args.batch > 1:

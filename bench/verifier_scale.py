@@ -68,6 +68,14 @@ def scaled_verifier(params, config, scale, matmul_dtype=None) -> tuple[Bundle, f
           2 * step / 1e6)
 
 
+def grown_offline_verifier(scale: str, pair=None, matmul_dtype=None, src=None) -> Bundle:
+  """The verifier at `src` (default: the offline pair's, `pair` as in load_offline_pair) grown
+  to `scale` ('HEADSxMLPxENC+DEC'), as the engine loads it — for the benches' --grow_verifier."""
+  src = src or pretrained.check_offline_pair(pair) / pretrained.VERIFIER
+  params, config = checkpoints.load_params(str(src))
+  return scaled_verifier(params, config, parse_scale(scale), matmul_dtype)[0]
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--pair", default=None, help="pair folder (default: the committed one)")

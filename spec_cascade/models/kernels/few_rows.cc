@@ -328,13 +328,7 @@ class Helper {
   void PostRows(const float* x, const W* w, int64_t M, int64_t K, int64_t N, int64_t kb,
                 int64_t ke) {
     if (part_.size() < static_cast<size_t>(M * N)) part_.resize(M * N);
-    Start({x, w, sizeof(W) == 2, false, M, K, N, kb, ke, nullptr});
-  }
-  // Runs the columns of tiles t0 .. t1 − 1 of y = x @ w (tiled w) on the helper thread,
-  // writing them into y; Wait() returns when they are there.
-  void PostTiles(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K, int64_t N,
-                 int64_t t0, int64_t t1) {
-    Start({x, w, true, true, M, K, N, t0, t1, y});
+    Start({x, w, sizeof(W) == 2, M, K, N, kb, ke});
   }
   // Runs fn(arg, begin, end) on the helper thread.
   void PostRange(void (*fn)(const void*, int64_t, int64_t), const void* arg, int64_t begin,
@@ -363,13 +357,12 @@ class Helper {
   }
 
  private:
-  // Row-major jobs: rows kb .. ke − 1 of w into part_; tiled ones: tiles kb .. ke − 1 into y.
+  // Row-major jobs: rows kb .. ke − 1 of w into part_.
   struct Job {
     const float* x;
     const void* w;
-    bool bf16, tiled;
+    bool bf16;
     int64_t M, K, N, kb, ke;
-    float* y;
     void (*fn)(const void*, int64_t, int64_t) = nullptr;  // any other work: fn(arg, kb, ke)
     const void* arg = nullptr;
   };
@@ -406,8 +399,6 @@ class Helper {
       const Job j = job_;
       if (j.fn != nullptr) {
         j.fn(j.arg, j.kb, j.ke);
-      } else if (j.tiled) {
-        TiledRows(j.x, static_cast<const uint16_t*>(j.w), j.y, j.M, j.K, j.N, j.kb, j.ke, false);
       } else if (j.bf16) {
         PanelRows(j.x, static_cast<const uint16_t*>(j.w), part_.data(), j.M, j.K, j.N, j.kb, j.ke);
       } else {
@@ -468,18 +459,24 @@ void SplitRange(void (*fn)(const void*, int64_t, int64_t), const void* arg, int6
 // stream per thread) and writes its columns of y itself. Every column is summed over all of K
 // by one thread in one chain, so results do not depend on the thread count, the row count or
 // the helper's timing.
+struct TiledArgs {
+  const float* x;
+  const uint16_t* w;
+  float* y;
+  int64_t M, K, N;
+};
+
+// Tiles t0 .. t1 − 1; the range that starts at 0 (the caller's) also does the ragged tail.
+void TiledTiles(const void* raw, int64_t t0, int64_t t1) {
+  const TiledArgs& a = *static_cast<const TiledArgs*>(raw);
+  TiledRows(a.x, a.w, a.y, a.M, a.K, a.N, t0, t1, t0 == 0);
+}
+
 void TiledProduct(const float* x, const uint16_t* w, float* y, int64_t M, int64_t K, int64_t N,
                   int32_t threads) {
   const int64_t tiles = N / kTile;
-  std::unique_lock<std::mutex> lock;
-  Helper* helper = threads >= 2 && K * N >= kSplitMin && tiles >= 2 ? FreeHelper(lock) : nullptr;
-  if (helper == nullptr) {
-    TiledRows(x, w, y, M, K, N, 0, tiles, true);
-    return;
-  }
-  helper->PostTiles(x, w, y, M, K, N, tiles / 2, tiles);
-  TiledRows(x, w, y, M, K, N, 0, tiles / 2, true);
-  helper->Wait();
+  const TiledArgs args{x, w, y, M, K, N};
+  SplitRange(TiledTiles, &args, tiles, K * N >= kSplitMin ? tiles / 2 : 0, threads);
 }
 
 // Row-major weights: the helper takes the second half of K (a contiguous block of w) and the
